@@ -64,8 +64,10 @@ class Diagnostics:
 
 def takes_layer(step: Step) -> bool:
     """Whether ``step`` accepts a second positional argument (the layer index)."""
+    # An nn.Module's own signature is ``(*args, **kwargs)``: look at its ``forward`` instead.
+    target = step.forward if isinstance(step, torch.nn.Module) else step
     try:
-        params = inspect.signature(step).parameters.values()
+        params = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):
         return False
     positional = 0
@@ -367,9 +369,7 @@ class DEQ(_ForwardSolve):
         return _ImplicitBackward.apply(fz, _ImplicitSolve(z, fz, self, self.last))
 
 
-ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (Unrolled, RJFB, JFB, DEQ)
-}
+ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (Unrolled, RJFB, JFB, DEQ)}
 
 
 def make_estimator(name: str, **options: Any) -> Estimator:
@@ -385,7 +385,6 @@ def make_estimator(name: str, **options: Any) -> Estimator:
     return cls(**options)
 
 
-
 __all__ = [
     "DEQ",
     "ESTIMATORS",
@@ -399,4 +398,3 @@ __all__ = [
     "make_estimator",
     "takes_layer",
 ]
-

@@ -130,4 +130,3 @@ def get_solver(name: str) -> Callable[..., tuple[Tensor, SolverInfo]]:
         return SOLVERS[name]
     except KeyError:
         raise ValueError(did_you_mean("solver", name, SOLVERS)) from None
-

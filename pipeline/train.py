@@ -1,0 +1,397 @@
+"""One trial: learn θ of a scheme with one gradient estimator, evaluate it, report as it goes.
+
+``run_trial`` is a plain function of (study config, trial spec, prepared data, seed): Ray, MLflow
+and DVC sit around it (``pipeline.sweep``), so it can be tested and benchmarked alone. Progress
+goes through a ``report(metrics, state)`` callback once per epoch; ``state`` is the checkpoint
+payload (tensors and plain containers only, loadable with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pipeline.config import PnPPrior, StudyConfig, TrialSpec, WaveletPrior
+from pipeline.gradients import Estimator, block, make_estimator
+from pipeline.solvers import anderson
+
+Report = Callable[[dict[str, float], dict[str, Any]], None]
+
+
+class Diverged(RuntimeError):
+    """The loss, the iterate or the gradient stopped being finite."""
+
+
+@dataclass
+class TrialResult:
+    """What a trial produced: final metrics, per-epoch history, learned θ and artifacts."""
+
+    status: str  # finished | diverged
+    reason: str
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    theta: dict[str, Any]
+    per_image_psnr: list[float] = field(default_factory=list)
+    artifacts: list[Path] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from pipeline.errors import ConfigError
+
+        raise ConfigError("train.device: 'cuda' requested but no CUDA device is visible")
+    return torch.device(name)
+
+
+def psnr(x: Tensor, ref: Tensor) -> Tensor:
+    """Per-image PSNR in dB for images in [0, 1] (peak 1)."""
+    mse = ((x - ref) ** 2).flatten(1).mean(1).clamp_min(1e-12)
+    return -10.0 * torch.log10(mse)
+
+
+def build_scheme(prior: WaveletPrior | PnPPrior, spec: TrialSpec, channels: int, root: Path):
+    """The scheme module for a prior config (per-layer parameters get ``spec.depth`` layers)."""
+    from pipeline import schemes
+
+    if isinstance(prior, WaveletPrior):
+        return schemes.WaveletFB(
+            wavelet=prior.wavelet,
+            levels=prior.levels,
+            prior=prior.norm,
+            reg_init=prior.reg_init,
+            step_size=prior.step_size,
+            learn_step_size=prior.learn_step_size,
+            weights_init=prior.weights_init,
+            per_subband=prior.per_subband,
+        )
+    weights = None if prior.weights is None else root / prior.weights
+    denoiser = schemes.build_denoiser(prior.denoiser, channels=channels, weights=weights)
+    denoiser.requires_grad_(prior.train_denoiser)
+    layers = spec.depth if prior.per_layer_sigma else 1
+    return schemes.PnPFB(
+        denoiser,
+        sigma_init=prior.sigma_init,
+        step_size=prior.step_size,
+        learn_step_size=prior.learn_step_size,
+        relaxation_init=prior.relaxation_init,
+        learn_relaxation=prior.learn_relaxation,
+        layers=layers,
+        per_layer_sigma=prior.per_layer_sigma,
+    )
+
+
+def build_estimator(study: StudyConfig, spec: TrialSpec) -> Estimator:
+    deq = study.sweep.deq.model_dump()
+    if spec.estimator == "deq":
+        return make_estimator("deq", depth=spec.depth, **deq)
+    if spec.estimator == "jfb":
+        keep = ("tol", "max_iter", "anderson", "anderson_memory", "anderson_damping")
+        return make_estimator("jfb", depth=spec.depth, **{k: deq[k] for k in keep})
+    if spec.estimator == "unrolled":
+        return make_estimator("unrolled", iterations=spec.iterations, depth=spec.depth)
+    return make_estimator(
+        "rjfb", depth=spec.depth, restarts=spec.restarts, restart_tol=spec.restart_tol
+    )
+
+
+def iterations_at_depth(spec: TrialSpec) -> int | None:
+    """Scheme applications the trained network uses at inference: (T+1)·K, N, or None (solve)."""
+    if spec.estimator == "rjfb":
+        return (spec.restarts + 1) * spec.depth
+    if spec.estimator == "unrolled":
+        return spec.iterations
+    return None
+
+
+class Trial:
+    """State of one training run; ``run_trial`` drives it."""
+
+    def __init__(self, study: StudyConfig, spec: TrialSpec, prepared: Path) -> None:
+        from pipeline.data import load_split
+
+        self.study, self.spec = study, spec
+        self.device = resolve_device(study.train.device)
+        torch.manual_seed(spec.seed)
+        self.train = load_split(prepared, "train", device=self.device)
+        self.val = load_split(prepared, "val", device=self.device)
+        self.test = load_split(prepared, "test", device=self.device)
+        channels = self.train.clean.shape[1]
+        self.prior = study.priors[spec.prior]
+        self.scheme = build_scheme(self.prior, spec, channels, study.root).to(self.device)
+        self.estimator = build_estimator(study, spec)
+        params = [p for p in self.scheme.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"prior {spec.prior!r} has nothing to learn")
+        lr = study.train.lr
+        self.optimizer = (
+            torch.optim.Adam(params, lr=lr)
+            if study.train.optimizer == "adam"
+            else torch.optim.SGD(params, lr=lr)
+        )
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        # Warm starts: each training sample's last iterate (the paper's implicit truncation).
+        self.bank = self.train.observed.clone() if spec.start == "warm" else None
+        probe = min(study.train.probe_batch_size, len(self.val))
+        self.probe_index = torch.arange(probe)
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "elapsed": self.elapsed,
+            "scheme": self.scheme.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "bank": self.bank,
+            "history": json.dumps(self.history),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.elapsed = float(state["elapsed"])
+        self.scheme.load_state_dict(state["scheme"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        if state["bank"] is not None:
+            self.bank = state["bank"].to(self.device)
+        self.history = json.loads(state["history"])
+
+    # ------------------------------------------------------------------ pieces
+    def step_fn(self, split, index: Tensor):
+        y = split.observed[index]
+        return self.scheme.bind(y, split.physics(index)), y
+
+    def train_epoch(self) -> tuple[float, float]:
+        cfg = self.study.train
+        n = len(self.train)
+        order = torch.randperm(n, generator=self.generator)
+        batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        if cfg.steps_per_epoch is not None:
+            batches = batches[: cfg.steps_per_epoch]
+        losses, seconds = [], []
+        for index in batches:
+            start = time.perf_counter()
+            step, y = self.step_fn(self.train, index)
+            x0 = self.bank[index] if self.bank is not None else y
+            x = self.estimator(step, x0)
+            loss = ((x - self.train.clean[index]) ** 2).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _check_finite(loss, x, self.scheme)
+            self.optimizer.step()
+            if self.bank is not None:
+                self.bank[index] = x.detach()
+            seconds.append(time.perf_counter() - start)
+            losses.append(float(loss))
+        return sum(losses) / len(losses), sum(seconds) / len(seconds)
+
+    @torch.no_grad()
+    def solve(self, split, index: Tensor, iterations: int | None = None) -> Tensor:
+        """Reconstruct: ``iterations`` steps from y, or the fixed point solved to eval_tol."""
+        step, y = self.step_fn(split, index)
+        phi = block(step, self.scheme_layers())
+        if iterations is not None:
+            x = y
+            for _ in range(max(1, iterations // self.scheme_layers())):
+                x = phi(x)
+            return x
+        cfg = self.study.train
+        x, _ = anderson(phi, y, max_iter=cfg.eval_max_iter, tol=cfg.eval_tol)
+        return x
+
+    def scheme_layers(self) -> int:
+        return int(getattr(self.scheme, "layers", 1))
+
+    def evaluate(self, split, iterations: int | None = None) -> Tensor:
+        """Per-image PSNR on a whole split (batched)."""
+        out = []
+        bs = self.study.train.batch_size
+        for i in range(0, len(split), bs):
+            index = torch.arange(i, min(i + bs, len(split)))
+            x = self.solve(split, index, iterations)
+            out.append(psnr(x.clamp(0, 1), split.clean[index]))
+        return torch.cat(out)
+
+    def probes(self) -> dict[str, float]:
+        """Gradient fidelity vs DEQ and the contraction estimate on a fixed probe batch."""
+        from pipeline import probes
+
+        index = self.probe_index
+        params = [p for p in self.scheme.parameters() if p.requires_grad]
+        clean = self.val.clean[index]
+
+        def grad_of(est: Estimator) -> list[Tensor]:
+            step, y = self.step_fn(self.val, index)
+            loss = ((est(step, y) - clean) ** 2).mean()
+            return list(torch.autograd.grad(loss, params, allow_unused=True))
+
+        reference = build_estimator(self.study, self.spec.model_copy(update={"estimator": "deq"}))
+        g = grad_of(self.estimator)
+        g_ref = grad_of(reference)
+        cosine, rel_err = probes.compare(g, g_ref)
+        step, _ = self.step_fn(self.val, index)
+        x_star = self.solve(self.val, index)
+        gamma = probes.contraction(block(step, 1), x_star, iters=20, seed=0)
+        return {"grad_cos_vs_deq": cosine, "grad_rel_err_vs_deq": rel_err, "gamma_hat": gamma}
+
+    def theta_metrics(self) -> dict[str, float]:
+        return flatten_theta(self.scheme.theta())
+
+    def saved_mib(self) -> float:
+        """MiB autograd saves for one training step: the estimator's training memory."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        total = 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        index = torch.arange(min(self.study.train.batch_size, len(self.train)))
+        step, y = self.step_fn(self.train, index)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            x = self.estimator(step, y)
+            loss = ((x - self.train.clean[index]) ** 2).mean()
+        del loss, x
+        return total / 2**20
+
+
+def flatten_theta(theta: dict[str, Any]) -> dict[str, float]:
+    """``{"lambda": 0.1, "weights": [1, 2]}`` -> ``{"theta.lambda": 0.1, "theta.weights.0": 1, ...}``."""
+    out: dict[str, float] = {}
+    for key, value in theta.items():
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                out[f"theta.{key}.{i}"] = float(v)
+        else:
+            out[f"theta.{key}"] = float(value)
+    return out
+
+
+def _check_finite(loss: Tensor, x: Tensor, scheme: torch.nn.Module) -> None:
+    if not math.isfinite(float(loss)):
+        raise Diverged(f"loss is {float(loss)}")
+    if not torch.isfinite(x).all():
+        raise Diverged("the iterate has non-finite values")
+    for name, p in scheme.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            raise Diverged(f"the gradient of {name} is not finite")
+
+
+def run_trial(
+    study: StudyConfig,
+    spec: TrialSpec,
+    prepared: Path,
+    *,
+    report: Report | None = None,
+    resume: dict[str, Any] | None = None,
+    artifacts_dir: Path | None = None,
+    threads: int | None = None,
+) -> TrialResult:
+    """Train, evaluate and report one trial. Divergence ends it with status ``diverged``."""
+    if threads:
+        torch.set_num_threads(threads)
+    trial = Trial(study, spec, prepared)
+    if resume is not None:
+        trial.restore(resume)
+    status, reason = "finished", ""
+    while trial.epoch < study.train.epochs:
+        start = time.perf_counter()
+        try:
+            loss, sec_per_step = trial.train_epoch()
+        except Diverged as err:
+            status, reason = "diverged", f"epoch {trial.epoch + 1}: {err}"
+            break
+        trial.elapsed += time.perf_counter() - start
+        val = trial.evaluate(trial.val)
+        trial.epoch += 1
+        row = {
+            "epoch": float(trial.epoch),
+            "elapsed_seconds": trial.elapsed,
+            "train_loss": loss,
+            "val_psnr": float(val.mean()),
+            "seconds_per_step": sec_per_step,
+            **trial.probes(),
+            **trial.theta_metrics(),
+        }
+        if not all(math.isfinite(v) for v in row.values()):
+            status, reason = "diverged", f"epoch {trial.epoch}: non-finite metrics"
+            break
+        trial.history.append(row)
+        if report is not None:
+            report(row, trial.state())
+
+    theta = trial.scheme.theta()
+    if status != "finished":
+        last = trial.history[-1] if trial.history else {}
+        return TrialResult(status, reason, dict(last), trial.history, theta)
+
+    per_image = trial.evaluate(trial.test)
+    at_depth_iters = iterations_at_depth(spec)
+    at_depth = per_image if at_depth_iters is None else trial.evaluate(trial.test, at_depth_iters)
+    metrics = {
+        **trial.history[-1],
+        "test_psnr": float(per_image.mean()),
+        "test_psnr_at_depth": float(at_depth.mean()),
+        "test_psnr_input": float(psnr(trial.test.observed, trial.test.clean).mean()),
+        "train_seconds": trial.elapsed,
+        "peak_mem_mib": trial.saved_mib(),
+        "final_val_psnr": trial.history[-1]["val_psnr"],
+    }
+    artifacts: list[Path] = []
+    if artifacts_dir is not None:
+        artifacts = write_artifacts(trial, theta, artifacts_dir, study.report.images)
+    return TrialResult(status, reason, metrics, trial.history, theta, per_image.tolist(), artifacts)
+
+
+def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int) -> list[Path]:
+    """A PNG grid (truth / observation / at equilibrium / at depth) and θ as JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    theta_path = out / "theta.json"
+    theta_path.write_text(json.dumps(theta, indent=2))
+    n = min(images, len(trial.test))
+    index = torch.arange(n)
+    rows = [("ground truth", trial.test.clean[index]), ("observation", trial.test.observed[index])]
+    rows.append(("at equilibrium", trial.solve(trial.test, index)))
+    depth_iters = iterations_at_depth(trial.spec)
+    if depth_iters is not None:
+        rows.append((f"at depth ({depth_iters} it.)", trial.solve(trial.test, index, depth_iters)))
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.0 * n, 2.0 * len(rows)), squeeze=False)
+    for r, (label, batch) in enumerate(rows):
+        values = psnr(batch.clamp(0, 1), trial.test.clean[index])
+        for c in range(n):
+            img = batch[c].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            ax = axes[r][c]
+            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{values[c]:.2f} dB", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(trial.spec.name, fontsize=9)
+    fig.tight_layout()
+    grid = out / "reconstructions.png"
+    fig.savefig(grid, dpi=110)
+    plt.close(fig)
+    return [grid, theta_path]
