@@ -63,20 +63,27 @@ class Diagnostics:
 
 
 def takes_layer(step: Step) -> bool:
-    """Whether ``step`` accepts a second positional argument (the layer index)."""
+    """Whether ``step`` takes the layer index as its second positional argument.
+
+    It does when that argument is named ``layer`` or has no default (or with ``*args``); a second
+    argument with a default under another name (``lambda x, lam=lam: ...``, the usual way to bind
+    a loop variable) is not a layer index. ``*args`` after ``x`` counts as taking it.
+    """
     # An nn.Module's own signature is ``(*args, **kwargs)``: look at its ``forward`` instead.
     target = step.forward if isinstance(step, torch.nn.Module) else step
     try:
-        params = inspect.signature(target).parameters.values()
+        params = list(inspect.signature(target).parameters.values())
     except (TypeError, ValueError):
         return False
-    positional = 0
-    for p in params:
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    for i, p in enumerate(params):
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
-            return True
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-            positional += 1
-    return positional >= 2
+            return i >= 1
+        if p.kind not in positional:
+            return False
+        if i == 1:
+            return p.name == "layer" or p.default is inspect.Parameter.empty
+    return False
 
 
 def as_layered(step: Step) -> LayeredStep:
@@ -271,23 +278,34 @@ class JFB(_ForwardSolve):
         return out
 
 
-class _ImplicitSolve:
-    """Holds what the implicit backward needs; dropped as soon as it has run."""
+def _depends_on_leaves_other_than(out: Tensor, z: Tensor) -> bool:
+    """Whether ``out``'s graph reaches a leaf requiring grad other than ``z``.
 
-    def __init__(
-        self,
-        z: Tensor,
-        fz: Tensor,
-        estimator: DEQ,
-        diagnostics: Diagnostics,
-    ) -> None:
-        self.z = z
-        self.fz = fz
+    (``out.requires_grad`` alone cannot tell: ``out = Φ(z)`` always requires grad through z.)
+    """
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        leaf = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
+        if leaf is not None and leaf is not z:
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
+class _ImplicitSolve:
+    """The options and diagnostics of the implicit backward (no tensors: z*, Φ(z*) are saved
+    for backward on the autograd node, so autograd frees them unless ``retain_graph``)."""
+
+    def __init__(self, estimator: DEQ, diagnostics: Diagnostics) -> None:
         self.estimator = estimator
         self.diagnostics = diagnostics
 
-    def solve(self, grad: Tensor) -> Tensor:
-        z, fz, est = self.z, self.fz, self.estimator
+    def solve(self, z: Tensor, fz: Tensor, grad: Tensor) -> Tensor:
+        est = self.estimator
 
         def affine(v: Tensor) -> Tensor:
             (jtv,) = torch.autograd.grad(fz, z, v, retain_graph=True)
@@ -313,18 +331,19 @@ class _ImplicitBackward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, fz: Tensor, implicit: _ImplicitSolve) -> Tensor:
+    def forward(ctx: Any, fz: Tensor, z: Tensor, implicit: _ImplicitSolve) -> Tensor:
+        # Saved tensors follow autograd's rules: freed after a backward without retain_graph
+        # (a second backward then raises autograd's "backward through the graph a second time"),
+        # kept with retain_graph=True (gradcheck, Jacobians, several losses).
+        ctx.save_for_backward(fz, z)
         ctx.implicit = implicit
         return fz.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        implicit: _ImplicitSolve | None = ctx.implicit
-        if implicit is None:
-            raise RuntimeError("deq: the implicit backward of this output already ran")
-        ctx.implicit = None  # free z, fz and the closure once used
-        return implicit.solve(grad), None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        fz, z = ctx.saved_tensors
+        return ctx.implicit.solve(z, fz, grad), None, None
 
 
 @dataclass
@@ -364,9 +383,9 @@ class DEQ(_ForwardSolve):
         fz = phi(z)
         self.last.forward_steps += self.depth
         self.last.seconds += time.perf_counter() - start
-        if not fz.requires_grad:  # nothing learnable inside step
+        if not _depends_on_leaves_other_than(fz, z):  # nothing learnable inside step
             return fz.detach()
-        return _ImplicitBackward.apply(fz, _ImplicitSolve(z, fz, self, self.last))
+        return _ImplicitBackward.apply(fz, z, _ImplicitSolve(self, self.last))
 
 
 ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (Unrolled, RJFB, JFB, DEQ)}

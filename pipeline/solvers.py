@@ -38,8 +38,8 @@ class SolverInfo:
 def relative_residual(fx: Tensor, x: Tensor) -> float:
     """``||fx - x|| / ||fx||`` as a Python float (a zero ``fx`` gives the absolute residual)."""
     num = torch.linalg.vector_norm(fx - x)
-    den = torch.linalg.vector_norm(fx).clamp_min(_TINY)
-    return float(num / den)
+    den = torch.linalg.vector_norm(fx)
+    return float(torch.where(den > 0, num / den, num))  # one host synchronisation
 
 
 def fixed_point(f: TensorMap, x0: Tensor, max_iter: int, tol: float) -> tuple[Tensor, SolverInfo]:

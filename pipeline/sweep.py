@@ -121,7 +121,9 @@ def train_trial(point: dict[str, Any], context: TrialContext) -> None:
         tracking.finish(c, run_id, "failed", f"{type(err).__name__}: {err}", "FAILED")
         raise
     final = {k: v for k, v in result.metrics.items() if k != "epoch"}
-    tracking.log_metrics(c, run_id, final, step=len(result.history))
+    last_epoch = result.history[-1] if result.history else {}
+    summary = {k: v for k, v in final.items() if k not in last_epoch}  # epochs already logged
+    tracking.log_metrics(c, run_id, summary, step=len(result.history))
     tracking.log_artifacts(c, run_id, result.artifacts)
     tune.report(
         {

@@ -197,7 +197,7 @@ class Trial:
             if self.bank is not None:
                 self.bank[index] = x.detach()
             seconds.append(time.perf_counter() - start)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return sum(losses) / len(losses), sum(seconds) / len(seconds)
 
     @torch.no_grad()
@@ -285,8 +285,9 @@ def flatten_theta(theta: dict[str, Any]) -> dict[str, float]:
 
 
 def _check_finite(loss: Tensor, x: Tensor, scheme: torch.nn.Module) -> None:
-    if not math.isfinite(float(loss)):
-        raise Diverged(f"loss is {float(loss)}")
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise Diverged(f"loss is {value}")
     if not torch.isfinite(x).all():
         raise Diverged("the iterate has non-finite values")
     for name, p in scheme.named_parameters():

@@ -1,0 +1,61 @@
+"""DVC stage: the ablation report (tables, summary, metrics, plots) from the sweep's tables.
+
+python -m stages.report [--params params.yaml] [--trials reports/trials.parquet]
+                        [--history reports/history.parquet] [--out reports]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.cli import run_cli
+from pipeline.errors import DataError
+
+
+def _read_parquet(path: Path, what: str):
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file not found (run the sweep stage first)")
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(f"{path}: not a readable parquet file ({first})") from None
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.report",
+        description="Write reports/ablation.md, metrics.json and plots from the sweep's tables.",
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (%(default)s)")
+    parser.add_argument("--trials", default="reports/trials.parquet", help="(%(default)s)")
+    parser.add_argument("--history", default="reports/history.parquet", help="(%(default)s)")
+    parser.add_argument("--out", default="reports", help="output folder (%(default)s)")
+    args = parser.parse_args(argv)
+
+    from pipeline.config import load_params
+    from pipeline.report import write_report
+
+    cfg = load_params(args.params)
+    trials = _read_parquet(Path(args.trials), "trials table")
+    history = _read_parquet(Path(args.history), "training history")
+    out = Path(args.out)
+    metrics = write_report(trials, history, out, cfg.report)
+    print(
+        f"report: {metrics['n_trials']} trials ({metrics['n_finished']} finished) -> "
+        f"{out / 'ablation.md'}, {out / 'metrics.json'}, {out / 'plots'}/"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,548 @@
+"""The ablation report on a synthetic but realistic sweep (no training involved)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import ReportConfig
+from pipeline.report import (
+    COMPARE_COLUMNS,
+    PLOT_FILES,
+    compare_to_deq,
+    time_to_quality,
+    write_report,
+)
+
+CFG = ReportConfig()
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# (prior, K, T) -> (test PSNR at equilibrium, at depth)
+RJFB_PSNR = {
+    ("l1", 1, 0): (25.10, 26.90),
+    ("l1", 1, 5): (27.20, 27.15),
+    ("l1", 5, 0): (26.40, 27.30),
+    ("l1", 5, 5): (27.46, 27.44),
+    ("l1", 10, 0): (26.95, 27.40),
+    ("l1", 10, 5): (27.52, 27.50),
+    ("pnp", 1, 0): (26.50, 28.20),
+    ("pnp", 1, 5): (28.55, 28.50),
+    ("pnp", 5, 0): (27.80, 28.60),
+    ("pnp", 5, 5): (28.85, 28.84),
+    ("pnp", 10, 0): (math.nan, math.nan),  # diverged
+    ("pnp", 10, 5): (28.70, 28.69),
+}
+DEQ = {"l1": (27.50, 120.0, 300.0, 27.80), "pnp": (28.90, 600.0, 2000.0, 29.10)}
+DIVERGED = "pnp-rjfb-K10-T0-s0"
+FAILED = "pnp-unrolled-N20-s0"
+DIVERGED_REASON = "validation PSNR became NaN at epoch 3"
+FAILED_REASON = "CUDA out of memory | tried to allocate 2.00 GiB"
+EPOCHS = 6
+
+
+def _row(prior: str, estimator: str, **kw) -> dict:
+    depth, restarts, iters = kw.get("depth", 1), kw.get("restarts", 0), kw.get("iterations")
+    parts = [prior, estimator]
+    if estimator == "rjfb":
+        parts += [f"K{depth}", f"T{restarts}"]
+    elif estimator == "unrolled":
+        parts.append(f"N{iters}")
+    name = "-".join([*parts, "s0"])
+    row = {
+        "trial_id": f"id-{name}",
+        "name": name,
+        "prior": prior,
+        "prior_type": "wavelet" if prior == "l1" else "pnp",
+        "estimator": estimator,
+        "depth": depth,
+        "restarts": restarts,
+        "restart_tol": math.nan,
+        "start": "y",
+        "iterations": iters,
+        "seed": 0,
+        "status": "finished",
+        "status_reason": "",
+        "test_psnr_input": 20.17,
+        "mlflow_run_id": f"run-{name}",
+        "theta_json": json.dumps({"lambda": 0.05}),
+    }
+    row.update(kw)
+    return row
+
+
+def synthetic_trials() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for prior, (psnr, secs, mem, val) in DEQ.items():
+        gamma = 0.8 if prior == "l1" else 0.9
+        scale = 1.0 if prior == "l1" else 5.0
+        rows.append(
+            _row(
+                prior,
+                "deq",
+                test_psnr=psnr,
+                test_psnr_at_depth=psnr,
+                train_seconds=secs,
+                peak_mem_mib=mem,
+                final_val_psnr=val,
+                grad_cos_vs_deq=1.0,
+                grad_rel_err_vs_deq=0.0,
+                gamma_hat=gamma,
+            )
+        )
+        for k in (1, 5, 10):
+            for t in (0, 5):
+                eq, at_depth = RJFB_PSNR[(prior, k, t)]
+                err = 0.6 * gamma**k + (0.3 if t == 0 else 0.0)
+                rows.append(
+                    _row(
+                        prior,
+                        "rjfb",
+                        depth=k,
+                        restarts=t,
+                        test_psnr=eq,
+                        test_psnr_at_depth=at_depth,
+                        train_seconds=scale * (15 + 0.8 * k * (t + 1)),
+                        peak_mem_mib=(80 + 12 * k) if prior == "l1" else (400 + 150 * k),
+                        final_val_psnr=val + (eq - psnr),
+                        grad_cos_vs_deq=1 - err**2 / 2,
+                        grad_rel_err_vs_deq=err,
+                        gamma_hat=gamma**k,
+                    )
+                )
+        rows.append(
+            _row(
+                prior,
+                "unrolled",
+                iterations=20,
+                test_psnr=psnr - 0.5,
+                test_psnr_at_depth=psnr - 0.05,
+                train_seconds=scale * 40.0,
+                peak_mem_mib=80 + 12 * 20,
+                final_val_psnr=val - 0.45,
+                grad_cos_vs_deq=0.97,
+                grad_rel_err_vs_deq=0.2,
+                gamma_hat=gamma**20,
+            )
+        )
+    rows.append(
+        _row(
+            "l1",
+            "jfb",
+            test_psnr=27.35,
+            test_psnr_at_depth=27.35,
+            train_seconds=90.0,
+            peak_mem_mib=95.0,
+            final_val_psnr=27.66,
+            grad_cos_vs_deq=0.9,
+            grad_rel_err_vs_deq=0.45,
+            gamma_hat=0.8,
+        )
+    )
+    df = pd.DataFrame(rows)
+    metric_cols = [
+        "test_psnr",
+        "test_psnr_at_depth",
+        "train_seconds",
+        "peak_mem_mib",
+        "final_val_psnr",
+        "grad_cos_vs_deq",
+        "grad_rel_err_vs_deq",
+        "gamma_hat",
+    ]
+    for name, status, reason in (
+        (DIVERGED, "diverged", DIVERGED_REASON),
+        (FAILED, "failed", FAILED_REASON),
+    ):
+        i = df.index[df["name"] == name]
+        df.loc[i, "status"] = status
+        df.loc[i, "status_reason"] = reason
+        df.loc[i, metric_cols] = np.nan
+    df["seconds_per_step"] = df["train_seconds"] / 60
+    df["iterations"] = df["iterations"].astype("Int64")
+    image_offsets = rng.normal(0, 0.8, 16)  # some test patches are harder than others
+    df["test_psnr_per_image"] = [
+        (p + image_offsets + rng.normal(0, 0.1, 16)).tolist() if np.isfinite(p) else []
+        for p in df["test_psnr"]
+    ]
+    return compare_to_deq(df)
+
+
+def synthetic_history(trials: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in trials.itertuples(index=False):
+        if r.status == "failed":
+            continue
+        diverged = r.status == "diverged"
+        secs = 100.0 if diverged else r.train_seconds
+        final = 28.0 if diverged else r.final_val_psnr
+        for e in range(3 if diverged else EPOCHS):
+            val = final - 3.0 * (0.4**e - 0.4 ** (EPOCHS - 1))
+            if diverged and e == 2:
+                val = 12.0
+            row = {
+                "trial_id": r.trial_id,
+                "name": r.name,
+                "epoch": e,
+                "elapsed_seconds": secs * (e + 1) / EPOCHS,
+                "train_loss": 0.01 * 0.7**e,
+                "val_psnr": val,
+                "seconds_per_step": secs / 60,
+                "grad_cos_vs_deq": r.grad_cos_vs_deq,
+                "grad_rel_err_vs_deq": r.grad_rel_err_vs_deq,
+                "gamma_hat": r.gamma_hat,
+            }
+            k = 1 + 0.05 * (r.depth or 1) + 0.02 * (r.restarts or 0)
+            row["theta.lambda"] = 0.05 * (1 + 0.4 * k * (1 - 0.5**e))
+            if r.prior == "l1":
+                for j in range(4):
+                    row[f"theta.weights.{j}"] = 1.0 + 0.1 * j * k * (1 - 0.6**e)
+            else:
+                row["theta.sigma"] = 0.05 + 0.02 * k * (1 - 0.5**e)
+                row["theta.tau"] = 1.0 - 0.1 * k * (1 - 0.5**e)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    trials = synthetic_trials()
+    return trials, synthetic_history(trials)
+
+
+@pytest.fixture(scope="module")
+def report(tables, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("report")
+    metrics = write_report(*tables, out, CFG)
+    return out, metrics
+
+
+def _by_name(df: pd.DataFrame, name: str) -> pd.Series:
+    rows = df[df["name"] == name]
+    assert len(rows) == 1, name
+    return rows.iloc[0]
+
+
+# --------------------------------------------------------------------------- compare_to_deq
+
+
+def test_compare_to_deq_exact_values(tables):
+    trials, _ = tables
+    r = _by_name(trials, "l1-rjfb-K5-T5-s0")
+    assert r["delta_psnr_vs_deq"] == pytest.approx(27.46 - 27.50, abs=1e-12)
+    assert r["delta_psnr_at_depth_vs_deq"] == pytest.approx(27.44 - 27.50, abs=1e-12)
+    assert r["time_ratio_vs_deq"] == pytest.approx((15 + 0.8 * 5 * 6) / 120.0, abs=1e-12)
+    assert r["mem_ratio_vs_deq"] == pytest.approx((80 + 12 * 5) / 300.0, abs=1e-12)
+    r = _by_name(trials, "pnp-rjfb-K10-T5-s0")
+    assert r["delta_psnr_vs_deq"] == pytest.approx(28.70 - 28.90, abs=1e-12)
+    assert r["time_ratio_vs_deq"] == pytest.approx(5 * (15 + 0.8 * 10 * 6) / 600.0, abs=1e-12)
+    deq = _by_name(trials, "l1-deq-s0")
+    assert deq[list(COMPARE_COLUMNS)].tolist() == [0.0, 0.0, 1.0, 1.0]
+    for name in (DIVERGED, FAILED):
+        assert _by_name(trials, name)[list(COMPARE_COLUMNS)].isna().all()
+
+
+def test_compare_to_deq_is_idempotent_and_keeps_the_table(tables):
+    trials, _ = tables
+    again = compare_to_deq(trials)
+    pd.testing.assert_frame_equal(again, trials)
+    raw = trials.drop(columns=list(COMPARE_COLUMNS))
+    out = compare_to_deq(raw)
+    assert list(out.columns) == [*raw.columns, *COMPARE_COLUMNS]
+    pd.testing.assert_frame_equal(out[raw.columns], raw)
+
+
+def test_compare_to_deq_needs_a_finished_y_start_deq_of_the_same_seed(tables):
+    trials, _ = tables
+    t = trials.copy()
+    t.loc[t["name"] == "l1-deq-s0", "status"] = "failed"
+    other_seed = _by_name(trials, "pnp-rjfb-K5-T5-s0").copy()
+    other_seed["seed"], other_seed["name"] = 1, "pnp-rjfb-K5-T5-s1"
+    warm_deq = _by_name(trials, "pnp-deq-s0").copy()
+    warm_deq["start"], warm_deq["name"], warm_deq["test_psnr"] = "warm", "pnp-deq-warm-s0", 99.0
+    t = pd.concat([t, other_seed.to_frame().T, warm_deq.to_frame().T], ignore_index=True)
+    out = compare_to_deq(t)
+    assert out.loc[out["prior"] == "l1", "delta_psnr_vs_deq"].isna().all()
+    assert np.isnan(_by_name(out, "pnp-rjfb-K5-T5-s1")["delta_psnr_vs_deq"])
+    assert _by_name(out, "pnp-rjfb-K5-T5-s0")["delta_psnr_vs_deq"] == pytest.approx(-0.05)
+
+
+# --------------------------------------------------------------------------- time to quality
+
+
+def test_time_to_quality_on_a_hand_made_history():
+    trials = pd.DataFrame(
+        [
+            _row("l1", "deq", trial_id="d", name="deq", final_val_psnr=28.0),
+            _row("l1", "rjfb", trial_id="a", name="a", depth=5, restarts=5),
+            _row("l1", "rjfb", trial_id="b", name="b", depth=1, restarts=0),
+            _row("l1", "rjfb", trial_id="c", name="c", depth=5, restarts=0),
+            _row("l1", "rjfb", trial_id="e", name="e", seed=1),  # no DEQ for seed 1
+        ]
+    )
+    curves = {
+        "d": ([10, 20, 30], [25.0, 27.0, 28.0]),
+        "a": ([2, 4, 6], [27.0, 27.96, 28.1]),
+        "b": ([1, 2, 3], [20.0, 25.0, 27.9]),
+        "c": ([5, 7], [27.0, 27.95]),  # exactly the target: counts as reached
+        "e": ([1], [30.0]),
+    }
+    history = pd.DataFrame(
+        [
+            {"trial_id": k, "epoch": i, "elapsed_seconds": float(s), "val_psnr": v}
+            for k, (ss, vv) in curves.items()
+            for i, (s, v) in enumerate(zip(ss, vv, strict=True))
+        ]
+    ).sample(frac=1.0, random_state=0)  # order must not matter
+    out = time_to_quality(trials, history, 0.05).set_index("trial_id")
+    assert out.loc["d", "quality_target_val_psnr"] == pytest.approx(27.95)
+    assert out.loc["d", "time_to_quality_s"] == 30.0
+    assert out.loc["d", "time_to_quality_ratio_vs_deq"] == 1.0
+    assert out.loc["a", "time_to_quality_s"] == 4.0
+    assert out.loc["a", "deq_time_to_quality_s"] == 30.0
+    assert out.loc["a", "time_to_quality_ratio_vs_deq"] == pytest.approx(4 / 30)
+    assert np.isnan(out.loc["b", "time_to_quality_s"])
+    assert np.isnan(out.loc["b", "time_to_quality_ratio_vs_deq"])
+    assert out.loc["c", "time_to_quality_ratio_vs_deq"] == pytest.approx(7 / 30)
+    assert out.loc[["e"], ["quality_target_val_psnr", "time_to_quality_s"]].isna().all().all()
+    # a history that only knows trial names joins by name
+    by_name = history.assign(name=history["trial_id"].replace({"d": "deq"})).drop(
+        columns="trial_id"
+    )
+    again = time_to_quality(trials, by_name, 0.05).set_index("trial_id")
+    pd.testing.assert_frame_equal(again, out)
+    # without history: all NaN but still one row per trial
+    none = time_to_quality(trials, None, 0.05)
+    assert len(none) == 5 and none["time_to_quality_s"].isna().all()
+
+
+# --------------------------------------------------------------------------- write_report
+
+
+def _section(md: str, title: str) -> str:
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", md, re.S | re.M)
+    assert m, title
+    return m.group(1)
+
+
+def _table_cells(md: str, name: str) -> list[str]:
+    line = next(ln for ln in md.splitlines() if ln.startswith(f"| `{name}` |"))
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def test_markdown_lists_every_trial_and_every_failure(tables, report):
+    trials, _ = tables
+    out, _ = report
+    md = (out / "ablation.md").read_text()
+    per_prior = _section(md, "Results per prior")
+    for name in trials["name"]:
+        assert f"`{name}`" in per_prior
+    failed = _section(md, "Failed / diverged")
+    assert DIVERGED in failed and DIVERGED_REASON in failed
+    assert FAILED in failed and FAILED_REASON.replace("|", "\\|") in failed
+    for fname in PLOT_FILES:
+        assert f"](plots/{fname})" in md
+    assert not list(out.glob(".report-tmp-*"))
+
+
+def test_summary_numbers_match_the_table(tables, report):
+    trials, _ = tables
+    out, metrics = report
+    md = (out / "ablation.md").read_text()
+    summary = _section(md, "Summary")
+    header = [c.strip() for c in md.split("| trial |", 1)[1].splitlines()[0].strip("|").split("|")]
+    col = ["trial", *header].index("ΔPSNR eq. (dB)")
+
+    # l1: the deep rJFB configurations are within tolerance; worst is K5-T5 at -0.040
+    worst = _table_cells(md, "l1-rjfb-K5-T5-s0")[col]
+    assert worst == "-0.040" == f"{metrics['priors']['l1']['worst_rjfb_delta_psnr_k5_t5']:+.3f}"
+    assert "within 0.040 dB of DEQ at equilibrium" in summary
+    assert f"l1 (worst {worst} dB, l1-rjfb-K5-T5-s0)" in summary
+    assert metrics["priors"]["l1"]["rjfb_k5_t5_within_tolerance"] is True
+
+    # pnp: K10-T5 is 0.2 dB below DEQ -> the expectation is reported as failed
+    pnp = _table_cells(md, "pnp-rjfb-K10-T5-s0")[col]
+    assert pnp == "-0.200"
+    assert "**Expectation not met** for prior pnp" in summary
+    assert f"worst {pnp} dB, pnp-rjfb-K10-T5-s0" in summary
+    assert metrics["priors"]["pnp"]["rjfb_k5_t5_within_tolerance"] is False
+    assert metrics["all_priors_rjfb_k5_t5_within_tolerance"] is False
+
+    # T=0: mean loss over the finished no-restart trials, computed from the table
+    t0 = trials[(trials["estimator"] == "rjfb") & (trials["restarts"] == 0)]
+    mean_t0 = t0["delta_psnr_vs_deq"].mean()  # NaN of the diverged trial skipped
+    assert f"lose {-mean_t0:.3f} dB on average" in summary
+    assert f"{t0['delta_psnr_vs_deq'].notna().sum()} trials" in summary
+
+    # time to quality: fastest rJFB per prior, from the table's column
+    ttq_col = ["trial", *header].index("time-to-quality ×DEQ")
+    ratios = {
+        n: _table_cells(md, n)[ttq_col]
+        for n in trials.loc[(trials["prior"] == "l1") & (trials["estimator"] == "rjfb"), "name"]
+    }
+    best = metrics["priors"]["l1"]["best_rjfb_time_to_quality_ratio"]
+    best_name = metrics["priors"]["l1"]["best_rjfb_time_to_quality_trial"]
+    assert ratios[best_name] == f"{best:.2f}×"
+    assert f"({best_name}) reaches DEQ's final validation PSNR − 0.05 dB" in summary
+    assert f"in {1 / best:.2f}× less time" in summary
+    assert "2 of 17 trials did not finish (1 diverged, 1 failed)" in summary
+
+
+def test_metrics_json_is_valid_and_has_no_nan(report):
+    out, metrics = report
+
+    def no_constants(name):
+        raise AssertionError(f"non-JSON constant {name}")
+
+    loaded = json.loads((out / "metrics.json").read_text(), parse_constant=no_constants)
+    assert loaded == metrics
+    assert (loaded["n_trials"], loaded["n_finished"]) == (17, 15)
+    assert (loaded["n_failed"], loaded["n_diverged"]) == (1, 1)
+    l1 = loaded["priors"]["l1"]
+    assert l1["deq_test_psnr"] == 27.5
+    assert l1["best_rjfb_delta_psnr"] == pytest.approx(0.02)
+    assert l1["best_rjfb_trial"] == "l1-rjfb-K10-T5-s0"
+    assert loaded["priors"]["pnp"]["n_diverged"] == 1 and loaded["priors"]["pnp"]["n_failed"] == 1
+
+
+def _assert_pngs(out: Path) -> None:
+    for fname in PLOT_FILES:
+        data = (out / "plots" / fname).read_bytes()
+        assert data[:8] == PNG_MAGIC, fname
+        assert len(data) > 5000, fname
+
+
+def test_every_plot_is_a_png(report):
+    out, _ = report
+    _assert_pngs(out)
+    assert sorted(p.name for p in (out / "plots").iterdir()) == sorted(PLOT_FILES)
+
+
+def _edge_cases(trials: pd.DataFrame, history: pd.DataFrame):
+    no_deq = trials[~((trials["prior"] == "pnp") & (trials["estimator"] == "deq"))]
+    all_failed = trials.assign(status="failed", status_reason="killed")
+    single = trials[trials["name"] == "l1-rjfb-K5-T5-s0"]
+    return {
+        "no_deq_for_a_prior": (no_deq, history),
+        "all_failed": (all_failed, history),
+        "history_none": (trials, None),
+        "single_trial_empty_history": (single, history.iloc[0:0]),
+        "no_trials": (trials.iloc[0:0], None),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no_deq_for_a_prior",
+        "all_failed",
+        "history_none",
+        "single_trial_empty_history",
+        "no_trials",
+    ],
+)
+def test_edge_cases_still_write_a_complete_report(tables, tmp_path, case):
+    trials, history = _edge_cases(*tables)[case]
+    metrics = write_report(trials, history, tmp_path, CFG)
+    json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
+    md = (tmp_path / "ablation.md").read_text()
+    assert metrics["n_trials"] == len(trials)
+    for name in trials["name"]:
+        assert f"`{name}`" in md
+    _assert_pngs(tmp_path)
+    if case == "no_deq_for_a_prior":
+        assert "No finished DEQ baseline for prior(s) pnp" in md
+        assert metrics["priors"]["pnp"]["deq_test_psnr"] is None
+    if case == "all_failed":
+        assert f"{len(trials)} of {len(trials)} trials did not finish" in md
+        assert md.count("killed") == len(trials)
+    if case in ("history_none", "single_trial_empty_history"):
+        assert "no training history was given" in md
+
+
+def test_a_failure_while_writing_leaves_the_previous_report(tables, tmp_path, monkeypatch):
+    import pipeline.report as rep
+
+    small = tables[0][tables[0]["prior"] == "l1"].head(3)
+    write_report(small, tables[1], tmp_path, CFG)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rep, "_plot_theta", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report(tables[0].head(5), tables[1], tmp_path, CFG)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+# --------------------------------------------------------------------------- CLI
+
+PARAMS = """\
+priors:
+  l1: {type: wavelet}
+sweep:
+  priors: [l1]
+  estimators: [deq, rjfb]
+report:
+  quality_margin_db: 0.05
+"""
+
+
+def test_cli_writes_the_report_from_parquet(tables, tmp_path, capsys):
+    from stages.report import main
+
+    trials, history = (t[t["name"].str.startswith("l1-")] for t in tables)
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    trials.to_parquet(tmp_path / "trials.parquet")
+    history.to_parquet(tmp_path / "history.parquet")
+    out = tmp_path / "reports"
+    argv = [
+        f"--params={tmp_path / 'params.yaml'}",
+        f"--trials={tmp_path / 'trials.parquet'}",
+        f"--history={tmp_path / 'history.parquet'}",
+        f"--out={out}",
+    ]
+    assert main(argv) == 0
+    assert str(out / "ablation.md") in capsys.readouterr().out
+    _assert_pngs(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["priors"]["l1"]["worst_rjfb_delta_psnr_k5_t5"] == pytest.approx(-0.04)
+
+
+@pytest.mark.parametrize("missing", ["trials", "history"])
+def test_cli_missing_input_is_one_line_exit_2_and_writes_nothing(tables, tmp_path, capsys, missing):
+    from stages.report import main
+
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    files = {k: tmp_path / f"{k}.parquet" for k in ("trials", "history")}
+    tables[0].to_parquet(files["trials"])
+    tables[1].to_parquet(files["history"])
+    files[missing].unlink()
+    out = tmp_path / "reports"
+    argv = [f"--params={tmp_path / 'params.yaml'}", f"--out={out}"]
+    argv += [f"--{k}={v}" for k, v in files.items()]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert str(files[missing]) in err and "not found" in err
+    assert not out.exists()
+
+
+def test_cli_corrupt_parquet_is_a_data_error(tmp_path, capsys):
+    from stages.report import main
+
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    bad = tmp_path / "trials.parquet"
+    bad.write_text("not parquet")
+    argv = [f"--params={tmp_path / 'params.yaml'}", f"--trials={bad}", f"--out={tmp_path / 'o'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable parquet file" in err
