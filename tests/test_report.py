@@ -284,6 +284,7 @@ def test_time_to_quality_on_a_hand_made_history():
             _row("l1", "rjfb", trial_id="b", name="b", depth=1, restarts=0),
             _row("l1", "rjfb", trial_id="c", name="c", depth=5, restarts=0),
             _row("l1", "rjfb", trial_id="e", name="e", seed=1),  # no DEQ for seed 1
+            _row("l1", "rjfb", trial_id="f", name="f", depth=1, restarts=5),
         ]
     )
     curves = {
@@ -292,6 +293,8 @@ def test_time_to_quality_on_a_hand_made_history():
         "b": ([1, 2, 3], [20.0, 25.0, 27.9]),
         "c": ([5, 7], [27.0, 27.95]),  # exactly the target: counts as reached
         "e": ([1], [30.0]),
+        # passes through the target, falls below it, and only holds it from t=9 on
+        "f": ([3, 6, 9, 12], [28.0, 26.0, 28.0, 28.2]),
     }
     history = pd.DataFrame(
         [
@@ -311,6 +314,8 @@ def test_time_to_quality_on_a_hand_made_history():
     assert np.isnan(out.loc["b", "time_to_quality_ratio_vs_deq"])
     assert out.loc["c", "time_to_quality_ratio_vs_deq"] == pytest.approx(7 / 30)
     assert out.loc[["e"], ["quality_target_val_psnr", "time_to_quality_s"]].isna().all().all()
+    # a transient crossing does not count: the level must hold until the end of training
+    assert out.loc["f", "time_to_quality_s"] == 9.0
     # a history that only knows trial names joins by name
     by_name = history.assign(name=history["trial_id"].replace({"d": "deq"})).drop(
         columns="trial_id"
@@ -319,7 +324,7 @@ def test_time_to_quality_on_a_hand_made_history():
     pd.testing.assert_frame_equal(again, out)
     # without history: all NaN but still one row per trial
     none = time_to_quality(trials, None, 0.05)
-    assert len(none) == 5 and none["time_to_quality_s"].isna().all()
+    assert len(none) == len(trials) and none["time_to_quality_s"].isna().all()
 
 
 # --------------------------------------------------------------------------- write_report
