@@ -38,7 +38,56 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = sub.add_parser("check", help="validate params.yaml and list the sweep's trials")
     check.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    bench = sub.add_parser(
+        "bench",
+        help="time every gradient estimator against deepinv and a bare-PyTorch floor",
+        description=(
+            "One training step (forward, loss, backward) of each configuration, in one process: "
+            "this project, deepinv's PGD (DEQ, JFB, unfolded) and a plain-PyTorch floor. Prints a "
+            "markdown table (see docs/benchmarks.md)."
+        ),
+    )
+    bench.add_argument(
+        "--suite",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu: Haar-l1 FB denoising, B=8 gray 64x64; gpu: DRUNet PnP-FB deblurring, "
+        "B=8 RGB 256x256 (default: %(default)s)",
+    )
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions, same rows")
+    bench.add_argument(
+        "--json", metavar="PATH", help='also write {"rows": [...], "machine": {...}}'
+    )
+    bench.add_argument("--device", help="torch device (default: cpu for cpu, cuda if any for gpu)")
+    bench.add_argument("--batch", type=_positive, help="batch size override")
+    bench.add_argument("--size", type=_positive, help="patch side override")
+    bench.add_argument("--width", type=_positive, help="gpu suite: DRUNet base channels (64)")
+    bench.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="torch intra-op threads (default: %(default)s; see docs/benchmarks.md)",
+    )
+    bench.add_argument("--repeats", type=_positive, help="timed repetitions (15; quick: 5)")
+    bench.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
+    bench.add_argument(
+        "--deepinv-prior",
+        choices=("auto", "wavelet", "haar"),
+        default="auto",
+        help="cpu suite: deepinv's WaveletPrior (needs ptwt) or a Prior with the floor's Haar "
+        "prox; auto: WaveletPrior when ptwt is installed (default: %(default)s)",
+    )
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +101,23 @@ def _main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.params}: valid; {len(trials)} trials")
         for t in trials:
             print(f"  {t.name}")
+        return 0
+    if args.command == "bench":
+        from pipeline import bench
+
+        settings = bench.Settings(
+            suite=args.suite,
+            quick=args.quick,
+            device=args.device,
+            batch=args.batch,
+            size=args.size,
+            width=args.width,
+            threads=args.threads,
+            repeats=args.repeats,
+            seed=args.seed,
+            deepinv_prior=args.deepinv_prior,
+        )
+        bench.main(settings, json_path=args.json)
         return 0
     parser.print_help()
     return 0

@@ -20,9 +20,16 @@ class DataError(UserError):
     """An image source or a prepared data set is unusable."""
 
 
-def did_you_mean(kind: str, name: str, known: Iterable[str]) -> str:
-    """``unknown <kind> 'name' (did you mean 'x'?); expected one of a, b, c``."""
+def did_you_mean(kind: str, name: str, known: Iterable[str], show_name: bool = True) -> str:
+    """``unknown <kind> 'name' (did you mean 'x'?); expected one of a, b, c``.
+
+    ``show_name=False`` leaves the name out (when the message already shows it, e.g. as the key
+    of its location). Long names are shortened: the message stays one short line."""
     names = sorted(known)
-    close = difflib.get_close_matches(name, names, n=1)
+    close = difflib.get_close_matches(name, names, n=1) if len(name) <= 100 else []
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {name!r}{hint}; expected one of {', '.join(names)}"
+    shown = ""
+    if show_name:
+        shown = " " + (repr(name) if len(name) <= 60 else repr(name[:57]) + "...")
+    listed = f"; expected one of {', '.join(names)}" if names else ""
+    return f"unknown {kind}{shown}{hint}{listed}"

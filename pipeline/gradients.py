@@ -97,6 +97,22 @@ def as_layered(step: Step) -> LayeredStep:
     return layered
 
 
+def _untracked() -> torch.inference_mode:
+    """Context of the untracked iterations (restarts, forward solves).
+
+    Inference mode rather than ``no_grad``: no version counters or view tracking, measurably
+    cheaper per operation on the small tensors of these schemes (see docs/benchmarks.md). What
+    it makes are inference tensors, which autograd must never see: :func:`_tracked` turns the
+    result back into a plain tensor (one copy per estimator call).
+    """
+    return torch.inference_mode()
+
+
+def _tracked(x: Tensor) -> Tensor:
+    """``x`` as a plain tensor that autograd may record (a copy if it is an inference tensor)."""
+    return x.clone() if x.is_inference() and not torch.is_inference_mode_enabled() else x
+
+
 def block(step: Step, depth: int) -> Callable[[Tensor], Tensor]:
     """The K-block Φ_K = T_{K-1} ∘ … ∘ T_0 of ``step`` as a one-argument map."""
     layered = as_layered(step)
@@ -187,7 +203,7 @@ class RJFB(Estimator):
         phi = block(step, self.depth)
         x = x0.detach()
         used = 0
-        with torch.no_grad():
+        with _untracked():
             for _ in range(self.restarts):
                 fx = phi(x)
                 used += 1
@@ -198,7 +214,7 @@ class RJFB(Estimator):
                         break
                 else:
                     x = fx
-        x = x.detach()
+        x = _tracked(x).detach()
         out = phi(x)
         residual = relative_residual(out.detach(), x)
         self.last = Diagnostics(
@@ -251,8 +267,9 @@ class _ForwardSolve(Estimator):
 
     def _forward(self, phi: Callable[[Tensor], Tensor], x0: Tensor) -> Tensor:
         start = time.perf_counter()
-        with torch.no_grad():
+        with _untracked():
             x, info = self._solve(phi, x0.detach(), self.tol, self.max_iter, self.anderson)
+        x = _tracked(x)
         self.last = Diagnostics(
             forward_steps=info.iterations * self.depth,
             residual=info.residual,

@@ -17,6 +17,7 @@ import costs seconds) so that ``import pipeline.schemes`` stays cheap.
 from __future__ import annotations
 
 import math
+import pickle
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -374,19 +375,66 @@ def _load_weights(model: nn.Module, path: Path, kind: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read denoiser weights {str(path)!r}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = ""
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            hint = (
+                " (it holds pickled objects, e.g. a whole model saved with torch.save(model): "
+                "only weights are loaded; save model.state_dict() instead)"
+            )
+        raise ValueError(f"cannot read denoiser weights {str(path)!r}{hint}: {first}") from exc
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
+        hint = ""
+        if isinstance(state, Mapping):
+            nested = [k for k, v in state.items() if isinstance(v, Mapping)]
+            if nested:
+                hint = f"; it nests mappings under {', '.join(map(repr, nested[:3]))}: save one"
         raise ValueError(
-            f"denoiser weights {str(path)!r} is not a state dict (a mapping of names to tensors)"
+            f"denoiser weights {str(path)!r} is not a state dict "
+            f"(a mapping of names to tensors){hint}"
         )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        if len(detail) > 300:
+            detail = detail[:297] + "..."
         raise ValueError(
-            f"denoiser weights {str(path)!r} do not match this {kind} architecture: {exc}"
+            f"denoiser weights {str(path)!r} do not match the {kind} asked for "
+            f"({describe_denoiser(model.state_dict(), kind)}); the file holds "
+            f"{describe_denoiser(state)}. {detail}"
         ) from exc
+
+
+def describe_denoiser(state: Mapping[str, Tensor], kind: str | None = None) -> str:
+    """A one-line architecture summary of a DRUNet / DnCNN state dict (for error messages)."""
+    keys = list(state)
+    if "m_head.weight" in state and (kind in (None, "drunet")):
+        head = state["m_head.weight"]
+        nb = len({k.split(".")[1] for k in keys if k.startswith("m_down1.") and ".res." in k})
+        widths = [
+            int(state[k].shape[0])
+            for k in ("m_head.weight", "m_down2.0.res.0.weight", "m_down3.0.res.0.weight")
+            if k in state
+        ]
+        if "m_body.0.res.0.weight" in state:
+            widths.append(int(state["m_body.0.res.0.weight"].shape[0]))
+        return (
+            f"a DRUNet with nc={widths[0]} (widths {'/'.join(map(str, widths))}), nb={nb}, "
+            f"{int(head.shape[1]) - 1} image channel(s)"
+        )
+    if "in_conv.weight" in state and (kind in (None, "dncnn")):
+        head = state["in_conv.weight"]
+        depth = len({k.split(".")[1] for k in keys if k.startswith("conv_list.")}) + 2
+        return (
+            f"a DnCNN with depth={depth}, nf={int(head.shape[0])}, "
+            f"{int(head.shape[1])} image channel(s)"
+        )
+    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return f"neither a DRUNet nor a DnCNN state dict (keys {shown or 'none'})"
 
 
 def build_physics(
@@ -498,6 +546,7 @@ __all__ = [
     "WaveletFB",
     "build_denoiser",
     "build_physics",
+    "describe_denoiser",
     "gaussian_kernel",
     "gradient_step",
     "line_kernel",

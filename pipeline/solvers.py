@@ -37,9 +37,12 @@ class SolverInfo:
 
 def relative_residual(fx: Tensor, x: Tensor) -> float:
     """``||fx - x|| / ||fx||`` as a Python float (a zero ``fx`` gives the absolute residual)."""
-    num = torch.linalg.vector_norm(fx - x)
-    den = torch.linalg.vector_norm(fx)
-    return float(torch.where(den > 0, num / den, num))  # one host synchronisation
+    # both norms in one transfer (one host synchronisation), the division on the host: two
+    # fewer small kernels per iteration than a device-side where(den > 0, num / den, num)
+    num, den = torch.stack(
+        (torch.linalg.vector_norm(fx - x), torch.linalg.vector_norm(fx))
+    ).tolist()
+    return num / den if den > 0 else num
 
 
 def fixed_point(f: TensorMap, x0: Tensor, max_iter: int, tol: float) -> tuple[Tensor, SolverInfo]:
@@ -79,31 +82,45 @@ def anderson(
     flat = x0.reshape(batch, -1)
     dim = flat.shape[1]
     m = memory + 1  # history length (memory differences need memory+1 points)
+    # History buffers, allocated once: iterates, their images and the residuals g = f(x) - x
+    # (each residual is computed once, when its pair is stored, not again every iteration).
     xs = flat.new_zeros(batch, m, dim)
     fs = flat.new_zeros(batch, m, dim)
+    gs = flat.new_zeros(batch, m, dim)
+    eye = torch.eye(m, dtype=flat.dtype, device=flat.device)
+    ones = flat.new_ones(batch, m, 1)
 
     xs[:, 0] = flat
     fs[:, 0] = f(x0).reshape(batch, -1)
     residual = relative_residual(fs[:, 0], xs[:, 0])
     if residual < tol or max_iter <= 1:
         return fs[:, 0].reshape(shape), SolverInfo(1, residual, residual < tol)
+    torch.sub(fs[:, 0], xs[:, 0], out=gs[:, 0])
 
     xs[:, 1] = fs[:, 0]
     fs[:, 1] = f(fs[:, 0].reshape(shape)).reshape(batch, -1)
+    torch.sub(fs[:, 1], xs[:, 1], out=gs[:, 1])
     residual = relative_residual(fs[:, 1], xs[:, 1])
     last = 1
     k = 2
+    # The ridge must stay above the dtype's resolution, or the Gram matrix of nearly collinear
+    # residuals (late iterations, small problems) is singular in float32.
+    ridge = max(regularization, 100 * torch.finfo(xs.dtype).eps)
     while residual >= tol and k < max_iter:
         n = min(k, m)
-        g = fs[:, :n] - xs[:, :n]  # (batch, n, dim)
+        g = gs[:, :n]  # (batch, n, dim), a view
         gram = torch.bmm(g, g.transpose(1, 2))  # (batch, n, n)
         scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(_TINY)
-        eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-        gram = gram + (regularization * scale)[:, None, None] * eye
+        gram = gram + (ridge * scale)[:, None, None] * eye[:n, :n]
         # Constrained least squares via the normal equations of the bordered system.
-        ones = gram.new_ones(batch, n, 1)
-        w = torch.linalg.solve(gram, ones)  # (batch, n, 1)
+        w, failed = torch.linalg.solve_ex(gram, ones[:, :n])  # (batch, n, 1)
         alpha = w / w.sum(dim=1, keepdim=True)  # (batch, n, 1)
+        # An element whose residual history is all zero (converged) or degenerate has no
+        # mixing weights: it takes a plain step from its latest iterate (no host sync).
+        bad = (failed != 0) | ~torch.isfinite(alpha).all(dim=1).squeeze(-1)
+        plain = torch.zeros_like(alpha)
+        plain[:, (k - 1) % m] = 1.0
+        alpha = torch.where(bad[:, None, None], plain, alpha)
         mixed_f = torch.bmm(alpha.transpose(1, 2), fs[:, :n])[:, 0]
         if damping == 1.0:
             new_x = mixed_f
@@ -113,6 +130,7 @@ def anderson(
         last = k % m
         xs[:, last] = new_x
         fs[:, last] = f(new_x.reshape(shape)).reshape(batch, -1)
+        torch.sub(fs[:, last], xs[:, last], out=gs[:, last])
         residual = relative_residual(fs[:, last], xs[:, last])
         k += 1
     return fs[:, last].reshape(shape).clone(), SolverInfo(k, residual, residual < tol)

@@ -14,14 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from pipeline.config import PnPPrior, StudyConfig, TrialSpec, WaveletPrior
+from pipeline.config import Degradation, PnPPrior, StudyConfig, TrialSpec, WaveletPrior
 from pipeline.gradients import Estimator, block, make_estimator
+from pipeline.schemes import StepFn
 from pipeline.solvers import anderson
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.data import Split
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
 
@@ -59,8 +63,19 @@ def psnr(x: Tensor, ref: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse)
 
 
-def build_scheme(prior: WaveletPrior | PnPPrior, spec: TrialSpec, channels: int, root: Path):
-    """The scheme module for a prior config (per-layer parameters get ``spec.depth`` layers)."""
+def build_scheme(
+    prior: WaveletPrior | PnPPrior,
+    spec: TrialSpec,
+    channels: int,
+    root: Path,
+    arch: dict[str, int] | None = None,
+):
+    """The scheme module for a prior config (per-layer parameters get ``spec.depth`` layers).
+
+    ``arch``: the denoiser architecture of a PnP prior (``StudyConfig.denoiser_arch``); without
+    it the prior's own keys are used (deepinv's defaults for those left out). The denoiser is
+    frozen unless ``prior.train_denoiser``.
+    """
     from pipeline import schemes
 
     if isinstance(prior, WaveletPrior):
@@ -74,8 +89,13 @@ def build_scheme(prior: WaveletPrior | PnPPrior, spec: TrialSpec, channels: int,
             weights_init=prior.weights_init,
             per_subband=prior.per_subband,
         )
-    weights = None if prior.weights is None else root / prior.weights
-    denoiser = schemes.build_denoiser(prior.denoiser, channels=channels, weights=weights)
+    weights = None if prior.weights is None else Path(root) / prior.weights
+    if arch is None:
+        keys = ("nc", "nb") if prior.denoiser == "drunet" else ("depth", "nf")
+        arch = {k: getattr(prior, k) for k in keys if getattr(prior, k) is not None}
+    denoiser = schemes.build_denoiser(
+        prior.denoiser, channels=channels, weights=weights, **dict(arch)
+    )
     denoiser.requires_grad_(prior.train_denoiser)
     layers = spec.depth if prior.per_layer_sigma else 1
     return schemes.PnPFB(
@@ -104,6 +124,95 @@ def build_estimator(study: StudyConfig, spec: TrialSpec) -> Estimator:
     )
 
 
+def autocast_no_grad(step: StepFn, dtype: torch.dtype | None) -> StepFn:
+    """``step`` whose calls made *without* autograd run under ``torch.autocast(dtype)``.
+
+    Estimators stay generic: rJFB's restarts and the forward solves of DEQ / JFB run with grad
+    disabled, so they get the low precision; every tracked application (rJFB's K-block, DEQ's
+    tracked block and its implicit backward, unrolling) stays in the input's dtype. The step's
+    output is cast back to the input's dtype, so iterates (and solver states) stay float32;
+    the data-fidelity step keeps its physics in float32 under autocast
+    (``schemes.gradient_step``).
+    """
+    if dtype is None:
+        return step
+
+    def step_autocast(x: Tensor, layer: int = 0) -> Tensor:
+        if torch.is_grad_enabled():
+            return step(x, layer)
+        with torch.autocast(x.device.type, dtype=dtype):
+            return step(x, layer).to(x.dtype)
+
+    return step_autocast
+
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_denoisers(study: StudyConfig, channels: int, priors: list[str] | None = None) -> None:
+    """Build every PnP prior's denoiser (of the sweep, or ``priors``) and load its weights once,
+    so a missing or mismatched weights file fails before any trial starts (``ConfigError``
+    naming the prior)."""
+    from pipeline.errors import ConfigError
+
+    names = priors if priors is not None else sorted({t.prior for t in study.trials()})
+    for name in names:
+        prior = study.priors[name]
+        if not isinstance(prior, PnPPrior):
+            continue
+        spec = TrialSpec(prior=name, estimator="deq")
+        try:
+            build_scheme(prior, spec, channels, study.root, study.denoiser_arch(name))
+        except ValueError as err:
+            raise ConfigError(f"priors.{name}: {err}") from None
+
+
+def observe(split: Split, degradation: Degradation, seed: int) -> Split:
+    """``split`` observed through another degradation: a prior's own ``degradation``.
+
+    The clean patches are the prepared ones; blur kernel, inpainting masks and noise are drawn
+    here on the CPU from ``seed`` (``data.seed``) and the split's name, so every trial of the
+    prior (every estimator, every seed of the sweep) sees the same observations.
+    """
+    import numpy as np
+
+    from pipeline.data import SPLITS, Split, make_kernel
+    from pipeline.schemes import build_physics
+
+    d = degradation
+    streams = np.random.SeedSequence([seed % 2**32, SPLITS.index(split.name), 0x0B5]).spawn(2)
+    mask_gen, noise_gen = (
+        torch.Generator().manual_seed(int(s.generate_state(1, dtype=np.uint64)[0] >> 1))
+        for s in streams
+    )
+    clean = split.clean.cpu()
+    n, c, h, w = clean.shape
+    kernel = None
+    if d.kind == "blur":
+        from pipeline.config import DataConfig
+
+        kernel = torch.from_numpy(make_kernel(DataConfig(degradation=d)))
+    mask = None
+    if d.kind == "inpainting":
+        mask = (torch.rand((n, 1, h, w), generator=mask_gen) < d.mask_rate).float()
+    physics = build_physics(
+        d.kind, (c, h, w), noise_sigma=d.noise_sigma, blur_kernel=kernel, mask=mask, rng=noise_gen
+    )
+    with torch.no_grad():
+        observed = physics(clean).to(torch.float32)
+    device = split.clean.device
+    return Split(
+        name=split.name,
+        clean=split.clean,
+        observed=observed.to(device),
+        image_index=split.image_index,
+        degradation=d.model_dump(mode="json"),
+        mask=None if mask is None else mask.to(device),
+        kernel=None if kernel is None else kernel.to(device),
+        images=list(split.images),
+    )
+
+
 def iterations_at_depth(spec: TrialSpec) -> int | None:
     """Scheme applications the trained network uses at inference: (T+1)·K, N, or None (solve)."""
     if spec.estimator == "rjfb":
@@ -120,32 +229,61 @@ class Trial:
         from pipeline.data import load_split
 
         self.study, self.spec = study, spec
+        self.cfg = study.train_for(spec.prior)
         self.device = resolve_device(study.train.device)
         torch.manual_seed(spec.seed)
-        self.train = load_split(prepared, "train", device=self.device)
-        self.val = load_split(prepared, "val", device=self.device)
-        self.test = load_split(prepared, "test", device=self.device)
-        channels = self.train.clean.shape[1]
         self.prior = study.priors[spec.prior]
-        self.scheme = build_scheme(self.prior, spec, channels, study.root).to(self.device)
+        own = getattr(self.prior, "degradation", None)
+        splits = []
+        for name in ("train", "val", "test"):
+            split = load_split(prepared, name, device=self.device)
+            splits.append(split if own is None else observe(split, own, study.data.seed))
+        self.train, self.val, self.test = splits
+        channels = self.train.clean.shape[1]
+        arch = study.denoiser_arch(spec.prior) if isinstance(self.prior, PnPPrior) else None
+        try:
+            scheme = build_scheme(self.prior, spec, channels, study.root, arch)
+        except ValueError as err:
+            from pipeline.errors import ConfigError
+
+            raise ConfigError(f"priors.{spec.prior}: {err}") from None
+        self.scheme = scheme.to(self.device)
         self.estimator = build_estimator(study, spec)
-        params = [p for p in self.scheme.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"prior {spec.prior!r} has nothing to learn")
-        lr = study.train.lr
-        self.optimizer = (
-            torch.optim.Adam(params, lr=lr)
-            if study.train.optimizer == "adam"
-            else torch.optim.SGD(params, lr=lr)
-        )
+        self.autocast = AUTOCAST_DTYPES.get(self.cfg.restart_autocast or "")
+        self.optimizer = self._optimizer()
         self.generator = torch.Generator().manual_seed(spec.seed)
         # Warm starts: each training sample's last iterate (the paper's implicit truncation).
         self.bank = self.train.observed.clone() if spec.start == "warm" else None
-        probe = min(study.train.probe_batch_size, len(self.val))
+        probe = min(self.cfg.probe_batch_size, len(self.val))
         self.probe_index = torch.arange(probe)
         self.epoch = 0
+        self.train_residual = float("nan")  # largest fixed-point residual of the last epoch
+        self.solve_residual = 0.0  # of the last evaluate()'s equilibrium solves
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """Adam / SGD over θ at ``train.lr``; a trained denoiser's weights form a second group
+        at the prior's ``denoiser_lr``."""
+        denoiser = getattr(self.scheme, "denoiser", None)
+        inner = {id(p) for p in denoiser.parameters()} if denoiser is not None else set()
+        theta = [p for p in self.scheme.parameters() if p.requires_grad and id(p) not in inner]
+        weights = [p for p in self.scheme.parameters() if p.requires_grad and id(p) in inner]
+        groups: list[dict[str, Any]] = []
+        if theta:
+            groups.append({"params": theta, "lr": self.cfg.lr})
+        if weights:
+            groups.append({"params": weights, "lr": self.prior.denoiser_lr})  # type: ignore[union-attr]
+        if not groups:
+            raise ValueError(f"prior {self.spec.prior!r} has nothing to learn")
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(groups)
+        return torch.optim.SGD(groups)
+
+    def train_step_fn(self, split, index: Tensor):
+        """``step_fn`` for training: its no-grad calls under ``train.restart_autocast``."""
+        step, y = self.step_fn(split, index)
+        return autocast_no_grad(step, self.autocast), y
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -177,16 +315,16 @@ class Trial:
         return self.scheme.bind(y, split.physics(index)), y
 
     def train_epoch(self) -> tuple[float, float]:
-        cfg = self.study.train
+        cfg = self.cfg
         n = len(self.train)
         order = torch.randperm(n, generator=self.generator)
         batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
         if cfg.steps_per_epoch is not None:
             batches = batches[: cfg.steps_per_epoch]
-        losses, seconds = [], []
+        losses, seconds, residuals = [], [], []
         for index in batches:
             start = time.perf_counter()
-            step, y = self.step_fn(self.train, index)
+            step, y = self.train_step_fn(self.train, index)
             x0 = self.bank[index] if self.bank is not None else y
             x = self.estimator(step, x0)
             loss = ((x - self.train.clean[index]) ** 2).mean()
@@ -198,6 +336,9 @@ class Trial:
                 self.bank[index] = x.detach()
             seconds.append(time.perf_counter() - start)
             losses.append(float(loss.detach()))
+            residuals.append(self.estimator.last.residual)
+        finite = [r for r in residuals if math.isfinite(r)]
+        self.train_residual = max(finite) if finite else float("nan")
         return sum(losses) / len(losses), sum(seconds) / len(seconds)
 
     @torch.no_grad()
@@ -210,17 +351,20 @@ class Trial:
             for _ in range(max(1, iterations // self.scheme_layers())):
                 x = phi(x)
             return x
-        cfg = self.study.train
-        x, _ = anderson(phi, y, max_iter=cfg.eval_max_iter, tol=cfg.eval_tol)
+        cfg = self.cfg
+        x, info = anderson(phi, y, max_iter=cfg.eval_max_iter, tol=cfg.eval_tol)
+        self.solve_residual = max(self.solve_residual, info.residual)
         return x
 
     def scheme_layers(self) -> int:
         return int(getattr(self.scheme, "layers", 1))
 
     def evaluate(self, split, iterations: int | None = None) -> Tensor:
-        """Per-image PSNR on a whole split (batched)."""
+        """Per-image PSNR on a whole split (batched); ``self.solve_residual`` is then the
+        largest relative residual its equilibrium solves ended at."""
+        self.solve_residual = 0.0
         out = []
-        bs = self.study.train.batch_size
+        bs = self.cfg.batch_size
         for i in range(0, len(split), bs):
             index = torch.arange(i, min(i + bs, len(split)))
             x = self.solve(split, index, iterations)
@@ -235,14 +379,15 @@ class Trial:
         params = [p for p in self.scheme.parameters() if p.requires_grad]
         clean = self.val.clean[index]
 
-        def grad_of(est: Estimator) -> list[Tensor]:
-            step, y = self.step_fn(self.val, index)
+        def grad_of(est: Estimator, training: bool) -> list[Tensor]:
+            # the trial's estimator as it trains (autocast option); DEQ in full precision
+            step, y = (self.train_step_fn if training else self.step_fn)(self.val, index)
             loss = ((est(step, y) - clean) ** 2).mean()
             return list(torch.autograd.grad(loss, params, allow_unused=True))
 
         reference = build_estimator(self.study, self.spec.model_copy(update={"estimator": "deq"}))
-        g = grad_of(self.estimator)
-        g_ref = grad_of(reference)
+        g = grad_of(self.estimator, True)
+        g_ref = grad_of(reference, False)
         cosine, rel_err = probes.compare(g, g_ref)
         step, _ = self.step_fn(self.val, index)
         x_star = self.solve(self.val, index)
@@ -253,8 +398,19 @@ class Trial:
         return flatten_theta(self.scheme.theta())
 
     def saved_mib(self) -> float:
-        """MiB autograd saves for one training step: the estimator's training memory."""
+        """MiB autograd saves for one training step: the estimator's training memory.
+
+        On CUDA: the peak allocated memory of one training step (forward and backward)."""
+        index = torch.arange(min(self.cfg.batch_size, len(self.train)))
         if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            step, y = self.train_step_fn(self.train, index)
+            x = self.estimator(step, y)
+            ((x - self.train.clean[index]) ** 2).mean().backward()
+            self.optimizer.zero_grad(set_to_none=True)
+            del x
+            torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         total = 0
 
@@ -263,8 +419,7 @@ class Trial:
             total += t.numel() * t.element_size()
             return t
 
-        index = torch.arange(min(self.study.train.batch_size, len(self.train)))
-        step, y = self.step_fn(self.train, index)
+        step, y = self.train_step_fn(self.train, index)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             x = self.estimator(step, y)
             loss = ((x - self.train.clean[index]) ** 2).mean()
@@ -312,7 +467,7 @@ def run_trial(
     if resume is not None:
         trial.restore(resume)
     status, reason = "finished", ""
-    while trial.epoch < study.train.epochs:
+    while trial.epoch < trial.cfg.epochs:
         start = time.perf_counter()
         try:
             loss, sec_per_step = trial.train_epoch()
@@ -328,6 +483,9 @@ def run_trial(
             "train_loss": loss,
             "val_psnr": float(val.mean()),
             "seconds_per_step": sec_per_step,
+            # the largest relative fixed-point residual an estimator call of this epoch ended
+            # at (DEQ/JFB: of the forward solve, to compare with sweep.deq.tol)
+            "train_residual": trial.train_residual,
             **trial.probes(),
             **trial.theta_metrics(),
         }
@@ -344,6 +502,7 @@ def run_trial(
         return TrialResult(status, reason, dict(last), trial.history, theta)
 
     per_image = trial.evaluate(trial.test)
+    eq_residual = trial.solve_residual
     at_depth_iters = iterations_at_depth(spec)
     at_depth = per_image if at_depth_iters is None else trial.evaluate(trial.test, at_depth_iters)
     metrics = {
@@ -351,6 +510,8 @@ def run_trial(
         "test_psnr": float(per_image.mean()),
         "test_psnr_at_depth": float(at_depth.mean()),
         "test_psnr_input": float(psnr(trial.test.observed, trial.test.clean).mean()),
+        # did the test solve reach equilibrium? (compare with train.eval_tol)
+        "test_eq_residual": eq_residual,
         "train_seconds": trial.elapsed,
         "peak_mem_mib": trial.saved_mib(),
         "final_val_psnr": trial.history[-1]["val_psnr"],

@@ -17,13 +17,15 @@ exactly (same signs, same order: ``[cA_J, (cH_J, cV_J, cD_J), ..., (cH_1, cV_1, 
 The "scale" groups are the J+1 entries of the list; the "subband" groups are the 3J+1 bands
 (approx, then level J's three orientations, ..., then level 1's).
 
-Implementation: Haar uses a reshape into 2x2 blocks and one 4x4 matrix product per level (no
-convolution). Daubechies filters use the polyphase form: per level one circular pad, one
-``pixel_unshuffle`` and one stride-1 ``conv2d`` (4 phases -> 4 bands, L/2 x L/2 taps); synthesis
-is its exact adjoint, again a stride-1 ``conv2d`` (bands -> phases, flipped taps) and a
-``pixel_shuffle`` (``conv_transpose2d`` is ~5x slower than ``conv2d`` on CPU). Filters are read
-from pywt once, at construction, and held as non-persistent buffers (``.to()`` moves them; they
-stay out of ``state_dict``).
+Implementation: Haar uses a reshape into 2x2 blocks and one 4x4 matrix product per level for
+the whole batch (no convolution); its detail tensors are permuted views (not contiguous).
+Daubechies filters use the polyphase form: per level one circular pad, one phase split (a
+``pixel_unshuffle``, written as one permuted copy) and one stride-1 ``conv2d`` (4 phases -> 4
+bands, L/2 x L/2 taps); synthesis is its exact adjoint, again a stride-1 ``conv2d`` (bands ->
+phases, flipped taps) and a phase merge (a ``pixel_shuffle``, again one permuted copy: torch's
+pixel (un)shuffle kernels are 1.5-5x slower on CPU; ``conv_transpose2d`` is ~5x slower than
+``conv2d``). Filters are read from pywt once, at construction, and held as non-persistent
+buffers (``.to()`` moves them; they stay out of ``state_dict``).
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ class Wavelet(nn.Module):
             matrix = _haar_matrix()
             self.register_buffer("matrix", matrix.float(), persistent=False)
             self.register_buffer("matrix64", matrix, persistent=False)
+            # the synthesis matrix (transpose), contiguous
+            self.register_buffer("matrix_t", matrix.T.contiguous().float(), persistent=False)
+            self.register_buffer("matrix64_t", matrix.T.contiguous(), persistent=False)
         else:
             kernels, shift = _daubechies_filters(name)
             self.filter_length = 2 * kernels.shape[-1]
@@ -180,28 +185,39 @@ class Wavelet(nn.Module):
 
     adjoint = inverse
 
+    # The Haar path runs once or twice per scheme application on small tensors, where the cost
+    # is per operation. Each level is ONE matrix product for the whole batch: the 2x2 blocks are
+    # laid out as a (4, B·C·h·w) matrix (block index first), so the coefficients come out band
+    # first, (4, B, C, h, w): the approximation is a contiguous view and the details a permuted
+    # view of shape (B, C, 3, h, w) (non-contiguous: callers never rely on contiguity). The
+    # synthesis concatenates the bands back (contiguous copies, band first), multiplies once and
+    # interleaves the blocks with one permuted copy (F.pixel_shuffle was ~1.6x slower on CPU).
+    # See docs/benchmarks.md for the measurements.
+
     def _haar_analysis(self, x: Tensor) -> Coeffs:
         m = self._pick(self.matrix, self.matrix64, x.dtype)
+        b, c = x.shape[:2]
         details: list[Tensor] = []
         a = x
         for _ in range(self.levels):
-            b, c, h, w = a.shape
-            h2, w2 = h // 2, w // 2
-            # (B, C, h2, 2, w2, 2) -> (B, C, 4, h2*w2) with the block index (i, j) on dim 2
-            blocks = a.reshape(b, c, h2, 2, w2, 2).permute(0, 1, 3, 5, 2, 4)
-            y = torch.matmul(m, blocks.reshape(b, c, 4, h2 * w2)).view(b, c, 4, h2, w2)
-            a = y[:, :, 0]
-            details.append(y[:, :, 1:])
-        return [a, *reversed(details)]
+            h2, w2 = a.shape[-2] // 2, a.shape[-1] // 2
+            # (B, C, h2, i, w2, j) -> (i, j, B, C, h2, w2) -> (4, B·C·h2·w2), block index 2i + j
+            blocks = a.reshape(b, c, h2, 2, w2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4, -1)
+            y = torch.mm(m, blocks).view(4, b, c, h2, w2)  # rows (a, cH, cV, cD)
+            a = y.select(0, 0)
+            details.append(y.narrow(0, 1, 3).permute(1, 2, 0, 3, 4))
+        details.reverse()
+        return [a, *details]
 
     def _haar_synthesis(self, coeffs: Coeffs) -> Tensor:
         a = coeffs[0]
-        mt = self._pick(self.matrix, self.matrix64, a.dtype).mT
+        mt = self._pick(self.matrix_t, self.matrix64_t, a.dtype)
+        b, c = a.shape[:2]
         for d in coeffs[1:]:
-            b, c, h2, w2 = a.shape
-            y = torch.cat([a.unsqueeze(2), d], dim=2).view(b, c, 4, h2 * w2)
-            # block index 2i + j on dim 2 is pixel_shuffle's channel order
-            a = F.pixel_shuffle(torch.matmul(mt, y).view(b, c * 4, h2, w2), 2)
+            h2, w2 = a.shape[-2:]
+            bands = torch.cat((a.reshape(1, -1), d.permute(2, 0, 1, 3, 4).reshape(3, -1)))
+            y = torch.mm(mt, bands).view(2, 2, b, c, h2, w2)  # (i, j, B, C, h2, w2)
+            a = y.permute(2, 3, 4, 0, 5, 1).reshape(b, c, 2 * h2, 2 * w2)
         return a
 
     @staticmethod
@@ -227,7 +243,7 @@ class Wavelet(nn.Module):
         for _ in range(self.levels):
             # phases of x padded by o = 2·left - shift on each side are the phases X_r (shifted
             # by `shift`) padded by (left, right): one pad, one unshuffle, no roll
-            phases = F.pixel_unshuffle(self._periodic_pad(a, o, o), 2)
+            phases = _unshuffle(self._periodic_pad(a, o, o))
             y = F.conv2d(phases, k)
             a = y[:, :1]
             details.append(y[:, 1:].reshape(b, c, 3, *y.shape[-2:]))
@@ -244,10 +260,23 @@ class Wavelet(nn.Module):
             h2, w2 = a.shape[-2:]
             y = torch.cat([a, d.reshape(b * c, 3, h2, w2)], dim=1)
             phases = F.conv2d(self._periodic_pad(y, right, left), k)
-            a = F.pixel_shuffle(phases, 2)
+            a = _shuffle(phases)
             if self._shift:
                 a = torch.roll(a, shifts=(1, 1), dims=(-2, -1))
         return a.reshape(b, c, *a.shape[-2:])
+
+
+def _unshuffle(x: Tensor) -> Tensor:
+    """``F.pixel_unshuffle(x, 2)`` for one channel, (N, 1, H, W) -> (N, 4, H/2, W/2), phase
+    2i + j = x[2r + i, 2c + j], as one permuted copy (4-5x faster than pixel_unshuffle on CPU)."""
+    n, _, h, w = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3).reshape(n, 4, h // 2, w // 2)
+
+
+def _shuffle(y: Tensor) -> Tensor:
+    """``F.pixel_shuffle(y, 2)`` for four channels, its inverse (one permuted copy as well)."""
+    n, _, h, w = y.shape
+    return y.reshape(n, 2, 2, h, w).permute(0, 3, 1, 4, 2).reshape(n, 1, 2 * h, 2 * w)
 
 
 def flatten(coeffs: Coeffs) -> Tensor:

@@ -39,9 +39,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipeline.config import load_params
+
+    cfg = load_params(args.params)  # first: a mistake costs a second, before pandas loads
+
     from pipeline.report import write_report
 
-    cfg = load_params(args.params)
     trials = _read_parquet(Path(args.trials), "trials table")
     history = _read_parquet(Path(args.history), "training history")
     out = Path(args.out)

@@ -1,11 +1,18 @@
 """DVC stage: run the sweep (Ray Tune + MLflow) and write the results tables.
 
 python -m stages.sweep [--params params.yaml] [--prepared data/prepared] [--out reports]
+
+Runs on a local Ray, or on an existing cluster when ``RAY_ADDRESS`` / ``ray.address`` names one;
+``ray job submit --working-dir . -- python -m stages.sweep --prepared /shared/prepared`` runs it
+as a Ray job (docs/cluster.md). Interrupted (Ctrl-C, SIGTERM, or the driver killed), it exits
+without writing tables; running it again resumes the sweep where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,21 +20,43 @@ from pathlib import Path
 from pipeline.cli import run_cli
 
 
+def _terminate_gracefully() -> None:
+    """SIGTERM (``ray job stop``, a scheduler) behaves like Ctrl-C: Tune stops, state is saved,
+    unfinished MLflow runs end KILLED."""
+
+    def on_term(signum: int, frame: object) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
+        signal.signal(signal.SIGTERM, on_term)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.sweep", description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument(
+        "--prepared",
+        default="data/prepared",
+        help="prepared data folder (under `ray job submit`: a path on shared storage, since Ray "
+        "does not upload .gitignore'd folders)",
+    )
     parser.add_argument("--out", default="reports")
     args = parser.parse_args(argv)
 
     from pipeline.config import load_params
-    from pipeline.sweep import run_sweep, write_tables
+    from pipeline.sweep import in_ray_job, run_sweep, write_tables
 
     cfg = load_params(args.params)
+    _terminate_gracefully()
     trials, history = run_sweep(cfg, Path(args.prepared))
     write_tables(trials, history, Path(args.out))
     counts = trials["status"].value_counts().to_dict()
     print(f"sweep: {len(trials)} trials {counts}; tables in {args.out}/")
+    if in_ray_job() and not Path(args.out).is_absolute():
+        print(
+            "note: this job's working dir is temporary; the tables are also artifacts of the "
+            "sweep's parent MLflow run (or pass --out on shared storage)"
+        )
     return 0
 
 

@@ -15,40 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from profiles import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "data": {
-        "source": "bundled",
-        "seed": 0,
-        "patch_size": 32,
-        "patches_per_image": 4,
-        "train_images": 3,
-        "val_images": 1,
-        "test_images": 1,
-        "degradation": {"kind": "denoising", "noise_sigma": 0.1},
-    },
-    "priors": {
-        "l1": {"type": "wavelet", "norm": "l1", "levels": 2, "reg_init": 0.01, "step_size": 0.3}
-    },
-    "train": {"epochs": 2, "batch_size": 4, "probe_batch_size": 2, "lr": 0.05},
-    "sweep": {
-        "priors": ["l1"],
-        "estimators": ["deq", "rjfb", "unrolled"],
-        "depths": [2],
-        "restarts": [0, 3],
-        "unrolled_iterations": [4],
-        "extra_trials": [
-            {"prior": "l1", "estimator": "rjfb", "depth": 2, "restarts": 0, "start": "warm"}
-        ],
-        "deq": {"tol": 1e-4, "max_iter": 100, "backward_tol": 1e-4, "backward_max_iter": 100},
-    },
-    "ray": {"num_cpus": 2, "max_concurrent_trials": 2},
-    "mlflow": {"experiment": "tiny"},
-    "report": {"images": 2},
-}
 EXPECTED_TRIALS = {
     "l1-deq-s0",
     "l1-rjfb-K2-T0-s0",

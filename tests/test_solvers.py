@@ -194,3 +194,19 @@ def test_both_solvers_find_the_solution_of_any_contraction(gamma, dim, seed, mem
     ):
         assert info.converged, info
         torch.testing.assert_close(x, x_star, rtol=1e-8, atol=1e-8 * scale)
+
+
+def test_anderson_survives_a_converged_element_and_tiny_problems_in_float32() -> None:
+    # Element 0 sits exactly at its fixed point (its residual history is all zero, so its
+    # Anderson system has no solution); element 1 is an affine contraction with rate 0.5 in R².
+    # Both must converge, element 1 faster than plain iteration (0.5**20 ~ 1e-6 needs 20 steps).
+    b = torch.tensor([[0.0, 0.0], [1.0, -1.0]])
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        out = 0.5 * x + b
+        out[0] = x[0]
+        return out
+
+    x, info = anderson(f, torch.zeros(2, 2), max_iter=50, tol=1e-6)
+    assert info.converged and info.iterations <= 8
+    torch.testing.assert_close(x, torch.tensor([[0.0, 0.0], [2.0, -2.0]]))

@@ -1,0 +1,62 @@
+"""Stage ``pretrain``: train the PnP denoiser on the prepared training patches.
+
+python -m stages.pretrain [--params params.yaml] [--prepared data/prepared]
+                          [--out models/denoiser.pt] [--quiet] [--threads N]
+
+Writes the weights only (a state dict, loadable with ``torch.load(weights_only=True)``) to
+``--out`` and the validation PSNR per noise level to the same path with a ``.json`` suffix.
+The device follows ``train.device`` (``auto``: CUDA when present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.cli import run_cli
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.pretrain",
+        description="Train the PnP denoiser (params: pretrain) on the prepared training patches.",
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (%(default)s)")
+    parser.add_argument("--prepared", default="data/prepared", help="(%(default)s)")
+    parser.add_argument("--out", default="models/denoiser.pt", help="weights file (%(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    args = parser.parse_args(argv)
+
+    from pipeline.config import load_params
+
+    cfg = load_params(args.params)  # before torch is imported: a typo costs a second
+
+    from pipeline.pretrain import metrics_path, pretrain
+    from pipeline.train import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    out = Path(args.out)
+    metrics = pretrain(cfg, Path(args.prepared), out, progress=not args.quiet, device=device)
+    gains = ", ".join(
+        f"σ={s}: {v['input_psnr']:.2f} -> {v['denoised_psnr']:.2f} dB"
+        for s, v in metrics["val"].items()
+    )
+    print(
+        f"pretrain: {metrics['denoiser']} {metrics['arch']} ({metrics['parameters']} weights, "
+        f"{metrics['steps']} steps, {metrics['train_seconds']:.0f} s) -> {out}; "
+        f"val {gains}; metrics in {metrics_path(out)}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

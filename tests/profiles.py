@@ -1,0 +1,328 @@
+"""Shared test helpers: the tiny study profile, a scratch checkout, and services a test starts.
+
+Services (a Ray head, a second Ray node, an MLflow server) run in their own process groups under
+one temporary folder and are stopped by those process groups (plus any stray process whose
+working directory or command line lies in that folder): never by a machine-wide `ray stop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "data": {
+        "source": "bundled",
+        "seed": 0,
+        "patch_size": 32,
+        "patches_per_image": 4,
+        "train_images": 3,
+        "val_images": 1,
+        "test_images": 1,
+        "degradation": {"kind": "denoising", "noise_sigma": 0.1},
+    },
+    "priors": {
+        "l1": {"type": "wavelet", "norm": "l1", "levels": 2, "reg_init": 0.01, "step_size": 0.3}
+    },
+    # dvc.yaml's pretrain stage declares these params: DVC needs them present in the file.
+    "pretrain": {"nc": 4, "steps": 2, "batch_size": 4, "val_sigmas": [0.1]},
+    "train": {"epochs": 2, "batch_size": 4, "probe_batch_size": 2, "lr": 0.05, "device": "cpu"},
+    "sweep": {
+        "priors": ["l1"],
+        "estimators": ["deq", "rjfb", "unrolled"],
+        "depths": [2],
+        "restarts": [0, 3],
+        "unrolled_iterations": [4],
+        "extra_trials": [
+            {"prior": "l1", "estimator": "rjfb", "depth": 2, "restarts": 0, "start": "warm"}
+        ],
+        "deq": {"tol": 1e-4, "max_iter": 100, "backward_tol": 1e-4, "backward_max_iter": 100},
+    },
+    "ray": {"num_cpus": 2, "max_concurrent_trials": 2},
+    "mlflow": {"experiment": "tiny"},
+    "report": {"images": 2},
+}
+
+PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", ".dvcignore", "pyproject.toml", ".gitignore")
+
+
+def copy_project(dest: Path) -> None:
+    """The files a checkout of the project has (no data, results or caches)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """This environment without Ray/MLflow settings that would point a child elsewhere."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "MLFLOW_TRACKING"))
+    }
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def mlflow_db_state(db: Path) -> list[tuple[str, str, int]]:
+    """(run name, status, epochs logged) of every run, read-only and lock-free enough to poll."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute(
+                "select r.name, r.status, (select count(*) from metrics m "
+                "where m.run_uuid = r.run_uuid and m.key = 'epoch') from runs r"
+            ).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
+class ProcessGroup:
+    """A command started in its own session, stopped (with all it spawned) by its group id."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None):
+        self.cmd = cmd
+        self.log = log
+        self._fh = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        self.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _group_alive(self.proc.pid):
+            time.sleep(0.2)
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self._fh.close()
+
+    def tail(self, n: int = 4000) -> str:
+        self._fh.flush()
+        return self.log.read_text(errors="replace")[-n:]
+
+
+def stop_all(groups: list[ProcessGroup], grace_s: float = 5.0) -> None:
+    """SIGTERM every group, give them ``grace_s`` together, then SIGKILL what is left."""
+    for g in groups:
+        g.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_group_alive(g.pid) for g in groups):
+        time.sleep(0.2)
+    for g in groups:
+        g.stop(grace_s=0)
+
+
+def _group_alive(pgid: int) -> bool:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getpgid(int(d.name)) == pgid:
+                    return True
+            except (ProcessLookupError, PermissionError):
+                continue
+    return False
+
+
+def kill_strays(folder: Path) -> list[int]:
+    """SIGKILL processes of ours whose cwd or command line lies in ``folder`` (a Ray job's
+    driver runs in its own session, in a working dir under the node's temp folder)."""
+    me = os.getpid()
+    mark = str(folder)
+    killed = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            cwd = os.readlink(d / "cwd")
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cwd.startswith(mark) or mark in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(d.name), signal.SIGKILL)
+                killed.append(int(d.name))
+    return killed
+
+
+def wait_http(url: str, timeout_s: float, proc: ProcessGroup | None = None) -> None:
+    """Until ``url`` answers at all (any HTTP status: a token-protected API answers 401)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            pass
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.cmd[:3]} exited:\n{proc.tail()}")
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout_s:g} s")
+
+
+class LocalCluster:
+    """A Ray head and a second node on 127.0.0.1, each with its own resources and temp folder
+    (nodes sharing one temp folder share runtime-env folders, and one node's cleanup can delete
+    a job's working dir under the other), plus an MLflow server; token auth with a fresh token
+    (never the user's ~/.ray/auth_token)."""
+
+    def __init__(self, cpus_per_node: int = 1) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="rjfb-", dir="/tmp"))  # short: socket paths
+        self.token = secrets.token_hex(32)
+        self.env = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.mlflow_port = free_port()
+        self.cpus = cpus_per_node
+        self.groups: list[ProcessGroup] = []
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def ray(self) -> str:
+        return str(Path(sys.executable).with_name("ray"))
+
+    def start(self, timeout_s: float = 180) -> None:
+        mlflow = ProcessGroup(
+            [
+                str(Path(sys.executable).with_name("mlflow")),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "mlartifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.mlflow_port),
+                "--workers",
+                "1",
+            ],
+            base_env(),
+            self.root / "mlflow.log",
+        )
+        self.groups.append(mlflow)
+        head = ProcessGroup(
+            [
+                self.ray,
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={self.gcs_port}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--num-cpus={self.cpus}",
+                "--resources",
+                '{"head_slot": 1}',
+                f"--temp-dir={self.root / 'h'}",
+                "--disable-usage-stats",
+            ],
+            self.env,
+            self.root / "head.log",
+        )
+        self.groups.append(head)
+        wait_http(f"{self.dashboard}/api/version", timeout_s, head)
+        node = ProcessGroup(
+            [
+                self.ray,
+                "start",
+                "--block",
+                f"--address={self.gcs_address}",
+                "--node-ip-address=127.0.0.1",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--num-cpus={self.cpus}",
+                "--resources",
+                '{"node2_slot": 1}',
+                f"--temp-dir={self.root / 'n2'}",
+                "--disable-usage-stats",
+            ],
+            self.env,
+            self.root / "node2.log",
+        )
+        self.groups.append(node)
+        self.wait_nodes(2, timeout_s, node)
+        wait_http(f"{self.tracking_uri}/health", timeout_s, mlflow)
+
+    def wait_nodes(self, n: int, timeout_s: float, proc: ProcessGroup) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [self.ray, "list", "nodes", "--address", self.dashboard, "--format", "json"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if out.returncode == 0 and out.stdout.count('"ALIVE"') >= n:
+                return
+            if not proc.alive():
+                raise RuntimeError(f"ray node exited:\n{proc.tail()}")
+            time.sleep(1)
+        raise TimeoutError(f"{n} Ray nodes not alive after {timeout_s:g} s")
+
+    def stop(self) -> None:
+        stop_all(self.groups)
+        kill_strays(self.root)
+        shutil.rmtree(self.root, ignore_errors=True)
