@@ -448,6 +448,12 @@ class RayConfig(_Strict):
         description="on an existing cluster, ship the prepared data to the nodes through Ray's "
         "object store (false: every node reads the driver's path, which must be shared)",
     )
+    checkpoint_every_s: float = Field(
+        30,
+        ge=0,
+        description="seconds between a trial's checkpoints and MLflow metric flushes (0: every "
+        "epoch); an interrupted trial resumes from its last checkpoint",
+    )
 
     @model_validator(mode="after")
     def _gpu_fraction(self) -> RayConfig:

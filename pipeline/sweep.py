@@ -95,6 +95,7 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     threads: int
+    checkpoint_every_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,6 @@ def train_trial(
 ) -> None:
     """The Tune trainable: one trial, its MLflow child run, checkpoints for resume."""
     import ray
-    import torch
     from ray import tune
 
     from pipeline.train import run_trial
@@ -209,20 +209,7 @@ def train_trial(
     if run.reopened:
         c.set_tag(run_id, "rjfb.resumed_from_epoch", str(int(resume["epoch"]) if resume else 0))
 
-    cost = {"overhead_mlflow_s": 0.0, "overhead_tune_s": 0.0}  # what tracking adds per trial
-
-    def report(row: dict[str, float], state: dict[str, Any]) -> None:
-        start = time.perf_counter()
-        step = int(row["epoch"])
-        if step not in logged:  # a resumed trial redoes epochs its run may already hold
-            tracking.log_metrics(c, run_id, row, step=step)
-        mid = time.perf_counter()
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / "state.pt")
-            tune.report({**row, "final": 0}, checkpoint=tune.Checkpoint.from_directory(d))
-        cost["overhead_mlflow_s"] += mid - start
-        cost["overhead_tune_s"] += time.perf_counter() - mid
-
+    progress = _Progress(c, run_id, logged, context.checkpoint_every_s)
     prepared = materialize(bundle) if bundle is not None else Path(context.prepared)
     artifacts = Path(tune.get_context().get_trial_dir()) / "artifacts"
     try:
@@ -230,7 +217,7 @@ def train_trial(
             study,
             spec,
             prepared,
-            report=report,
+            report=progress,
             resume=resume,
             artifacts_dir=artifacts,
             threads=context.threads,
@@ -239,12 +226,15 @@ def train_trial(
         tracking.finish(c, run_id, "interrupted", "interrupted", "KILLED")
         raise
     except BaseException as err:
+        with contextlib.suppress(Exception):
+            progress.log_pending()  # the epochs it did run
         tracking.finish(c, run_id, "failed", f"{type(err).__name__}: {err}", "FAILED")
         raise
+    progress.log_pending()
     final = {k: v for k, v in result.metrics.items() if k != "epoch"}
     last_epoch = result.history[-1] if result.history else {}
     summary = {k: v for k, v in final.items() if k not in last_epoch}  # epochs already logged
-    summary.update(cost)
+    summary.update(progress.cost)
     if run.reopened:  # a retried finish: log what the run does not hold yet
         have = set(c.get_run(run_id).data.metrics)
         summary = {k: v for k, v in summary.items() if tracking._metric_name(k) not in have}
@@ -264,6 +254,46 @@ def train_trial(
     tracking.log_result(c, run_id, payload)
     tracking.finish(c, run_id, result.status, result.reason)
     tune.report(payload)
+
+
+class _Progress:
+    """A trial's ``report`` callback: epoch rows go to MLflow and a checkpoint to Tune together,
+    at most every ``every_s`` seconds (0: every epoch), so tracking costs little per trial however
+    short its epochs; rows still pending when training ends go to MLflow in ``log_pending``.
+    ``cost`` adds up the seconds spent on MLflow and on Tune (checkpoint + report)."""
+
+    def __init__(self, c: Any, run_id: str, logged: set[int], every_s: float) -> None:
+        self.c, self.run_id, self.logged, self.every_s = c, run_id, logged, every_s
+        self.pending: list[dict[str, float]] = []
+        self.last = time.monotonic()
+        self.cost = {"overhead_mlflow_s": 0.0, "overhead_tune_s": 0.0}
+
+    def __call__(self, row: dict[str, float], state: dict[str, Any]) -> None:
+        self.pending.append(row)
+        if time.monotonic() - self.last >= self.every_s:
+            self.checkpoint(row, state)
+
+    def log_pending(self) -> None:
+        start = time.perf_counter()
+        # a resumed trial redoes epochs its run may already hold: log each epoch once
+        rows = [r for r in self.pending if int(r["epoch"]) not in self.logged]
+        if rows:
+            tracking.log_rows(self.c, self.run_id, rows)
+            self.logged.update(int(r["epoch"]) for r in rows)
+        self.pending = []
+        self.cost["overhead_mlflow_s"] += time.perf_counter() - start
+
+    def checkpoint(self, row: dict[str, float], state: dict[str, Any]) -> None:
+        import torch
+        from ray import tune
+
+        self.log_pending()
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / "state.pt")
+            tune.report({**row, "final": 0}, checkpoint=tune.Checkpoint.from_directory(d))
+        self.cost["overhead_tune_s"] += time.perf_counter() - start
+        self.last = time.monotonic()
 
 
 def _load_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
@@ -628,6 +658,7 @@ def _run(
         experiment_id=experiment_id,
         parent_run_id=parent,
         threads=max(1, int(cfg.ray.cpus_per_trial)),
+        checkpoint_every_s=cfg.ray.checkpoint_every_s,
     )
     bundle = pack_prepared(prepared) if ship else None
     # Tune snapshots its state whenever a checkpoint is about to be replaced (num_to_keep=1),

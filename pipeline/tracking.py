@@ -240,6 +240,21 @@ def log_metrics(c, run_id: str, metrics: Mapping[str, float], step: int) -> None
         c.log_batch(run_id, metrics=items[i : i + 500])
 
 
+def log_rows(c, run_id: str, rows: Iterable[Mapping[str, float]], step_key: str = "epoch") -> None:
+    """Several steps' metrics in as few calls as possible (each row's step is its ``step_key``)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(_metric_name(k), float(v), now, int(row[step_key]))
+        for row in rows
+        for k, v in row.items()
+        if isinstance(v, (int, float))
+    ]
+    for i in range(0, len(items), 500):
+        c.log_batch(run_id, metrics=items[i : i + 500])
+
+
 def log_artifacts(c, run_id: str, paths: Iterable[Path]) -> None:
     for p in paths:
         c.log_artifact(run_id, str(p))

@@ -87,6 +87,7 @@ def test_dvc_repro_killed_mid_sweep_then_rerun(tmp_path: Path) -> None:
     copy_project(root)
     params = copy.deepcopy(TINY)
     params["train"]["epochs"] = EPOCHS
+    params["ray"]["checkpoint_every_s"] = 0  # a checkpoint every epoch: something to resume from
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = base_env(PYTHONPATH=str(root))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
