@@ -36,6 +36,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     cfg = load_params(args.params)  # before torch is imported: a typo costs a second
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
     from pipeline.pretrain import metrics_path, pretrain
     from pipeline.train import resolve_device
 
