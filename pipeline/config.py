@@ -250,7 +250,10 @@ class TrainConfig(_Strict):
     eval_max_iter: PositiveInt = 1000
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     restart_autocast: Autocast | None = Field(
-        None, description="run the no-grad applications of a training step under autocast"
+        None,
+        description="run the no-grad applications of a training step (rJFB restarts, DEQ/JFB "
+        "forward solves) under autocast; the tracked block stays float32; solves to a "
+        "tolerance finish in float32",
     )
 
 

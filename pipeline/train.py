@@ -124,7 +124,7 @@ def build_estimator(study: StudyConfig, spec: TrialSpec) -> Estimator:
     )
 
 
-def autocast_no_grad(step: StepFn, dtype: torch.dtype | None) -> StepFn:
+def autocast_no_grad(step: StepFn, dtype: torch.dtype | None, refine: bool = False) -> StepFn:
     """``step`` whose calls made *without* autograd run under ``torch.autocast(dtype)``.
 
     Estimators stay generic: rJFB's restarts and the forward solves of DEQ / JFB run with grad
@@ -133,13 +133,28 @@ def autocast_no_grad(step: StepFn, dtype: torch.dtype | None) -> StepFn:
     output is cast back to the input's dtype, so iterates (and solver states) stay float32;
     the data-fidelity step keeps its physics in float32 under autocast
     (``schemes.gradient_step``).
+
+    ``refine``: for solves to a tolerance. bfloat16 cannot resolve a fixed-point residual much
+    below ~1e-3, so once the relative change between two successive block inputs (the inputs of
+    successive layer-0 calls) falls below ``dtype``'s epsilon, the remaining calls of this
+    closure run in full precision and the solve can reach its tolerance. Build one closure per
+    estimator call (the switch is not reset).
     """
     if dtype is None:
         return step
+    switch = torch.finfo(dtype).eps
+    state: dict[str, Any] = {"low": True, "previous": None}
 
     def step_autocast(x: Tensor, layer: int = 0) -> Tensor:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or not state["low"]:
             return step(x, layer)
+        if refine and layer == 0:
+            previous, state["previous"] = state["previous"], x
+            if previous is not None:
+                change = float((x - previous).norm() / x.norm().clamp_min(1e-30))
+                if change < switch:
+                    state["low"] = False
+                    return step(x, layer)
         with torch.autocast(x.device.type, dtype=dtype):
             return step(x, layer).to(x.dtype)
 
@@ -281,9 +296,12 @@ class Trial:
         return torch.optim.SGD(groups)
 
     def train_step_fn(self, split, index: Tensor):
-        """``step_fn`` for training: its no-grad calls under ``train.restart_autocast``."""
+        """``step_fn`` for training: its no-grad calls under ``train.restart_autocast`` (solves
+        to a tolerance finish in full precision: DEQ, JFB, adaptive restarts)."""
         step, y = self.step_fn(split, index)
-        return autocast_no_grad(step, self.autocast), y
+        spec = self.spec
+        refine = spec.estimator in ("deq", "jfb") or spec.restart_tol is not None
+        return autocast_no_grad(step, self.autocast, refine=refine), y
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:

@@ -366,3 +366,33 @@ def test_trial_key_follows_the_weights_file(tmp_path: Path) -> None:
     assert spec.key(study) != key
     other = _pnp_study(tmp_path, {"weights": "w.pt"}, nc=4, nb=2, steps=7)
     assert spec.key(other) == spec.key(study)  # pretrain options act through the file only
+
+
+def test_bf16_solves_to_a_tolerance_finish_in_float32_with_refine() -> None:
+    # bfloat16 cannot resolve a residual below ~1e-3: a DEQ forward solve to 1e-6 stalls in
+    # bfloat16 and converges once the closure switches to float32 (refine=True).
+    torch.manual_seed(0)
+    denoiser = build_denoiser("drunet", 1, nc=4, nb=1).requires_grad_(False)
+    seen = _conv_dtypes(denoiser)
+    scheme = PnPFB(denoiser, sigma_init=0.1, step_size=0.5, relaxation_init=0.5)
+    physics = build_physics("denoising", (1, 16, 16), noise_sigma=0.1, rng=_gen(31))
+    y = physics(torch.rand(2, 1, 16, 16, generator=_gen(32)))
+    options = {"tol": 1e-7, "max_iter": 25, "anderson": True}
+
+    def solve(dtype: torch.dtype | None, refine: bool) -> tuple[Tensor, object]:
+        seen.clear()
+        est = make_estimator("deq", **options)
+        with torch.no_grad():
+            x = est(autocast_no_grad(scheme.bind(y, physics), dtype, refine=refine), y)
+        return x, est.last
+
+    x32, d32 = solve(None, False)
+    _, stalled = solve(torch.bfloat16, False)
+    x16, refined = solve(torch.bfloat16, True)
+    assert d32.converged and not stalled.converged and stalled.forward_steps == 25
+    assert refined.converged and refined.forward_steps <= d32.forward_steps + 5
+    dtypes = [dt for dt, _ in seen]
+    assert dtypes[0] == torch.bfloat16 and dtypes[-1] == torch.float32  # switched once
+    first32 = dtypes.index(torch.float32)
+    assert all(dt == torch.float32 for dt in dtypes[first32:])
+    assert _rel(x16, x32) < 1e-5

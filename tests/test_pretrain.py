@@ -44,6 +44,15 @@ def study(root: Path, **pretrain: object) -> StudyConfig:
     return parse_params(raw).with_root(root)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # one thread: on a shared 2-core machine two threads are many times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pretrain")
@@ -122,7 +131,9 @@ def test_stage_cli(prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     params.write_text(yaml.safe_dump(raw))
     out = tmp_path / "models" / "denoiser.pt"
     argv = ["--params", str(params), "--prepared", str(prepared), "--out", str(out), "--quiet"]
-    assert main(argv) == 0
+    torch.set_num_threads(2)
+    assert main([*argv, "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1  # --threads applies
     assert out.is_file() and metrics_path(out).is_file()
     assert "pretrain: drunet" in capsys.readouterr().out
     argv[3] = str(tmp_path / "nowhere")
