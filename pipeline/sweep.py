@@ -13,6 +13,10 @@ Where things live on a cluster (see ``docs/cluster.md``):
   unpacks one copy into a local cache keyed by the manifest's content, so no node but the
   driver's needs the files. With ``ship_data: false`` trials read the driver's path, which must
   then be on storage every node mounts at the same place.
+* **PnP weights files** (a prior's ``weights``, e.g. the pretrain stage's ``models/denoiser.pt``)
+  — checked on the driver before anything starts (the sweep stage), then shipped with the
+  prepared data under the same rule: each node unpacks one copy of each file, keyed by its
+  sha256, and the trial loads that copy (its MLflow parameters still name the configured path).
 * **trial storage** (checkpoints, Tune's experiment state) — ``ray.storage_path``: a local folder
   by default, a shared folder or a URI (``s3://…``, ``gs://…``) on a multi-host cluster.
 * **tracking** — ``mlflow.tracking_uri``: trials log their child runs straight to it, so on a
@@ -70,6 +74,15 @@ TRIAL_COLUMNS = [
     "theta_json",
     "mlflow_run_id",
     "node_id",
+    # what the report needs to tell families apart and to judge DEQ's convergence
+    "prior_family",
+    "prior_label",
+    "train_residual",
+    "test_eq_residual",
+    "deq_tol",
+    "deq_max_iter",
+    "eval_tol",
+    "eval_max_iter",
 ]
 HISTORY_COLUMNS = (
     "epoch",
@@ -80,6 +93,7 @@ HISTORY_COLUMNS = (
     "grad_cos_vs_deq",
     "grad_rel_err_vs_deq",
     "gamma_hat",
+    "train_residual",
 )
 DATA_CACHE_ENV = "RJFB_DATA_CACHE"
 
@@ -104,6 +118,18 @@ class PreparedBundle:
 
     digest: str
     files: dict[str, bytes] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WeightsBundle:
+    """The sweep's PnP weights files as bytes, shipped to trials like the prepared data.
+
+    ``priors``: each PnP prior with a weights file -> the sha256 of that file; ``files``: each
+    distinct file once, by sha256 -> (file name, content).
+    """
+
+    priors: dict[str, str]
+    files: dict[str, tuple[str, bytes]] = field(repr=False)
 
 
 def sweep_key(cfg: StudyConfig) -> str:
@@ -145,32 +171,145 @@ def data_cache_dir() -> Path:
 
 def materialize(bundle: PreparedBundle, cache: Path | None = None) -> Path:
     """Unpack a bundle once per node (atomic rename; concurrent trials agree on one copy)."""
-    from pipeline.data import MANIFEST
+    return _unpack(cache or data_cache_dir(), bundle.digest, bundle.files)
 
-    cache = cache or data_cache_dir()
-    dest = cache / bundle.digest
-    if (dest / MANIFEST).is_file():
+
+def _unpack(cache: Path, digest: str, files: Mapping[str, bytes]) -> Path:
+    """``files`` in ``cache/digest``, written once: a folder appears there only complete."""
+    dest = cache / digest
+    if all((dest / name).is_file() for name in files):
         return dest
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
     try:
-        for name, blob in bundle.files.items():
+        for name, blob in files.items():
             (tmp / name).write_bytes(blob)
         try:
             tmp.rename(dest)
         except OSError:  # another trial on this node unpacked it first
-            if not (dest / MANIFEST).is_file():
+            if not all((dest / name).is_file() for name in files):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
+# --------------------------------------------------------------------------- PnP weights
+
+
+def _weights_priors(cfg: StudyConfig) -> list[str]:
+    """The sweep's PnP priors that load a weights file."""
+    from pipeline.config import PnPPrior
+
+    names = sorted({t.prior for t in cfg.trials()})
+    return [n for n in names if isinstance(cfg.priors[n], PnPPrior) and cfg.priors[n].weights]
+
+
+def check_weights(cfg: StudyConfig, prepared: Path) -> None:
+    """Build every PnP prior's denoiser of the sweep and load its weights on the driver, for the
+    channel count of the prepared data: a missing or mismatched file fails here, in one line
+    naming the prior and the file, before Ray or MLflow start."""
+    from pipeline.config import PnPPrior
+    from pipeline.data import MANIFEST, read_manifest
+
+    priors = sorted({t.prior for t in cfg.trials()})
+    pnp = [n for n in priors if isinstance(cfg.priors[n], PnPPrior)]
+    if not pnp:
+        return  # no torch / deepinv import for a wavelet-only sweep
+    try:
+        channels = int(read_manifest(prepared)["channels"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(
+            f"{Path(prepared) / MANIFEST}: incomplete manifest (no channels); rerun "
+            "`dvc repro prepare`"
+        ) from None
+    from pipeline.train import check_denoisers
+
+    try:
+        check_denoisers(cfg, channels=channels, priors=pnp)
+    except ConfigError as err:
+        if "does not exist" not in str(err):
+            raise
+        if in_ray_job():
+            hint = (
+                "Ray does not upload .gitignore'd paths such as models/ with a job: point the "
+                "prior's weights at shared storage, or see docs/cluster.md"
+            )
+        else:
+            hint = "run `dvc repro pretrain`, or point the prior's weights at an existing file"
+        raise ConfigError(f"{err} ({hint})") from None
+
+
+def pack_weights(cfg: StudyConfig) -> WeightsBundle | None:
+    """The sweep's PnP weights files as bytes (None: no prior loads one). A file that cannot be
+    read is left out: its trials then fail with the loader's own message."""
+    priors: dict[str, str] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    for name in _weights_priors(cfg):
+        path = cfg.resolve(cfg.priors[name].weights)  # type: ignore[union-attr,arg-type]
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            continue
+        sha = hashlib.sha256(blob).hexdigest()
+        files.setdefault(sha, (path.name or "weights", blob))
+        priors[name] = sha
+    return WeightsBundle(priors, files) if priors else None
+
+
+def weights_cache_dir() -> Path:
+    """Where nodes unpack shipped weights: beside the shipped data (``$RJFB_DATA_CACHE``)."""
+    return data_cache_dir().with_name("rjfb-weights")
+
+
+def materialize_weights(bundle: WeightsBundle, cache: Path | None = None) -> dict[str, Path]:
+    """Unpack each shipped weights file once per node; each prior -> its local copy.
+
+    A cached copy whose content no longer matches its sha256 is refused (DataError)."""
+    cache = cache or weights_cache_dir()
+    local: dict[str, Path] = {}
+    for sha, (name, blob) in bundle.files.items():
+        path = _unpack(cache, sha[:32], {name: blob}) / name
+        if hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            raise DataError(
+                f"{path}: cached weights differ from the shipped file (delete {path.parent})"
+            )
+        local[sha] = path
+    return {prior: local[sha] for prior, sha in bundle.priors.items()}
+
+
+def localize_weights(
+    study: StudyConfig, bundle: WeightsBundle | None, cache: Path | None = None
+) -> StudyConfig:
+    """``study`` with each shipped prior's ``weights`` pointing at this node's copy."""
+    if bundle is None:
+        return study
+    local = materialize_weights(bundle, cache)
+    priors = dict(study.priors)
+    for name, path in local.items():
+        priors[name] = priors[name].model_copy(update={"weights": str(path)})
+    return study.model_copy(update={"priors": priors})  # keeps the root
+
+
+def trial_params(
+    study: StudyConfig, point: dict[str, Any], prior: str, bundle: WeightsBundle | None
+) -> dict[str, Any]:
+    """A trial's MLflow parameters: its grid point and ``trial_context`` with the configured
+    weights path, and the sha256 of the shipped file where the node has no copy at that path."""
+    params = {"trial": point["trial"], **study.trial_context(prior)}
+    if bundle is not None and prior in bundle.priors:
+        params["weights_sha256"] = bundle.priors[prior]
+    return params
+
+
 # --------------------------------------------------------------------------- the trainable
 
 
 def train_trial(
-    point: dict[str, Any], context: TrialContext, bundle: PreparedBundle | None = None
+    point: dict[str, Any],
+    context: TrialContext,
+    bundle: PreparedBundle | None = None,
+    weights: WeightsBundle | None = None,
 ) -> None:
     """The Tune trainable: one trial, its MLflow child run, checkpoints for resume."""
     import ray
@@ -183,7 +322,7 @@ def train_trial(
     uri = context.tracking_uri
     c = tracking.client(uri)
     node_id = ray.get_runtime_context().get_node_id()
-    params = {"trial": point["trial"], **study.trial_context(spec.prior)}
+    params = trial_params(study, point, spec.prior, weights)
     where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
     run = tracking.open_child(
         uri,
@@ -210,9 +349,10 @@ def train_trial(
         c.set_tag(run_id, "rjfb.resumed_from_epoch", str(int(resume["epoch"]) if resume else 0))
 
     progress = _Progress(c, run_id, logged, context.checkpoint_every_s)
-    prepared = materialize(bundle) if bundle is not None else Path(context.prepared)
     artifacts = Path(tune.get_context().get_trial_dir()) / "artifacts"
     try:
+        prepared = materialize(bundle) if bundle is not None else Path(context.prepared)
+        study = localize_weights(study, weights)
         result = run_trial(
             study,
             spec,
@@ -340,9 +480,12 @@ def _load_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
 
 
 def _trainable(
-    config: dict[str, Any], context: TrialContext, bundle: PreparedBundle | None = None
+    config: dict[str, Any],
+    context: TrialContext,
+    bundle: PreparedBundle | None = None,
+    weights: WeightsBundle | None = None,
 ) -> None:
-    train_trial(config["point"], context, bundle)
+    train_trial(config["point"], context, bundle, weights)
 
 
 def _trial_name(trial: Any) -> str:
@@ -477,7 +620,10 @@ def _check_placement(cfg: StudyConfig, nodes: list[dict[str, Any]], shipped: boo
             "it: run an MLflow server (docs/cluster.md) and point tracking_uri at it"
         )
     if not shipped:
-        _warn("ray.ship_data is false: every node must see the prepared data at the same path")
+        _warn(
+            "ray.ship_data is false: every node must see the prepared data and the PnP weights "
+            "files at the same path"
+        )
 
 
 def _check_job_paths(cfg: StudyConfig) -> None:
@@ -590,14 +736,23 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     )
 
 
-def run_sweep(cfg: StudyConfig, prepared: Path) -> tuple[Any, Any]:
-    """Run (or resume) the sweep; return the trials table and the per-epoch history table."""
+def run_sweep(
+    cfg: StudyConfig, prepared: Path, *, check_pnp_weights: bool = False
+) -> tuple[Any, Any]:
+    """Run (or resume) the sweep; return the trials table and the per-epoch history table.
+
+    ``check_pnp_weights`` (the sweep stage): load every PnP prior's weights on the driver after
+    the cheap checks and before Ray or MLflow start (``check_weights``), so a bad file stops
+    the sweep instead of failing its trials one by one.
+    """
     prepared = Path(prepared)
     _check_prepared(prepared)
     uri = cfg.tracking_uri
     tracking.check_reachable(uri)
     check_ray_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     _check_job_paths(cfg)
+    if check_pnp_weights:
+        check_weights(cfg, prepared)
     points = grid_points(cfg)
     key = sweep_key(cfg)
     name = f"sweep-{key}"
@@ -661,11 +816,12 @@ def _run(
         checkpoint_every_s=cfg.ray.checkpoint_every_s,
     )
     bundle = pack_prepared(prepared) if ship else None
+    weights = pack_weights(cfg) if ship else None
     # Tune snapshots its state whenever a checkpoint is about to be replaced (num_to_keep=1),
     # which is what resume needs; it warns about it on every short epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, context=context, bundle=bundle),
+        tune.with_parameters(_trainable, context=context, bundle=bundle, weights=weights),
         {"cpu": cfg.ray.cpus_per_trial, "gpu": cfg.ray.gpus_per_trial},
     )
     try:
@@ -718,13 +874,15 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
     """One row per trial (whatever its fate) and one row per (trial, epoch)."""
     import pandas as pd
 
-    from pipeline.report import compare_to_deq
+    from pipeline.report import compare_to_deq, prior_family
 
     rows, hist = [], []
     for result in grid:
         point = result.config["point"]
         spec = TrialSpec.model_validate(point["trial"])
         metrics = dict(result.metrics or {})
+        family = prior_family(cfg.priors[spec.prior])
+        train = cfg.train_for(spec.prior)
         row: dict[str, Any] = {
             "trial_id": point["key"],
             "name": point["name"],
@@ -737,6 +895,12 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
             "start": spec.start,
             "iterations": spec.iterations,
             "seed": spec.seed,
+            "prior_family": family.key,
+            "prior_label": family.label,
+            "deq_tol": cfg.sweep.deq.tol,
+            "deq_max_iter": cfg.sweep.deq.max_iter,
+            "eval_tol": train.eval_tol,
+            "eval_max_iter": train.eval_max_iter,
         }
         finished = result.error is None and metrics.get("final") == 1
         if not finished:

@@ -47,7 +47,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     trials = _read_parquet(Path(args.trials), "trials table")
     history = _read_parquet(Path(args.history), "training history")
     out = Path(args.out)
-    metrics = write_report(trials, history, out, cfg.report)
+    # the priors' config names the families of a trials table that does not (an older sweep)
+    metrics = write_report(trials, history, out, cfg.report, priors=cfg.priors)
     print(
         f"report: {metrics['n_trials']} trials ({metrics['n_finished']} finished) -> "
         f"{out / 'ablation.md'}, {out / 'metrics.json'}, {out / 'plots'}/"

@@ -4,8 +4,11 @@ python -m stages.sweep [--params params.yaml] [--prepared data/prepared] [--out 
 
 Runs on a local Ray, or on an existing cluster when ``RAY_ADDRESS`` / ``ray.address`` names one;
 ``ray job submit --working-dir . -- python -m stages.sweep --prepared /shared/prepared`` runs it
-as a Ray job (docs/cluster.md). Interrupted (Ctrl-C, SIGTERM, or the driver killed), it exits
-without writing tables; running it again resumes the sweep where it stopped.
+as a Ray job (docs/cluster.md). Before Ray or MLflow start it checks the prepared data, the
+services it will use and every PnP prior's weights file (loaded once on the driver for the
+prepared data's channels): a missing or mismatched file is one line naming the prior and the
+file, exit code 2, and nothing written. Interrupted (Ctrl-C, SIGTERM, or the driver killed), it
+exits without writing tables; running it again resumes the sweep where it stopped.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cfg = load_params(args.params)
     _terminate_gracefully()
-    trials, history = run_sweep(cfg, Path(args.prepared))
+    trials, history = run_sweep(cfg, Path(args.prepared), check_pnp_weights=True)
     write_tables(trials, history, Path(args.out))
     counts = trials["status"].value_counts().to_dict()
     print(f"sweep: {len(trials)} trials {counts}; tables in {args.out}/")

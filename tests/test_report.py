@@ -466,13 +466,17 @@ def test_edge_cases_still_write_a_complete_report(tables, tmp_path, case):
         assert metrics["priors"]["pnp"]["deq_test_psnr"] is None
     if case == "all_failed":
         assert f"{len(trials)} of {len(trials)} trials did not finish" in md
-        assert md.count("killed") == len(trials)
+        assert _section(md, "Failed / diverged").count("killed") == len(trials)
+        # the DEQ baselines did not finish: the summary says so, with the reason
+        assert (
+            "**DEQ did not converge** for prior l1 (`l1-deq-s0`): the trial failed (killed)" in md
+        )
     if case in ("history_none", "single_trial_empty_history"):
         assert "no training history was given" in md
 
 
 def test_a_failure_while_writing_leaves_the_previous_report(tables, tmp_path, monkeypatch):
-    import pipeline.report as rep
+    import pipeline.report.plots as plots
 
     small = tables[0][tables[0]["prior"] == "l1"].head(3)
     write_report(small, tables[1], tmp_path, CFG)
@@ -481,7 +485,7 @@ def test_a_failure_while_writing_leaves_the_previous_report(tables, tmp_path, mo
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(rep, "_plot_theta", boom)
+    monkeypatch.setattr(plots, "_plot_theta", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(tables[0].head(5), tables[1], tmp_path, CFG)
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -551,3 +555,211 @@ def test_cli_corrupt_parquet_is_a_data_error(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a readable parquet file" in err
+
+
+# --------------------------------------------------------------------------- families, γ̂ > 1, DEQ
+
+FAMILY_PRIORS = {
+    "l1": {"type": "wavelet", "norm": "l1", "step_size": 0.2},
+    "pnp": {"type": "pnp", "weights": "models/denoiser.pt", "step_size": 0.5},
+    "pnp_deblur": {"type": "pnp", "weights": "models/denoiser.pt", "step_size": 1.0},
+    "drunet_fb": {
+        "type": "pnp",
+        "weights": "models/denoiser.pt",
+        "train_denoiser": True,
+        "denoiser_lr": 1e-4,
+    },
+}
+FROZEN = "PnP, frozen denoiser: learn tau, sigma, relaxation"
+TRAINED = "DRUNet inside FB, trained: all denoiser weights (lr 0.0001), tau, sigma, relaxation"
+
+
+def _family_study():
+    from pipeline.config import parse_params
+
+    return parse_params(
+        {
+            "data": {"patch_size": 32},
+            "priors": FAMILY_PRIORS,
+            "sweep": {"priors": list(FAMILY_PRIORS), "estimators": ["deq"]},
+        }
+    )
+
+
+def family_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The PnP part of the default study as the sweep writes it: families, residuals, γ̂.
+
+    ``pnp_deblur`` learns τ past 2/L: γ̂ 1.10–1.28 and its DEQ forward solve stops at max_iter;
+    its deep rJFB ends 0.085 dB below DEQ, inside the 0.1 dB tolerance by chance."""
+    from pipeline.report import prior_family
+
+    study = _family_study()
+    # prior -> DEQ PSNR, γ̂ per trial (deq, K1T0, K5T0, K5T5), deep rJFB Δ, DEQ train residual
+    spec = {
+        "l1": (27.5, (0.8, 0.8, 0.8, 0.8), -0.001, 3e-5),
+        "pnp": (28.9, (0.95, 0.96, 0.95, 0.95), 0.0, 6e-5),
+        "pnp_deblur": (26.0, (1.21, 1.28, 1.10, 1.19), -0.085, 3.2e-3),
+        "drunet_fb": (29.3, (0.97, 0.98, 0.97, 0.97), 0.006, 8e-5),
+    }
+    rows, hist = [], []
+    for prior, (psnr, gammas, deep, residual) in spec.items():
+        fam = prior_family(study.priors[prior])
+        common = {
+            "prior_type": study.priors[prior].type,
+            "prior_family": fam.key,
+            "prior_label": fam.label,
+            "deq_tol": 1e-4,
+            "deq_max_iter": 300,
+            "eval_tol": 1e-4,
+            "eval_max_iter": 200,
+        }
+        configs = [("deq", 1, 0, 0.0), ("rjfb", 1, 0, -1.5), ("rjfb", 5, 0, -0.6)]
+        configs.append(("rjfb", 5, 5, deep))
+        for (est, k, t, delta), gamma in zip(configs, gammas, strict=True):
+            row = _row(
+                prior,
+                est,
+                depth=k,
+                restarts=t,
+                test_psnr=psnr + delta,
+                test_psnr_at_depth=psnr + delta,
+                train_seconds=10.0 * k * (t + 1),
+                peak_mem_mib=100.0,
+                final_val_psnr=psnr + delta,
+                gamma_hat=gamma,
+                train_residual=residual if est == "deq" else 1e-2,
+                test_eq_residual=5e-5,
+                test_psnr_per_image=[psnr + delta + d for d in (-0.5, 0.0, 0.5)],
+                **common,
+            )
+            rows.append(row)
+            for e in range(3):
+                hist.append(
+                    {
+                        "trial_id": row["trial_id"],
+                        "name": row["name"],
+                        "epoch": e + 1,
+                        "elapsed_seconds": 10.0 * (e + 1),
+                        "val_psnr": psnr + delta - 0.1 * (2 - e),
+                        "train_residual": residual * (2 - e) if est == "deq" else 1e-2,
+                    }
+                )
+    return compare_to_deq(pd.DataFrame(rows)), pd.DataFrame(hist)
+
+
+@pytest.fixture(scope="module")
+def family_report(tmp_path_factory) -> tuple[Path, dict, str]:
+    out = tmp_path_factory.mktemp("families")
+    metrics = write_report(*family_tables(), out, CFG)
+    return out, metrics, (out / "ablation.md").read_text()
+
+
+def test_prior_family_tells_frozen_pnp_from_a_trained_denoiser():
+    from pipeline.report import prior_family
+
+    study = _family_study()
+    fams = {p: prior_family(study.priors[p]) for p in FAMILY_PRIORS}
+    assert [fams[p].key for p in FAMILY_PRIORS] == [
+        "wavelet",
+        "pnp_frozen",
+        "pnp_frozen",
+        "pnp_trained",
+    ]
+    assert fams["pnp"].label == FROZEN
+    assert fams["drunet_fb"].label == TRAINED
+    assert fams["drunet_fb"].name == "DRUNet inside FB, trained"
+    layer = prior_family({"type": "pnp", "per_layer_sigma": True, "learn_relaxation": False})
+    assert layer.label == "PnP, frozen denoiser: learn tau, sigma (one per layer)"
+    assert prior_family(study.priors["l1"].model_dump()).key == "wavelet"
+
+
+def test_report_labels_each_family(family_report):
+    _, metrics, md = family_report
+    summary = _section(md, "Summary")
+    assert f"*{FROZEN}*: pnp, pnp_deblur" in summary
+    assert f"*{TRAINED}*: drunet_fb" in summary
+    results = _section(md, "Results per prior")
+    assert f"### Prior `pnp` — {FROZEN}" in results
+    assert f"### Prior `drunet_fb` — {TRAINED}" in results
+    # wavelet first, then frozen PnP, then the trained denoiser
+    order = [results.index(f"### Prior `{p}`") for p in ("l1", "pnp", "pnp_deblur", "drunet_fb")]
+    assert order == sorted(order)
+    assert metrics["families"]["pnp_frozen"]["priors"] == ["pnp", "pnp_deblur"]
+    assert metrics["families"]["pnp_trained"]["name"] == "DRUNet inside FB, trained"
+    assert metrics["priors"]["drunet_fb"]["family_label"] == TRAINED
+
+
+def test_families_come_from_the_priors_config_when_the_table_lacks_them(tmp_path):
+    trials, history = family_tables()
+    old = trials.drop(columns=["prior_family", "prior_label"])
+    metrics = write_report(old, history, tmp_path, CFG, priors=_family_study().priors)
+    assert metrics["priors"]["pnp"]["family_label"] == FROZEN
+    assert metrics["priors"]["drunet_fb"]["family"] == "pnp_trained"
+    bare = write_report(old, history, tmp_path / "bare", CFG)  # only prior_type: "PnP"
+    assert bare["priors"]["drunet_fb"]["family"] == "pnp"
+
+
+def test_gamma_above_one_is_not_reported_as_expected(family_report):
+    _, metrics, md = family_report
+    summary = _section(md, "Summary")
+    m = metrics["priors"]["pnp_deblur"]
+    assert m["contractive"] is False and m["n_gamma_hat_above_1"] == 4
+    assert m["rjfb_k5_t5_within_tolerance"] is True  # -0.085 dB: inside 0.1 dB, by chance
+    assert m["rjfb_k5_t5_expected_within_tolerance"] is False
+    assert metrics["noncontractive_priors"] == ["pnp_deblur"]
+    expected = next(ln for ln in summary.splitlines() if ln.startswith("- As expected"))
+    assert "pnp_deblur" not in expected and "pnp (" in expected and "drunet_fb (" in expected
+    line = next(ln for ln in summary.splitlines() if "Not contractive" in ln)
+    assert "**Not contractive** for prior pnp_deblur" in line
+    assert "γ̂ > 1 in 4 of 4 trials (γ̂ 1.100–1.280" in line
+    assert "**not expected**" in line and "worst -0.085 dB" in line
+    cells = _table_cells(md, "pnp_deblur-rjfb-K5-T5-s0")
+    assert "**1.190**" in cells
+    assert "0.950" in _table_cells(md, "pnp-rjfb-K5-T5-s0")  # not bold
+
+
+def test_deq_convergence_per_prior(family_report):
+    _, metrics, md = family_report
+    summary = _section(md, "Summary")
+    per = metrics["priors"]
+    assert [per[p]["deq_converged"] for p in ("l1", "pnp", "drunet_fb")] == [True] * 3
+    assert "DEQ converged for prior(s) l1, pnp, drunet_fb" in summary
+    bad = per["pnp_deblur"]
+    assert bad["deq_converged"] is False and bad["deq_trial"] == "pnp_deblur-deq-s0"
+    assert bad["deq_epochs_above_tol"] == 2  # from the history: 6.4e-3, 3.2e-3 (and 0)
+    line = next(ln for ln in summary.splitlines() if "DEQ did not converge" in ln)
+    assert "prior pnp_deblur (`pnp_deblur-deq-s0`)" in line
+    assert "relative residuals up to 3.2e-03 ≥ tol 0.0001 (stopped by max_iter 300)" in line
+    assert "γ̂ = 1.210 > 1" in line
+    assert metrics["deq_not_converged_priors"] == ["pnp_deblur"]
+    results = _section(md, "Results per prior")
+    assert "DEQ convergence (`pnp-deq-s0`): **converged**" in results
+    assert "DEQ convergence (`pnp_deblur-deq-s0`): **did not converge**" in results
+
+
+def test_histograms_show_one_layer_no_restart_restart_and_deq(tables, family_report):
+    from pipeline.report.plots import _histogram_groups
+
+    trials, _ = tables
+    t = _normalise(trials)
+    # the wavelet grid has K1, K5, K10 x T0, T5: the paper's K=1/T=0, K=5/T=0, K=5/T=5 are used
+    labels = [g[0] for g in _histogram_groups(t[t["prior"] == "l1"])]
+    assert labels == [
+        "one layer (K=1, T=0)",
+        "no restart (K=5, T=0)",
+        "restart (K=5, T=5)",
+        "DEQ",
+    ]
+    fam = _normalise(family_tables()[0])
+    for prior in ("pnp", "drunet_fb"):
+        groups = _histogram_groups(fam[fam["prior"] == prior])
+        assert [g[0] for g in groups][:3] == labels[:3]
+        assert all(len(g[2]) == 1 for g in groups)
+    out, _, _ = family_report
+    assert (out / "plots" / "psnr_histograms.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def _normalise(trials: pd.DataFrame) -> pd.DataFrame:
+    from pipeline.report.tables import _normalise_trials
+
+    return _normalise_trials(trials)

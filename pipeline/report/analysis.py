@@ -1,0 +1,185 @@
+"""Per-prior numbers of ``metrics.json`` (and of the written summary): counts, deep rJFB against
+DEQ, contraction (γ̂ > 1) and whether the DEQ baseline converged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.report.common import _EPS, GAMMA_LIMIT, _finite, _int, _max, _mean, _min, _missing
+from pipeline.report.tables import _deep, _rjfb
+
+
+def _contraction(p: pd.DataFrame) -> dict[str, Any]:
+    """γ̂ over a prior's trials: is one step of the scheme a contraction at the learned θ?"""
+    g = p[np.isfinite(p["gamma_hat"].to_numpy(dtype=float))]
+    above = g[g["gamma_hat"] > GAMMA_LIMIT + _EPS]
+    return {
+        "gamma_hat_min": _min(g["gamma_hat"]),
+        "gamma_hat_max": _max(g["gamma_hat"]),
+        "n_gamma_hat": len(g),
+        "n_gamma_hat_above_1": len(above),
+        "gamma_hat_above_1_trials": list(above["name"]),
+        # None: no γ̂ recorded
+        "contractive": None if g.empty else bool(above.empty),
+    }
+
+
+def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]:
+    """Did the prior's DEQ baseline converge, and if not, why.
+
+    Converged: finished, the last epoch's training forward solves ended below ``deq_tol``
+    (``train_residual``) and the test solve below ``eval_tol`` (``test_eq_residual``). ``hp``:
+    the DEQ trial's history (earlier epochs that ended above the tolerance are counted)."""
+    deq = p[(p["estimator"] == "deq") & (p["start"] == "y")]
+    out: dict[str, Any] = {
+        "deq_trial": None,
+        "deq_converged": None,
+        "deq_convergence": "no DEQ trial",
+        "deq_train_residual": None,
+        "deq_test_eq_residual": None,
+        "deq_epochs_above_tol": None,
+    }
+    if deq.empty:
+        return out
+    deq = deq.sort_values("finished", ascending=False, kind="stable")
+    r = deq.iloc[0]
+    out["deq_trial"] = r["name"]
+    if not r["finished"]:
+        why = r["status_reason"] or "no reason recorded"
+        out.update(deq_converged=False, deq_convergence=f"the trial {r['status']} ({why})")
+        return out
+    train, test = float(r["train_residual"]), float(r["test_eq_residual"])
+    tol, eval_tol = float(r["deq_tol"]), float(r["eval_tol"])
+    out["deq_train_residual"] = train if math.isfinite(train) else None
+    out["deq_test_eq_residual"] = test if math.isfinite(test) else None
+    reasons, known = [], []
+    if math.isfinite(train) and math.isfinite(tol):
+        known.append("train")
+        if train >= tol:
+            reasons.append(
+                f"its last epoch's training forward solves ended at relative residuals up to "
+                f"{train:.1e} ≥ tol {tol:g} (stopped by max_iter {_int(r['deq_max_iter'])})"
+            )
+        if hp is not None and "train_residual" in hp.columns:
+            res = hp["train_residual"].to_numpy(dtype=float)
+            res = res[np.isfinite(res)]
+            if len(res):
+                out["deq_epochs_above_tol"] = int((res >= tol).sum())
+    if math.isfinite(test) and math.isfinite(eval_tol):
+        known.append("test")
+        if test >= eval_tol:
+            reasons.append(
+                f"its test equilibrium solve ended at {test:.1e} ≥ eval_tol {eval_tol:g} "
+                f"(eval_max_iter {_int(r['eval_max_iter'])})"
+            )
+    if not known:
+        out["deq_convergence"] = (
+            "the trials table records no solver residuals (train_residual, test_eq_residual)"
+        )
+        return out
+    gamma = float(r["gamma_hat"])
+    if reasons:
+        if math.isfinite(gamma) and gamma > GAMMA_LIMIT + _EPS:
+            reasons.append(
+                f"γ̂ = {gamma:.3f} > 1 at its final θ: the scheme is not contractive there, so "
+                "the fixed-point iteration need not converge"
+            )
+        out.update(deq_converged=False, deq_convergence="; ".join(reasons))
+        return out
+    parts = []
+    if "train" in known:
+        parts.append(f"training forward solves ended at ≤ {train:.1e} < tol {tol:g}")
+        n_above = out["deq_epochs_above_tol"]
+        if n_above:
+            parts[-1] += f" in the last epoch ({n_above} earlier epoch(s) ended above it)"
+    if "test" in known:
+        parts.append(f"test solve at {test:.1e} < eval_tol {eval_tol:g}")
+    out.update(deq_converged=True, deq_convergence=", ".join(parts))
+    return out
+
+
+def _prior_metrics(p: pd.DataFrame, tol: float, hp: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The per-prior numbers of metrics.json (and of the written summary). ``hp``: the history
+    of the prior's DEQ baseline, if any."""
+    status = p["status"]
+    deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+    rj = _rjfb(p)
+    rj_delta = _finite(rj["delta_psnr_vs_deq"])
+    deep_all = _deep(p)
+    deep = deep_all[deep_all["finished"]]
+    deep_delta = _finite(deep["delta_psnr_vs_deq"])
+    t0 = rj[rj["restarts"] == 0]
+    ttq = _finite(rj["time_to_quality_ratio_vs_deq"])
+    m: dict[str, Any] = {
+        "n_trials": len(p),
+        "n_finished": int((status == "finished").sum()),
+        "n_diverged": int((status == "diverged").sum()),
+        "n_failed": int((status == "failed").sum()),
+        "n_other": int((~status.isin(["finished", "diverged", "failed"])).sum()),
+        "input_psnr": _mean(p["test_psnr_input"]),
+        "deq_test_psnr": _mean(deq["test_psnr"]),
+        "deq_train_seconds": _mean(deq["train_seconds"]),
+        "deq_peak_mem_mib": _mean(deq["peak_mem_mib"]),
+        "best_rjfb_delta_psnr": None,
+        "best_rjfb_trial": None,
+        "worst_rjfb_delta_psnr_k5_t5": None,
+        "worst_rjfb_trial_k5_t5": None,
+        "max_abs_rjfb_delta_psnr_k5_t5": None,
+        "rjfb_k5_t5_within_tolerance": None,
+        "n_rjfb_k5_t5": len(deep_all),
+        "n_rjfb_k5_t5_unfinished": int((~deep_all["finished"]).sum()),
+        "mean_delta_psnr_t0": _mean(t0["delta_psnr_vs_deq"]),
+        "mean_delta_psnr_at_depth_t0": _mean(t0["delta_psnr_at_depth_vs_deq"]),
+        "best_rjfb_time_to_quality_ratio": None,
+        "best_rjfb_time_to_quality_trial": None,
+        "rjfb_time_ratio_min": _min(rj["time_ratio_vs_deq"]),
+        "rjfb_time_ratio_max": _max(rj["time_ratio_vs_deq"]),
+        "rjfb_mem_ratio_min": _min(rj["mem_ratio_vs_deq"]),
+        "rjfb_mem_ratio_max": _max(rj["mem_ratio_vs_deq"]),
+    }
+    if "prior_family" in p.columns:
+        m["family"] = p["prior_family"].iloc[0] if len(p) else None
+        m["family_label"] = p["prior_label"].iloc[0] if len(p) else None
+    m.update(_contraction(p))
+    # within-tolerance agreement of deep rJFB with DEQ is the expectation only where the
+    # scheme contracts (γ̂ ≤ 1)
+    m["rjfb_k5_t5_expected_within_tolerance"] = m["contractive"] is not False
+    m.update(_deq_convergence(p, hp))
+    if len(rj_delta):
+        i = rj_delta.idxmax()
+        m["best_rjfb_delta_psnr"] = float(rj_delta[i])
+        m["best_rjfb_trial"] = p.loc[i, "name"]
+    if len(deep_delta):
+        i = deep_delta.idxmin()
+        m["worst_rjfb_delta_psnr_k5_t5"] = float(deep_delta[i])
+        m["worst_rjfb_trial_k5_t5"] = p.loc[i, "name"]
+        m["max_abs_rjfb_delta_psnr_k5_t5"] = float(deep_delta.abs().max())
+        m["rjfb_k5_t5_within_tolerance"] = bool(
+            deep_delta.abs().max() <= tol + _EPS and m["n_rjfb_k5_t5_unfinished"] == 0
+        )
+    if len(ttq):
+        i = ttq.idxmin()
+        m["best_rjfb_time_to_quality_ratio"] = float(ttq[i])
+        m["best_rjfb_time_to_quality_trial"] = p.loc[i, "name"]
+    return m
+
+
+def _json_clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if _missing(obj):
+        return None
+    return obj if isinstance(obj, str) else str(obj)

@@ -1,0 +1,105 @@
+"""Constants and small helpers the report modules share: column names, the deep rJFB point,
+missing values and number formatting.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COMPARE_COLUMNS = (
+    "delta_psnr_vs_deq",
+    "delta_psnr_at_depth_vs_deq",
+    "time_ratio_vs_deq",
+    "mem_ratio_vs_deq",
+)
+
+TTQ_COLUMNS = (
+    "quality_target_val_psnr",
+    "time_to_quality_s",
+    "deq_time_to_quality_s",
+    "time_to_quality_ratio_vs_deq",
+    "history_epochs",
+)
+
+PLOT_FILES = {
+    "psnr_vs_depth.png": "Test PSNR at equilibrium vs truncation depth K",
+    "grad_error_vs_depth.png": "Gradient error vs DEQ against K",
+    "cost.png": "Training wall time and peak memory",
+    "theta_trajectories.png": "Learned hyperparameters along training",
+    "psnr_histograms.png": "Per-image test PSNR histograms",
+    "val_psnr_curves.png": "Validation PSNR vs wall time",
+}
+
+# "Deep" rJFB configurations, for which the method predicts DEQ-level quality at equilibrium.
+DEEP_K = 5
+
+DEEP_T = 5
+
+_EST_ORDER = {"deq": 0, "rjfb": 1, "jfb": 2, "unrolled": 3}
+
+_EST_LABEL = {"deq": "DEQ", "rjfb": "rJFB", "jfb": "JFB", "unrolled": "unrolled"}
+
+_EPS = 1e-9  # tolerance of the ">= target" test (targets are differences of floats)
+
+GAMMA_LIMIT = 1.0  # γ̂ above it: one step of the scheme is not a contraction at the learned θ
+
+
+def _missing(v: Any) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    return isinstance(v, float | np.floating) and math.isnan(v)
+
+
+def _int(v: Any) -> str:
+    return "?" if _missing(v) else str(int(v))
+
+
+def _f(v: Any, spec: str = ".2f", suffix: str = "") -> str:
+    if _missing(v):
+        return "—"
+    try:
+        fv = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not math.isfinite(fv):
+        return "—"
+    return f"{fv:{spec}}{suffix}"
+
+
+def _db(v: Any) -> str:
+    return _f(v, ".2f")
+
+
+def _delta(v: Any) -> str:
+    return _f(v, "+.3f")
+
+
+def _times(v: Any) -> str:
+    return _f(v, ".2f", "×")
+
+
+def _sci(v: Any) -> str:
+    return _f(v, ".2e")
+
+
+def _finite(s: pd.Series) -> pd.Series:
+    return s[np.isfinite(s.to_numpy(dtype=float))]
+
+
+def _mean(s: pd.Series) -> float | None:
+    f = _finite(s)
+    return float(f.mean()) if len(f) else None
+
+
+def _min(s: pd.Series) -> float | None:
+    f = _finite(s)
+    return float(f.min()) if len(f) else None
+
+
+def _max(s: pd.Series) -> float | None:
+    f = _finite(s)
+    return float(f.max()) if len(f) else None

@@ -1,0 +1,214 @@
+"""``ablation.md``: summary, per-prior tables against DEQ, failed / diverged trials, plots."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipeline.report.common import (
+    _EPS,
+    _EST_LABEL,
+    GAMMA_LIMIT,
+    PLOT_FILES,
+    _db,
+    _delta,
+    _f,
+    _int,
+    _missing,
+    _sci,
+    _times,
+)
+from pipeline.report.families import _prior_order
+from pipeline.report.summary import _summary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config import ReportConfig
+
+
+def _cell(text: Any) -> str:
+    s = "" if _missing(text) else str(text)
+    s = " ".join(s.split())
+    if len(s) > 400:
+        s = s[:399] + "…"
+    return s.replace("|", "\\|") or "—"
+
+
+def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _k_cell(r: Any) -> str:
+    if r.estimator == "unrolled":
+        return f"N={_int(r.iterations)}"
+    return _int(r.depth)
+
+
+def _t_cell(r: Any) -> str:
+    if r.estimator != "rjfb":
+        return "—"
+    if not _missing(r.restart_tol):
+        return f"≤{_int(r.restarts)} (tol {r.restart_tol:g})"
+    return _int(r.restarts)
+
+
+_TABLE_HEADER = [
+    "trial",
+    "estimator",
+    "status",
+    "K",
+    "T",
+    "start",
+    "PSNR eq. (dB)",
+    "PSNR at depth (dB)",
+    "ΔPSNR eq. (dB)",
+    "ΔPSNR at depth (dB)",
+    "time ×DEQ",
+    "mem ×DEQ",
+    "grad cos",
+    "grad rel. err",
+    "γ̂",
+    "time-to-quality ×DEQ",
+]
+
+
+def _table_row(r: Any) -> list[str]:
+    return [
+        f"`{_cell(r.name)}`",
+        _EST_LABEL.get(r.estimator, _cell(r.estimator)),
+        r.status if r.finished else f"**{_cell(r.status)}**",
+        _k_cell(r),
+        _t_cell(r),
+        _cell(r.start),
+        _db(r.test_psnr),
+        _db(r.test_psnr_at_depth),
+        _delta(r.delta_psnr_vs_deq),
+        _delta(r.delta_psnr_at_depth_vs_deq),
+        _times(r.time_ratio_vs_deq),
+        _times(r.mem_ratio_vs_deq),
+        _f(r.grad_cos_vs_deq, ".4f"),
+        _sci(r.grad_rel_err_vs_deq),
+        _gamma_cell(r.gamma_hat),
+        _ttq_cell(r),
+    ]
+
+
+def _gamma_cell(v: Any) -> str:
+    """γ̂, in bold above 1 (not a contraction)."""
+    text = _f(v, ".3f")
+    if text != "—" and float(v) > GAMMA_LIMIT + _EPS:
+        return f"**{text}**"
+    return text
+
+
+def _ttq_cell(r: Any) -> str:
+    if math.isfinite(r.time_to_quality_ratio_vs_deq):
+        return _times(r.time_to_quality_ratio_vs_deq)
+    reachable = math.isfinite(r.deq_time_to_quality_s) and r.history_epochs > 0
+    return "not reached" if reachable and r.finished else "—"
+
+
+def _markdown(
+    t: pd.DataFrame, metrics: dict[str, Any], cfg: ReportConfig, has_history: bool
+) -> str:
+    md = [
+        "# Ablation: restarted JFB vs deep-equilibrium training",
+        "",
+        f"{metrics['n_trials']} trials over {len(metrics['priors'])} prior(s): "
+        f"{metrics['n_finished']} finished, {metrics['n_diverged']} diverged, "
+        f"{metrics['n_failed']} failed"
+        + (f", {metrics['n_other']} other" if metrics["n_other"] else "")
+        + ".",
+        "",
+        "## Summary",
+        "",
+        *_summary(t, metrics, cfg, has_history),
+        "",
+        "## Results per prior",
+        "",
+        "Each trial is compared with the finished DEQ trial of the same prior and seed. "
+        "*PSNR eq.*: test PSNR at equilibrium (forward solved to tolerance with the learned θ); "
+        "*at depth*: after the training-time number of iterations ((T+1)·K, N for unrolled, "
+        "the solve for DEQ); *Δ*: trial − DEQ; *time/mem ×DEQ*: training wall time and peak "
+        "memory relative to DEQ; *grad cos / rel. err*: the trial's gradient against DEQ's "
+        "exact implicit gradient at the final θ; *γ̂*: contraction estimate of one step of the "
+        "scheme (bold above 1: not a contraction); "
+        f"*time-to-quality ×DEQ*: time to reach DEQ's final validation PSNR − "
+        f"{cfg.quality_margin_db:g} dB, relative to DEQ's own. "
+        f"Bold status: not finished (see below). ΔPSNR tolerance: {cfg.delta_psnr_tolerance:g} dB.",
+        "",
+    ]
+    if not len(t):
+        md += ["No trials.", ""]
+    for prior in _prior_order(t):
+        p = t[t["prior"] == prior]
+        m = metrics["priors"][prior]
+        ptype = next((x for x in p["prior_type"] if x), "")
+        label = next((x for x in p["prior_label"] if x), "") or ptype
+        md += [f"### Prior `{prior}`" + (f" — {label}" if label and label != prior else ""), ""]
+        deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+        if deq.empty:
+            md += [
+                "**No finished DEQ baseline** for this prior: ΔPSNR, ratios and time to "
+                "quality are unavailable.",
+                "",
+            ]
+        else:
+            for r in deq.itertuples(index=False):
+                md.append(
+                    f"DEQ baseline `{r.name}`: test PSNR {_db(r.test_psnr)} dB "
+                    f"(observations {_db(r.test_psnr_input)} dB), training "
+                    f"{_f(r.train_seconds, '.1f')} s, peak memory {_f(r.peak_mem_mib, '.0f')} MiB."
+                )
+            md.append("")
+        if m["deq_trial"] is not None:
+            verdict = {True: "**converged**", False: "**did not converge**", None: "unknown"}
+            md += [
+                f"DEQ convergence (`{m['deq_trial']}`): {verdict[m['deq_converged']]} — "
+                f"{m['deq_convergence']}.",
+                "",
+            ]
+        if m["contractive"] is False:
+            md += [
+                f"**Not contractive**: γ̂ > 1 in {m['n_gamma_hat_above_1']} of "
+                f"{m['n_gamma_hat']} trials (up to {m['gamma_hat_max']:.3f}; bold in the γ̂ "
+                f"column): agreement of rJFB with DEQ within {cfg.delta_psnr_tolerance:g} dB "
+                "is not expected for this prior.",
+                "",
+            ]
+        md += _md_table(_TABLE_HEADER, (_table_row(r) for r in p.itertuples(index=False)))
+        md += [
+            "",
+            f"{m['n_trials']} trials: {m['n_finished']} finished, {m['n_diverged']} diverged, "
+            f"{m['n_failed']} failed.",
+            "",
+        ]
+
+    md += ["## Failed / diverged", ""]
+    bad = t[~t["finished"]]
+    if bad.empty:
+        md += ["None: every trial finished.", ""]
+    else:
+        md += _md_table(
+            ["trial", "prior", "estimator", "status", "reason"],
+            (
+                [
+                    f"`{_cell(r.name)}`",
+                    _cell(r.prior),
+                    _EST_LABEL.get(r.estimator, _cell(r.estimator)),
+                    f"**{_cell(r.status)}**",
+                    _cell(r.status_reason or "(no reason recorded)"),
+                ]
+                for r in bad.itertuples(index=False)
+            ),
+        )
+        md.append("")
+
+    md += ["## Plots", ""]
+    for fname, title in PLOT_FILES.items():
+        md += [f"### {title}", "", f"![{title}](plots/{fname})", ""]
+    return "\n".join(md).rstrip() + "\n"

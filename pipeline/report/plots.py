@@ -1,0 +1,574 @@
+"""The plots declared in ``dvc.yaml`` (matplotlib figures without pyplot, saved as PNG)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.report.common import _EST_LABEL, _EST_ORDER, DEEP_K, DEEP_T, _int, _missing
+from pipeline.report.families import _family_of, _prior_order
+from pipeline.report.tables import _history_for, _rjfb, _sort
+
+_DPI = 110
+
+_EST_COLOR = {"deq": "black", "jfb": "0.45", "unrolled": "tab:purple"}
+
+_RJFB_COLORS = [
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "navy",
+    "darkgoldenrod",
+    "teal",
+    "crimson",
+    "limegreen",
+    "slateblue",
+    "sienna",
+    "deeppink",
+]
+
+
+def _palette(t: pd.DataFrame) -> dict[str, Any]:
+    """One colour per configuration label, the same in every plot."""
+    colors: dict[str, Any] = {}
+    i = 0
+    for r in _sort(t).itertuples(index=False):
+        if r.label in colors:
+            continue
+        if r.estimator in _EST_COLOR:
+            colors[r.label] = _EST_COLOR[r.estimator]
+        else:
+            colors[r.label] = _RJFB_COLORS[i % len(_RJFB_COLORS)]
+            i += 1
+    return colors
+
+
+def _figure(nrows: int, ncols: int, w: float, h: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w * ncols, h * nrows), dpi=_DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=_DPI)
+
+
+def _placeholder(path: Path, title: str, message: str) -> None:
+    fig, axes = _figure(1, 1, 6.4, 3.2)
+    ax = axes[0, 0]
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=13)
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, wrap=True)
+    _save(fig, path)
+
+
+def _empty_axis(ax: Any, title: str, message: str) -> None:
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.3")
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    ncols = max(1, min(max_cols, n))
+    return math.ceil(n / ncols), ncols
+
+
+def _hide_unused(axes: Any, used: int) -> None:
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+
+
+def _plot_name(t: pd.DataFrame, prior: str) -> str:
+    """A panel's title: the prior and its family (PnP frozen vs trained denoiser, wavelet)."""
+    family = _family_of(t, prior)[0] if "family_name" in t.columns else ""
+    return f"prior {prior} [{family}]" if family else f"prior {prior}"
+
+
+def _rjfb_series_label(r: Any) -> str:
+    s = f"T={_int(r.restarts)}"
+    if not _missing(r.restart_tol):
+        s = f"T≤{_int(r.restarts)} tol {r.restart_tol:g}"
+    if r.start != "y":
+        s += f" {r.start}"
+    return s
+
+
+def _series_key(r: Any) -> tuple:
+    return (r.start != "y", r.start, -1.0 if _missing(r.restart_tol) else r.restart_tol)
+
+
+def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
+    priors = _prior_order(t)
+    title = "Test PSNR at equilibrium vs truncation depth K"
+    if not priors:
+        _placeholder(path, title, "no trials")
+        return
+    from matplotlib.lines import Line2D
+
+    nrows, ncols = _grid(len(priors))
+    fig, axes = _figure(nrows, ncols, 5.2, 4.0)
+    rj_all = _rjfb(t)
+    series = sorted(
+        {(_rjfb_series_label(r), r.restarts, _series_key(r)) for r in rj_all.itertuples()},
+        key=lambda s: (s[2], s[1]),
+    )
+    colors = {lab: _RJFB_COLORS[i % len(_RJFB_COLORS)] for i, (lab, _, _) in enumerate(series)}
+    for ax, prior in zip(axes.flat, priors, strict=False):
+        p = t[t["prior"] == prior]
+        rj = _rjfb(p).copy()
+        rj["series"] = [_rjfb_series_label(r) for r in rj.itertuples()]
+        if rj.empty and not p["finished"].any():
+            _empty_axis(ax, _plot_name(t, prior), "no finished trials")
+            continue
+        for lab, _, _ in series:
+            g = rj[rj["series"] == lab].groupby("depth")[["test_psnr", "test_psnr_at_depth"]]
+            g = g.mean().sort_index()
+            if g.empty:
+                continue
+            c = colors[lab]
+            ax.plot(g.index, g["test_psnr"], "o-", color=c, lw=2, ms=6)
+            ax.plot(g.index, g["test_psnr_at_depth"], "s--", color=c, lw=1.2, ms=4, alpha=0.6)
+        deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+        deq = deq["test_psnr"].mean()
+        if math.isfinite(deq):
+            ax.axhline(deq, color="black", lw=1.8, zorder=1)
+        jfb = p[(p["estimator"] == "jfb") & p["finished"]]
+        if len(jfb):
+            ax.plot(jfb["depth"], jfb["test_psnr"], "*", color="0.45", ms=12, label="JFB")
+        inp = p["test_psnr_input"].mean()
+        sub = [f"DEQ {deq:.2f} dB" if math.isfinite(deq) else "no DEQ baseline"]
+        if math.isfinite(inp):
+            sub.append(f"observations {inp:.2f} dB")
+        ax.set_title(f"{_plot_name(t, prior)}\n({', '.join(sub)})", fontsize=11)
+        ks = sorted(set(rj["depth"].dropna().astype(int)) | set(jfb["depth"].dropna().astype(int)))
+        if ks:
+            ax.set_xticks(ks)
+        else:
+            ax.text(0.5, 0.5, "no finished rJFB trials", transform=ax.transAxes, ha="center")
+        lo, hi = ax.get_ylim()
+        if hi - lo < 0.5:  # a single point or a flat line: no tick labels at 1e-4 dB
+            mid = (lo + hi) / 2
+            ax.set_ylim(mid - 0.25, mid + 0.25)
+        ax.set_xlabel("truncation depth K (layers per block)")
+        ax.set_ylabel("test PSNR (dB)")
+        ax.grid(alpha=0.3)
+    _hide_unused(axes, len(priors))
+    handles = [Line2D([], [], color=colors[lab], marker="o", lw=2) for lab, _, _ in series]
+    labels = [f"rJFB {lab}" for lab, _, _ in series]
+    handles += [
+        Line2D([], [], color="0.3", marker="o", lw=2),
+        Line2D([], [], color="0.3", marker="s", ls="--", lw=1.2, alpha=0.6),
+    ]
+    labels += ["at equilibrium", "at depth (T+1)·K"]
+    if ((t["estimator"] == "deq") & t["finished"]).any():
+        handles.append(Line2D([], [], color="black", lw=1.8))
+        labels.append("DEQ (equilibrium)")
+    if ((t["estimator"] == "jfb") & t["finished"]).any():
+        handles.append(Line2D([], [], color="0.45", marker="*", ms=12, ls=""))
+        labels.append("JFB")
+    fig.legend(handles, labels, loc="outside right center", fontsize=9)
+    fig.suptitle(title, fontsize=13)
+    _save(fig, path)
+
+
+def _plot_grad_error(t: pd.DataFrame, path: Path) -> None:
+    title = "Gradient error vs DEQ (relative, at the final θ) against depth K"
+    rj_all = _rjfb(t)
+    rj_all = rj_all[
+        np.isfinite(rj_all["grad_rel_err_vs_deq"]) & (rj_all["grad_rel_err_vs_deq"] > 0)
+    ]
+    priors = _prior_order(t)
+    if rj_all.empty:
+        _placeholder(path, title, "no finished rJFB trial has a gradient error vs DEQ")
+        return
+    from matplotlib.lines import Line2D
+
+    series = sorted(
+        {(_rjfb_series_label(r), r.restarts, _series_key(r)) for r in rj_all.itertuples()},
+        key=lambda s: (s[2], s[1]),
+    )
+    colors = {lab: _RJFB_COLORS[i % len(_RJFB_COLORS)] for i, (lab, _, _) in enumerate(series)}
+    nrows, ncols = _grid(len(priors))
+    fig, axes = _figure(nrows, ncols, 5.2, 4.0)
+    ref_labels = []
+    for ax, prior in zip(axes.flat, priors, strict=False):
+        rj = rj_all[rj_all["prior"] == prior].copy()
+        if rj.empty:
+            _empty_axis(ax, _plot_name(t, prior), "no gradient errors")
+            continue
+        rj["series"] = [_rjfb_series_label(r) for r in rj.itertuples()]
+        anchor = None
+        for lab, _, _ in series:
+            g = rj[rj["series"] == lab].groupby("depth")["grad_rel_err_vs_deq"].median()
+            if g.empty:
+                continue
+            ax.plot(g.index, g.to_numpy(), "o-", color=colors[lab], lw=2, ms=6)
+            if lab.startswith("T=") and lab[2:].isdigit():
+                anchor = (g.index[0], float(g.iloc[0]))  # last plain series: largest T
+        jfb = t[(t["prior"] == prior) & (t["estimator"] == "jfb") & t["finished"]]
+        jfb = jfb[np.isfinite(jfb["grad_rel_err_vs_deq"]) & (jfb["grad_rel_err_vs_deq"] > 0)]
+        if len(jfb):
+            ax.plot(jfb["depth"], jfb["grad_rel_err_vs_deq"], "*", color="0.45", ms=12)
+        # γ̂ is the contraction of one step of the scheme (pipeline.train: block(step, 1))
+        gh = rj[np.isfinite(rj["gamma_hat"]) & (rj["gamma_hat"] > 0) & (rj["depth"] >= 1)]
+        ks = np.array(sorted(rj["depth"].unique()), dtype=float)
+        if len(gh) and anchor is not None and len(ks) > 1:
+            gamma = float(np.median(gh["gamma_hat"]))
+            kk = np.linspace(ks.min(), ks.max(), 50)
+            # drawn ×2 above the largest-T series so that the slopes can be compared
+            ref = 2.0 * anchor[1] * gamma ** (kk - anchor[0])
+            ax.plot(kk, ref, color="0.25", ls="-.", lw=1.3)
+            subtitle = f"\n(reference γ = median γ̂ = {gamma:.3f})"
+            ref_labels.append(prior)
+        else:
+            subtitle = ""
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(set(ks.astype(int)) | set(jfb["depth"].dropna().astype(int))))
+        ax.set_title(f"{_plot_name(t, prior)}{subtitle}", fontsize=11)
+        ax.set_xlabel("truncation depth K")
+        ax.set_ylabel("‖g − g_DEQ‖ / ‖g_DEQ‖")
+        ax.grid(alpha=0.3, which="both")
+    _hide_unused(axes, len(priors))
+    handles = [Line2D([], [], color=colors[lab], marker="o", lw=2) for lab, _, _ in series]
+    labels = [f"rJFB {lab}" for lab, _, _ in series]
+    if ref_labels:
+        handles.append(Line2D([], [], color="0.25", ls="-.", lw=1.3))
+        labels.append("∝ γ^K (slope reference, ×2)")
+    if ((t["estimator"] == "jfb") & t["finished"]).any():
+        handles.append(Line2D([], [], color="0.45", marker="*", ms=12, ls=""))
+        labels.append("JFB")
+    fig.legend(handles, labels, loc="outside right center", fontsize=9)
+    fig.suptitle(title, fontsize=13)
+    _save(fig, path)
+
+
+def _plot_cost(t: pd.DataFrame, path: Path) -> None:
+    title = "Training cost per configuration"
+    if not len(t):
+        _placeholder(path, title, "no trials")
+        return
+    from matplotlib.patches import Patch
+
+    s = _sort(t).iloc[::-1]  # barh draws bottom-up: keep the table's order top-down
+    n = len(s)
+    fig, axes = _figure(1, 2, 6.0, max(2.6, 0.32 * n + 1.4))
+    y = np.arange(n)
+    names = [r.name if r.finished else f"{r.name} [{r.status}]" for r in s.itertuples()]
+    colors = [_EST_COLOR.get(e, "tab:blue") for e in s["estimator"]]
+    hatch = [None if f else "//" for f in s["finished"]]
+    panels = [
+        (axes[0, 0], "train_seconds", "time_ratio_vs_deq", "training wall time (s)", "{:.0f} s"),
+        (axes[0, 1], "peak_mem_mib", "mem_ratio_vs_deq", "peak memory (MiB)", "{:.0f} MiB"),
+    ]
+    for ax, col, ratio, xlabel, fmt in panels:
+        vals = s[col].to_numpy(float)
+        finite = np.isfinite(vals)
+        bars = ax.barh(y, np.where(finite, vals, 0.0), color=colors, alpha=0.85, height=0.7)
+        for b, h in zip(bars, hatch, strict=True):
+            if h:
+                b.set_hatch(h)
+                b.set_alpha(0.4)
+        vmax = float(np.nanmax(vals)) if finite.any() else 1.0
+        for yi, v, rr in zip(y, vals, s[ratio].to_numpy(float), strict=True):
+            text = "n/a" if not math.isfinite(v) else fmt.format(v)
+            if math.isfinite(rr):
+                text += f" ({rr:.2f}×)"
+            ax.text((v if math.isfinite(v) else 0) + vmax * 0.01, yi, text, va="center", fontsize=8)
+        ax.set_xlim(0, vmax * 1.35 if vmax > 0 else 1)
+        ax.set_yticks(y)
+        ax.set_yticklabels(names if ax is axes[0, 0] else [], fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_ylim(-0.6, n - 0.4)
+        prev = None
+        for yi, prior in zip(y, s["prior"], strict=True):
+            if prev is not None and prior != prev:
+                ax.axhline(yi - 0.5, color="0.5", lw=0.8)
+            prev = prior
+    axes[0, 0].set_title("wall time (ratio to DEQ)")
+    axes[0, 1].set_title("peak memory (ratio to DEQ)")
+    present = [e for e in _EST_ORDER if (t["estimator"] == e).any()]
+    handles = [Patch(color=_EST_COLOR.get(e, "tab:blue"), label=_EST_LABEL[e]) for e in present]
+    if (~t["finished"]).any():
+        handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="not finished"))
+    fig.legend(handles=handles, loc="outside right center", fontsize=9)
+    fig.suptitle(title, fontsize=13)
+    _save(fig, path)
+
+
+def _legend_right(fig: Any, colors: dict[str, Any], used: Iterable[str], extra=()) -> None:
+    from matplotlib.lines import Line2D
+
+    used = set(used)
+    labels = [lab for lab in colors if lab in used]
+    handles = [Line2D([], [], color=colors[lab], lw=3 if lab == "DEQ" else 1.8) for lab in labels]
+    for h, lab in extra:
+        handles.append(h)
+        labels.append(lab)
+    if handles:
+        ncol = 1 if len(handles) <= 22 else 2
+        fig.legend(handles, labels, loc="outside right center", fontsize=8.5, ncol=ncol)
+
+
+def _line_style(r: Any) -> dict[str, Any]:
+    if r.estimator == "deq":
+        return {"lw": 3.2, "zorder": 1}  # underneath: thinner lines on top stay visible
+    return {"lw": 1.6, "ls": "-" if r.finished else ":", "alpha": 0.9}
+
+
+def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -> None:
+    title = "Learned hyperparameters θ along training"
+    theta_cols = [c for c in h.columns if str(c).startswith("theta.")]
+    if h.empty or not theta_cols:
+        _placeholder(path, title, "no training history with θ columns")
+        return
+    by_key = {k: g for k, g in h.groupby("_key", sort=False)}
+    tk = t.assign(hkey=keys.to_numpy())
+    tk = _sort(tk[tk["hkey"].isin(by_key)])
+    if tk.empty:
+        _placeholder(path, title, "no history row matches a trial")
+        return
+    colors = _palette(t)
+    panels: list[tuple[str, str]] = []
+    for prior in [p for p in _prior_order(t) if p in set(tk["prior"])]:
+        hp = pd.concat([by_key[k] for k in tk.loc[tk["prior"] == prior, "hkey"]])
+        panels += [(prior, c) for c in theta_cols if hp[c].notna().any()]
+    if not panels:
+        _placeholder(path, title, "the θ columns of the history are empty")
+        return
+    nrows, ncols = _grid(len(panels), 4)
+    fig, axes = _figure(nrows, ncols, 3.9, 3.0)
+    used = set()
+    for ax, (prior, col) in zip(axes.flat, panels, strict=False):
+        vals = []
+        for r in tk[tk["prior"] == prior].itertuples():
+            g = by_key[r.hkey]
+            x = g["epoch"] if g["epoch"].notna().any() else np.arange(len(g))
+            if g[col].notna().any():
+                ax.plot(x, g[col], color=colors[r.label], **_line_style(r))
+                used.add(r.label)
+                vals.append(g[col].to_numpy(float))
+        v = np.concatenate(vals) if vals else np.array([])
+        v = v[np.isfinite(v)]
+        if len(v) and v.min() > 0 and v.max() / v.min() > 50:
+            ax.set_yscale("log")
+        ax.set_title(f"{prior}: {col.removeprefix('theta.')}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    _hide_unused(axes, len(panels))
+    from matplotlib.lines import Line2D
+
+    extra = []
+    if (~tk["finished"]).any():
+        extra.append((Line2D([], [], color="0.3", ls=":", lw=1.6), "(dotted: not finished)"))
+    _legend_right(fig, colors, used, extra)
+    fig.suptitle(title, fontsize=13)
+    _save(fig, path)
+
+
+def _as_floats(v: Any) -> np.ndarray:
+    if v is None or (not isinstance(v, str | bytes) and np.ndim(v) == 0 and _missing(v)):
+        return np.array([])
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            return np.array([])
+    try:
+        a = np.asarray(v, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return np.array([])
+    return a[np.isfinite(a)]
+
+
+def _histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
+    """(label, colour, trials) of the "one layer", "no restart", "restart" and DEQ groups.
+
+    Each rJFB group is one configuration (all its seeds), as in the paper's histograms:
+    "one layer" K=1, T=0; "no restart" K=5, T=0; "restart" K=5, T=5. Where the grid lacks that
+    point, the nearest one stands in: for one layer the smallest T at K=1, for no restart the
+    largest K>1 at T=0, for restart the largest K>1 then T with T≥1.
+    """
+    rj = _rjfb(p)
+    rj = rj[(rj["start"] == "y") & rj["restart_tol"].isna()]
+    out = []
+
+    def pick(sub: pd.DataFrame, want: tuple[int, int], by: list[str], last: bool) -> pd.DataFrame:
+        if sub.empty:
+            return sub
+        exact = sub[(sub["depth"] == want[0]) & (sub["restarts"] == want[1])]
+        if len(exact):
+            return exact
+        ordered = sub.sort_values(by, kind="stable")
+        best = ordered.iloc[-1] if last else ordered.iloc[0]
+        return sub[(sub["depth"] == best["depth"]) & (sub["restarts"] == best["restarts"])]
+
+    groups = [
+        ("one layer", "tab:orange", pick(rj[rj["depth"] == 1], (1, 0), ["restarts"], False)),
+        (
+            "no restart",
+            "tab:red",
+            pick(rj[(rj["depth"] > 1) & (rj["restarts"] == 0)], (DEEP_K, 0), ["depth"], True),
+        ),
+        (
+            "restart",
+            "tab:blue",
+            pick(
+                rj[(rj["depth"] > 1) & (rj["restarts"] >= 1)],
+                (DEEP_K, DEEP_T),
+                ["depth", "restarts"],
+                True,
+            ),
+        ),
+    ]
+    for name, color, g in groups:
+        if len(g):
+            r = g.iloc[0]
+            out.append((f"{name} (K={_int(r['depth'])}, T={_int(r['restarts'])})", color, g))
+    deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+    if len(deq):
+        out.append(("DEQ", "black", deq))
+    return out
+
+
+def _plot_histograms(t: pd.DataFrame, path: Path) -> None:
+    title = "Per-image test PSNR at equilibrium"
+    priors = _prior_order(t)
+    if not priors:
+        _placeholder(path, title, "no trials")
+        return
+    nrows, ncols = _grid(len(priors), 2)
+    fig, axes = _figure(nrows, ncols, 6.0, 4.0)
+    for ax, prior in zip(axes.flat, priors, strict=False):
+        p = t[t["prior"] == prior]
+        data = []
+        if "test_psnr_per_image" in p.columns:
+            for label, color, g in _histogram_groups(p):
+                vals = np.concatenate([_as_floats(v) for v in g["test_psnr_per_image"]])
+                if len(vals):
+                    data.append((label, color, vals))
+        if not data:
+            _empty_axis(ax, _plot_name(t, prior), "no per-image PSNRs")
+            continue
+        allv = np.concatenate([d[2] for d in data])
+        lo, hi = float(allv.min()), float(allv.max())
+        if hi - lo < 1e-6:
+            lo, hi = lo - 0.5, hi + 0.5
+        nb = int(np.clip(np.sqrt(max(len(d[2]) for d in data)) * 2, 8, 40))
+        bins = np.linspace(lo, hi, nb + 1)
+        for label, color, vals in data:
+            ax.hist(
+                vals,
+                bins=bins,
+                histtype="step",
+                lw=2.2 if color == "black" else 1.8,
+                color=color,
+                label=f"{label}: mean {vals.mean():.2f} dB (n={len(vals)})",
+            )
+            ax.axvline(vals.mean(), color=color, ls="--", lw=1)
+        ax.set_title(_plot_name(t, prior))
+        ax.set_xlabel("test PSNR per image (dB)")
+        ax.set_ylabel("number of images")
+        ax.legend(fontsize=8, loc="upper left")
+        ax.grid(alpha=0.3)
+        ymax = ax.get_ylim()[1]
+        ax.set_ylim(0, ymax * 1.7)  # room for the legend
+    _hide_unused(axes, len(priors))
+    fig.suptitle(title + " (dashed: means)", fontsize=13)
+    _save(fig, path)
+
+
+def _plot_val_curves(
+    t: pd.DataFrame,
+    h: pd.DataFrame,
+    keys: pd.Series,
+    ttq: pd.DataFrame,
+    path: Path,
+    margin: float,
+) -> None:
+    title = "Validation PSNR vs training wall time"
+    if h.empty or not h["val_psnr"].notna().any():
+        _placeholder(path, title, "no training history")
+        return
+    by_key = {k: g for k, g in h.groupby("_key", sort=False)}
+    tk = t.assign(hkey=keys.to_numpy(), ttq_s=ttq["time_to_quality_s"].to_numpy())
+    tk = tk.assign(ttq_target=ttq["quality_target_val_psnr"].to_numpy())
+    tk = _sort(tk[tk["hkey"].isin(by_key)])
+    priors = [p for p in _prior_order(t) if p in set(tk["prior"])]
+    if not priors:
+        _placeholder(path, title, "no history row matches a trial")
+        return
+    from matplotlib.lines import Line2D
+
+    colors = _palette(t)
+    nrows, ncols = _grid(len(priors), 2)
+    fig, axes = _figure(nrows, ncols, 6.0, 4.2)
+    used = set()
+    for ax, prior in zip(axes.flat, priors, strict=False):
+        p = tk[tk["prior"] == prior]
+        fin_vals = []
+        for r in p.itertuples():
+            g = by_key[r.hkey]
+            ok = g["val_psnr"].notna() & g["elapsed_seconds"].notna()
+            if not ok.any():
+                continue
+            x, yv = g.loc[ok, "elapsed_seconds"], g.loc[ok, "val_psnr"]
+            ax.plot(x, yv, color=colors[r.label], marker=".", ms=4, **_line_style(r))
+            used.add(r.label)
+            if r.finished:
+                fin_vals.append(yv.to_numpy(float))
+            if math.isfinite(r.ttq_s):
+                ax.plot([r.ttq_s], [r.ttq_target], "o", mfc="none", mec=colors[r.label], ms=9)
+        target = p["ttq_target"].dropna()
+        if len(target):
+            ax.axhline(float(target.iloc[0]), color="0.3", ls="--", lw=1)
+        if fin_vals:
+            v = np.concatenate(fin_vals)
+            lo, hi = float(v.min()), float(v.max())
+            pad = max(0.05 * (hi - lo), 0.1)
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(_plot_name(t, prior))
+        ax.set_xlabel("elapsed training time (s)")
+        ax.set_ylabel("validation PSNR (dB)")
+        ax.grid(alpha=0.3)
+    _hide_unused(axes, len(priors))
+    extra = [
+        (Line2D([], [], color="0.3", ls="--", lw=1), f"DEQ final − {margin:g} dB"),
+        (Line2D([], [], color="0.3", marker="o", mfc="none", ls=""), "time to quality"),
+    ]
+    if (~tk["finished"]).any():
+        extra.append((Line2D([], [], color="0.3", ls=":", lw=1.6), "(dotted: not finished)"))
+    _legend_right(fig, colors, used, extra)
+    fig.suptitle(title, fontsize=13)
+    _save(fig, path)
+
+
+def _plots(
+    t: pd.DataFrame, h: pd.DataFrame, ttq: pd.DataFrame, plots_dir: Path, margin: float
+) -> list[str]:
+    h, keys = _history_for(t, h)
+    makers: dict[str, Callable[[Path], None]] = {
+        "psnr_vs_depth.png": lambda f: _plot_psnr_vs_depth(t, f),
+        "grad_error_vs_depth.png": lambda f: _plot_grad_error(t, f),
+        "cost.png": lambda f: _plot_cost(t, f),
+        "theta_trajectories.png": lambda f: _plot_theta(t, h, keys, f),
+        "psnr_histograms.png": lambda f: _plot_histograms(t, f),
+        "val_psnr_curves.png": lambda f: _plot_val_curves(t, h, keys, ttq, f, margin),
+    }
+    for fname, make in makers.items():
+        make(plots_dir / fname)
+    return list(makers)

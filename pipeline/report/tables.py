@@ -1,0 +1,312 @@
+"""The sweep's tables: normalisation, DEQ baselines, comparisons against them, time to quality."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import DataError
+from pipeline.report.common import (
+    _EPS,
+    _EST_LABEL,
+    _EST_ORDER,
+    COMPARE_COLUMNS,
+    DEEP_K,
+    DEEP_T,
+    TTQ_COLUMNS,
+    _int,
+    _missing,
+)
+
+_REQUIRED = ("prior", "estimator", "status")
+
+_NUMERIC = (
+    "depth",
+    "restarts",
+    "restart_tol",
+    "iterations",
+    "test_psnr",
+    "test_psnr_at_depth",
+    "test_psnr_input",
+    "train_seconds",
+    "seconds_per_step",
+    "peak_mem_mib",
+    "grad_cos_vs_deq",
+    "grad_rel_err_vs_deq",
+    "gamma_hat",
+    "final_val_psnr",
+    "train_residual",
+    "test_eq_residual",
+    "deq_tol",
+    "deq_max_iter",
+    "eval_tol",
+    "eval_max_iter",
+)
+
+
+def _str_col(s: pd.Series, default: str = "") -> pd.Series:
+    return s.map(lambda v: default if _missing(v) else str(v)).astype(object)
+
+
+def _seed_key(v: Any) -> str:
+    if _missing(v):
+        return ""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
+def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """A private copy with every expected column, floats for numbers, plain strings for keys."""
+    if not isinstance(trials, pd.DataFrame):
+        raise DataError(f"trials: expected a pandas DataFrame, got {type(trials).__name__}")
+    missing = [c for c in _REQUIRED if c not in trials.columns]
+    if "name" not in trials.columns and "trial_id" not in trials.columns:
+        missing.append("name")
+    if missing:
+        raise DataError(f"trials table: missing column(s) {', '.join(missing)}")
+    t = trials.copy()
+    n = len(t)
+    for c in _NUMERIC:
+        if c in t.columns:
+            t[c] = pd.to_numeric(t[c], errors="coerce").astype(float)
+        else:
+            t[c] = np.full(n, np.nan)
+    if "name" not in t.columns:
+        t["name"] = t["trial_id"]
+    if "trial_id" not in t.columns:
+        t["trial_id"] = t["name"]
+    t["name"] = _str_col(t["name"], "?")
+    t["trial_id"] = _str_col(t["trial_id"])
+    t.loc[t["trial_id"] == "", "trial_id"] = t["name"]
+    t["prior"] = _str_col(t["prior"], "?")
+    t["estimator"] = _str_col(t["estimator"], "?").str.strip().str.lower()
+    t["status"] = _str_col(t["status"], "unknown").str.strip().str.lower()
+    t["start"] = _str_col(t["start"], "y") if "start" in t.columns else "y"
+    t.loc[t["start"] == "", "start"] = "y"
+    t["status_reason"] = _str_col(t["status_reason"]) if "status_reason" in t.columns else ""
+    t["prior_type"] = _str_col(t["prior_type"]) if "prior_type" in t.columns else ""
+    for c in ("prior_family", "prior_label"):
+        t[c] = _str_col(t[c]) if c in t.columns else ""
+    if "seed" not in t.columns:
+        t["seed"] = 0
+    t["seed_key"] = t["seed"].map(_seed_key).astype(object)
+    t["finished"] = t["status"] == "finished"
+    t["label"] = [_config_label(r) for r in t.itertuples(index=False)]
+    return t
+
+
+def _normalise_history(history: pd.DataFrame | None) -> pd.DataFrame:
+    cols = ["_key", "epoch", "elapsed_seconds", "val_psnr"]
+    if history is None or len(history) == 0:
+        return pd.DataFrame(columns=cols)
+    if not isinstance(history, pd.DataFrame):
+        raise DataError(f"history: expected a pandas DataFrame, got {type(history).__name__}")
+    if "trial_id" not in history.columns and "name" not in history.columns:
+        raise DataError("history table: missing column trial_id (or name)")
+    h = history.copy()
+    for c in ("epoch", "elapsed_seconds", "val_psnr"):
+        if c in h.columns:
+            h[c] = pd.to_numeric(h[c], errors="coerce").astype(float)
+        else:
+            h[c] = np.nan
+    for c in h.columns:
+        if str(c).startswith("theta."):
+            h[c] = pd.to_numeric(h[c], errors="coerce").astype(float)
+    h["_key"] = _str_col(h["trial_id"] if "trial_id" in h.columns else h["name"])
+    if "name" in h.columns:
+        h["_name"] = _str_col(h["name"])
+    order = ["_key", "epoch", "elapsed_seconds"]
+    return h.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def _history_for(t: pd.DataFrame, h: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Join history to trials by trial_id, or by name when the trial ids do not match.
+
+    Returns the history (its ``_key`` set accordingly) and each trial's key into it."""
+    if "trial_id" in h.columns and (h.empty or h["_key"].isin(t["trial_id"]).any()):
+        return h, t["trial_id"]
+    if "_name" in h.columns:
+        return h.assign(_key=h["_name"]), t["name"]
+    return h, t["trial_id"]
+
+
+def _config_label(r: Any) -> str:
+    """A short configuration label without prior and seed, e.g. ``rJFB K5 T10 warm``."""
+    est = r.estimator
+    parts = [_EST_LABEL.get(est, est)]
+    if est == "rjfb":
+        parts += [f"K{_int(r.depth)}", f"T{_int(r.restarts)}"]
+        if not _missing(r.restart_tol):
+            parts.append(f"tol{r.restart_tol:g}")
+    elif est == "unrolled":
+        parts.append(f"N{_int(r.iterations)}")
+    elif not _missing(r.depth) and r.depth != 1:
+        parts.append(f"K{_int(r.depth)}")
+    if r.start != "y":
+        parts.append(r.start)
+    return " ".join(parts)
+
+
+def _sort(t: pd.DataFrame) -> pd.DataFrame:
+    key = pd.DataFrame(
+        {
+            "prior": t["prior"],
+            "est": t["estimator"].map(lambda e: _EST_ORDER.get(e, 9)),
+            "depth": t["depth"].fillna(0),
+            "iterations": t["iterations"].fillna(0),
+            "restarts": t["restarts"].fillna(0),
+            "tol": t["restart_tol"].fillna(-1.0),
+            "start": t["start"].map(lambda s: "" if s == "y" else s),
+            "seed": t["seed_key"],
+            "name": t["name"],
+        },
+        index=t.index,
+    )
+    order = key.sort_values(list(key.columns), kind="stable").index
+    return t.loc[order]
+
+
+def _deq_rows(t: pd.DataFrame) -> pd.DataFrame:
+    """The DEQ baseline row of each (prior, seed), indexed by (prior, seed_key)."""
+    deq = t[(t["estimator"] == "deq") & t["finished"] & (t["start"] == "y")]
+    if deq.empty:
+        return deq.set_index(["prior", "seed_key"])
+    deq = deq.assign(_d1=(deq["depth"].fillna(1) != 1).astype(int))
+    deq = deq.sort_values(["_d1", "depth"], kind="stable")
+    return deq.drop_duplicates(["prior", "seed_key"]).set_index(["prior", "seed_key"])
+
+
+def _ref(t: pd.DataFrame, deq: pd.DataFrame, column: str) -> np.ndarray:
+    keys = pd.MultiIndex.from_arrays([t["prior"], t["seed_key"]])
+    if deq.empty:
+        return np.full(len(t), np.nan)
+    return deq[column].reindex(keys).to_numpy(dtype=float)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num = np.asarray(num, dtype=float)
+    den = np.asarray(den, dtype=float)
+    ok = np.isfinite(num) & np.isfinite(den) & (den > 0)
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=ok)
+    return out
+
+
+def compare_to_deq(trials: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy of ``trials`` with the four ``COMPARE_COLUMNS`` (re)computed.
+
+    ``delta_psnr_vs_deq`` = test_psnr − DEQ's test_psnr (same prior and seed);
+    ``delta_psnr_at_depth_vs_deq`` = test_psnr_at_depth − DEQ's test_psnr_at_depth;
+    ``time_ratio_vs_deq`` / ``mem_ratio_vs_deq`` = train_seconds / peak_mem_mib over DEQ's.
+    NaN without a finished DEQ baseline, and for trials that did not finish. Idempotent; the
+    other columns and the row order are left as they are.
+    """
+    out = trials.drop(columns=[c for c in COMPARE_COLUMNS if c in trials.columns])
+    t = _normalise_trials(out)
+    deq = _deq_rows(t)
+    fin = t["finished"].to_numpy()
+    deq_at_depth = _ref(t, deq, "test_psnr_at_depth")
+    deq_eq = _ref(t, deq, "test_psnr")
+    deq_at_depth = np.where(np.isfinite(deq_at_depth), deq_at_depth, deq_eq)
+    values = {
+        "delta_psnr_vs_deq": t["test_psnr"].to_numpy() - deq_eq,
+        "delta_psnr_at_depth_vs_deq": t["test_psnr_at_depth"].to_numpy() - deq_at_depth,
+        "time_ratio_vs_deq": _ratio(t["train_seconds"], _ref(t, deq, "train_seconds")),
+        "mem_ratio_vs_deq": _ratio(t["peak_mem_mib"], _ref(t, deq, "peak_mem_mib")),
+    }
+    for name, v in values.items():
+        out[name] = np.where(fin, v, np.nan).astype(float)
+    return out
+
+
+def _curves(history: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for key, g in history.groupby("_key", sort=False):
+        out[str(key)] = (g["elapsed_seconds"].to_numpy(float), g["val_psnr"].to_numpy(float))
+    return out
+
+
+def _first_reach(curve: tuple[np.ndarray, np.ndarray] | None, target: float) -> float:
+    """Elapsed time from which the curve stays at or above ``target`` until the end.
+
+    A trial whose θ merely passes through the target on its way to a worse stationary point
+    (a truncated network overshooting λ, say) has not reached that quality: only a crossing
+    that holds counts.
+    """
+    if curve is None or not math.isfinite(target):
+        return math.nan
+    elapsed, val = curve
+    ok = np.isfinite(val) & np.isfinite(elapsed)
+    elapsed, val = elapsed[ok], val[ok]
+    below = np.flatnonzero(val < target - _EPS)
+    first = 0 if len(below) == 0 else int(below[-1]) + 1
+    return float(elapsed[first]) if first < len(val) else math.nan
+
+
+def _last_finite(curve: tuple[np.ndarray, np.ndarray] | None) -> float:
+    if curve is None:
+        return math.nan
+    val = curve[1][np.isfinite(curve[1])]
+    return float(val[-1]) if len(val) else math.nan
+
+
+def time_to_quality(
+    trials: pd.DataFrame, history: pd.DataFrame | None, margin_db: float
+) -> pd.DataFrame:
+    """Per trial: from when its validation PSNR stays at or above DEQ's final val PSNR − ``margin_db``.
+
+    Returns a DataFrame aligned with ``trials`` (same index) with ``trial_id, name, prior, seed,
+    estimator, status`` and ``TTQ_COLUMNS``: the target level, the trial's first elapsed_seconds
+    at that level, DEQ's own, their ratio (NaN when the level is never reached, when there is
+    no DEQ baseline or no history) and the number of history rows of the trial.
+    """
+    t = _normalise_trials(trials)
+    h, keys = _history_for(t, _normalise_history(history))
+    curves = _curves(h)
+    deq = _deq_rows(t)
+    key_of = dict(zip(t["trial_id"], keys, strict=True))
+    deq_key = {ref: key_of[tid] for ref, tid in zip(deq.index, deq["trial_id"], strict=True)}
+    rows = []
+    for (_, r), key in zip(t.iterrows(), keys, strict=True):
+        target = t_trial = t_deq = math.nan
+        ref = (r["prior"], r["seed_key"])
+        if ref in deq_key:
+            deq_curve = curves.get(deq_key[ref])
+            final = _last_finite(deq_curve)
+            if not math.isfinite(final):
+                final = float(deq.loc[ref, "final_val_psnr"])
+            target = final - margin_db
+            t_deq = _first_reach(deq_curve, target)
+            t_trial = _first_reach(curves.get(key), target)
+        rows.append(
+            {
+                "trial_id": r["trial_id"],
+                "name": r["name"],
+                "prior": r["prior"],
+                "seed": r["seed"],
+                "estimator": r["estimator"],
+                "status": r["status"],
+                "quality_target_val_psnr": target,
+                "time_to_quality_s": t_trial,
+                "deq_time_to_quality_s": t_deq,
+                "time_to_quality_ratio_vs_deq": float(_ratio(np.array(t_trial), np.array(t_deq))),
+                "history_epochs": len(curves[key][0]) if key in curves else 0,
+            }
+        )
+    cols = ["trial_id", "name", "prior", "seed", "estimator", "status", *TTQ_COLUMNS]
+    return pd.DataFrame(rows, columns=cols, index=trials.index)
+
+
+def _rjfb(t: pd.DataFrame) -> pd.DataFrame:
+    return t[(t["estimator"] == "rjfb") & t["finished"]]
+
+
+def _deep(t: pd.DataFrame) -> pd.DataFrame:
+    r = t[t["estimator"] == "rjfb"]
+    return r[(r["depth"] >= DEEP_K) & (r["restarts"] >= DEEP_T)]

@@ -1,0 +1,118 @@
+"""The entry point: :func:`write_report` computes everything and writes it atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from pipeline.report.analysis import _json_clean, _prior_metrics
+from pipeline.report.common import COMPARE_COLUMNS, TTQ_COLUMNS
+from pipeline.report.families import _assign_families, _prior_order
+from pipeline.report.markdown import _markdown
+from pipeline.report.plots import _plots
+from pipeline.report.tables import (
+    _history_for,
+    _normalise_history,
+    _normalise_trials,
+    _sort,
+    compare_to_deq,
+    time_to_quality,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config import ReportConfig
+
+
+def write_report(
+    trials: pd.DataFrame,
+    history: pd.DataFrame | None,
+    out_dir: Path,
+    cfg: ReportConfig,
+    priors: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``ablation.md``, ``metrics.json`` and ``plots/*.png`` under ``out_dir``.
+
+    ``priors``: the study's prior configs (``StudyConfig.priors``), for the families of a trials
+    table that does not name them (``prior_family`` / ``prior_label``, written by the sweep).
+
+    Everything is produced in a temporary folder inside ``out_dir`` first and moved into place
+    only once complete (each file by an atomic rename), so a failure leaves the previous report
+    untouched. Returns the metrics written to ``metrics.json``.
+    """
+    out_dir = Path(out_dir)
+    trials = trials.reset_index(drop=True)
+    if history is not None:
+        history = history.reset_index(drop=True)
+    compared = compare_to_deq(trials)
+    ttq = time_to_quality(compared, history, cfg.quality_margin_db)
+    t = _normalise_trials(compared)
+    for c in COMPARE_COLUMNS:
+        t[c] = compared[c].to_numpy(dtype=float)
+    for c in TTQ_COLUMNS:
+        t[c] = ttq[c].to_numpy(dtype=float)
+    t = _assign_families(_sort(t), priors)
+    h = _normalise_history(history)
+    has_history = not h.empty
+    hj, keys = _history_for(t, h)
+    by_key = {k: g for k, g in hj.groupby("_key", sort=False)} if not hj.empty else {}
+    key_of = dict(zip(t.index, keys, strict=True))
+
+    def deq_history(p: pd.DataFrame) -> pd.DataFrame | None:
+        deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+        return by_key.get(key_of[deq.index[0]]) if len(deq) else None
+
+    status = t["status"]
+    metrics: dict[str, Any] = {
+        "n_trials": len(t),
+        "n_finished": int((status == "finished").sum()),
+        "n_diverged": int((status == "diverged").sum()),
+        "n_failed": int((status == "failed").sum()),
+        "n_other": int((~status.isin(["finished", "diverged", "failed"])).sum()),
+        "delta_psnr_tolerance": cfg.delta_psnr_tolerance,
+        "quality_margin_db": cfg.quality_margin_db,
+        "priors": {
+            str(prior): _prior_metrics(p, cfg.delta_psnr_tolerance, deq_history(p))
+            for prior, p in t.groupby("prior", sort=True)
+        },
+    }
+    families: dict[str, dict[str, Any]] = {}
+    for prior in _prior_order(t):
+        r = t[t["prior"] == prior].iloc[0]
+        fam = families.setdefault(r["prior_family"], {"name": r["family_name"], "priors": []})
+        fam["priors"].append(prior)
+    metrics["families"] = families
+    metrics["noncontractive_priors"] = [
+        p for p, m in metrics["priors"].items() if m["contractive"] is False
+    ]
+    metrics["deq_not_converged_priors"] = [
+        p for p, m in metrics["priors"].items() if m["deq_converged"] is False
+    ]
+    verdicts = [m["rjfb_k5_t5_within_tolerance"] for m in metrics["priors"].values()]
+    verdicts = [v for v in verdicts if v is not None]
+    metrics["all_priors_rjfb_k5_t5_within_tolerance"] = all(verdicts) if verdicts else None
+    metrics = _json_clean(metrics)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out_dir))
+    try:
+        (tmp / "plots").mkdir()
+        plot_files = _plots(t, h, ttq.loc[t.index], tmp / "plots", cfg.quality_margin_db)
+        (tmp / "metrics.json").write_text(
+            json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
+        (tmp / "ablation.md").write_text(_markdown(t, metrics, cfg, has_history), encoding="utf-8")
+        (out_dir / "plots").mkdir(exist_ok=True)
+        for fname in plot_files:
+            os.replace(tmp / "plots" / fname, out_dir / "plots" / fname)
+        os.replace(tmp / "metrics.json", out_dir / "metrics.json")
+        os.replace(tmp / "ablation.md", out_dir / "ablation.md")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return metrics
