@@ -83,6 +83,14 @@ UNREACHABLE_TOL = 1e-30
 FLOOR_RATIO_TARGET = 1.25
 DEEPINV_RATIO_TARGET = 0.5
 DEQ_GRAD_TARGET = 1e-4
+# Targets of issue 4 for the GPU suite's rJFB step (reported, never asserted): its time against
+# the sum of its denoiser calls, its peak memory against K tracked steps, bf16 restarts' speed-up.
+DENOISER_CALLS_TARGET = 1.05
+STEP_MEMORY_SLACK = 1.10
+BF16_SPEEDUP_TARGET = 1.15
+
+AUTOCAST_LABELS = {"bfloat16": "bf16", "float16": "fp16"}
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ------------------------------------------------------------------------------------------
@@ -105,11 +113,15 @@ class Config:
     backward_iter: int = 0
     tol: float | None = None
     anderson: bool = False  # deq: Anderson acceleration (memory 5) forward and backward
+    # rjfb: run the T·K no-grad restarts under torch.autocast(autocast) (the tracked block and the
+    # physics stay float32), as ``train.restart_autocast`` does in the study
+    autocast: str | None = None
 
     @property
     def label(self) -> str:
         if self.method == "rjfb":
-            return f"rjfb K={self.depth} T={self.restarts}"
+            low = f" {AUTOCAST_LABELS[self.autocast]} restarts" if self.autocast else ""
+            return f"rjfb K={self.depth} T={self.restarts}{low}"
         if self.method == "unrolled":
             return f"unrolled N={self.depth}"
         if self.method == "jfb":
@@ -139,8 +151,11 @@ def cpu_configs() -> list[Config]:
 
 
 def gpu_configs() -> list[Config]:
+    """rJFB K=5 T=3 (and the same with bf16 restarts), JFB and DEQ with 20 iterations,
+    unrolling 5 and 20."""
     return [
         Config("rjfb", depth=5, restarts=3),
+        Config("rjfb", depth=5, restarts=3, autocast="bfloat16"),
         Config("jfb", forward_iter=20),
         Config("deq", forward_iter=20, backward_iter=20),
         Config("unrolled", depth=5),
@@ -152,7 +167,7 @@ def deepinv_supports(cfg: Config) -> bool:
     """deepinv has DEQ, JFB (one tracked step) and unfolding, no restarted JFB. Its Anderson
     acceleration regularises the least squares with an absolute ridge (the project's is relative
     to the Gram scale): not the same solver, so no Anderson row for deepinv."""
-    return cfg.method in ("deq", "jfb", "unrolled") and not cfg.anderson
+    return cfg.method in ("deq", "jfb", "unrolled") and not cfg.anderson and not cfg.autocast
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,6 +254,7 @@ def floor_run(
     # check (the rjfb K=1 T=N row is the fixed-count JFB without checks).
     tol = UNREACHABLE_TOL if cfg.tol is None else cfg.tol
     checks = cfg.method in ("jfb", "deq")
+    low = AUTOCAST_DTYPES[cfg.autocast] if cfg.autocast else None
 
     def no_grad_solve(x: Tensor, n: int) -> tuple[Tensor, int]:
         # inference mode (cheaper per operation than no_grad); the clone is a normal tensor
@@ -246,6 +262,10 @@ def floor_run(
         with torch.inference_mode():
             if cfg.anderson:
                 x, k = floor_anderson(f, x, n, tol)
+            elif low is not None:  # restarts under autocast, iterates kept in float32
+                for _ in range(n):
+                    with torch.autocast(x.device.type, dtype=low):
+                        x = f(x).to(x0.dtype)
             elif not checks:
                 for _ in range(n):
                     x = f(x)
@@ -342,6 +362,8 @@ class Problem:
     floor_to_ref: Callable[[list[Tensor]], Tensor]
     # deepinv: cfg -> (model, params, to_ref, counter)
     deepinv: Callable[[Config], tuple[torch.nn.Module, list[Tensor], Callable, list[int]]]
+    # gpu suite: one bare call of the floor's denoiser on an iterate (for its unit costs)
+    denoiser_call: Callable[[Tensor], Tensor] | None = None
     reference: Tensor = field(default_factory=lambda: torch.zeros(0))
     reference_info: dict[str, Any] = field(default_factory=dict)
 
@@ -598,6 +620,9 @@ def gpu_problem(
         u = x - tau_t.to(x.dtype) * (ata - aty.to(x.dtype))
         return den_floor(u, log_sig.exp().to(u.dtype).expand(u.shape[0]))
 
+    def denoiser_call(u: Tensor) -> Tensor:
+        return den_floor(u, log_sig.exp().to(u.dtype).expand(u.shape[0]))
+
     def deepinv_model(cfg: Config):
         from deepinv.optim.prior import PnP
 
@@ -655,6 +680,7 @@ def gpu_problem(
         floor_params=[log_sig, *den_floor.parameters()],
         floor_to_ref=flat,
         deepinv=deepinv_model,
+        denoiser_call=denoiser_call,
     )
     _reference(problem, tol=1e-8, max_iter=300)
     return problem
@@ -741,9 +767,14 @@ def project_case(problem: Problem, cfg: Config) -> Case:
             )
         est = make_estimator(cfg.method, **opts)
     scheme, physics = problem.scheme, problem.physics
+    low = AUTOCAST_DTYPES[cfg.autocast] if cfg.autocast else None
 
     def forward() -> Tensor:
         step = scheme.bind(problem.y, physics)  # what the trainer does once per batch
+        if low is not None:  # as train.Trial does for train.restart_autocast
+            from pipeline.train import autocast_no_grad
+
+            step = autocast_no_grad(step, low)
         return _loss_of(est(step, problem.x0), problem.clean)
 
     def backward(loss: Tensor) -> None:
@@ -843,18 +874,107 @@ def _time_step(case: Case, device: torch.device) -> tuple[float, float]:
     return (time.perf_counter() - start) * 1e3, (time.process_time() - cpu) * 1e3
 
 
+def _out_of_memory(case: Case, device: torch.device, err: BaseException) -> None:
+    """A row that does not fit on the GPU (e.g. unrolling 20 full-size DRUNet steps on an
+    80 GiB card) is reported as such, not timed; the memory it took is released."""
+    first = (str(err).strip().splitlines() or ["out of memory"])[0]
+    case.error = f"CUDA out of memory: {first[:160]}"
+    for p in case.params:
+        p.grad = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def measure(cases: list[Case], device: torch.device, repeats: int, warmup: int) -> None:
     """Interleaved timings: every repetition runs each case once, in a rotating order."""
     for case in cases:
-        _diagnose(case, device)
+        try:
+            _diagnose(case, device)
+        except torch.cuda.OutOfMemoryError as err:
+            _out_of_memory(case, device, err)
+    active = [case for case in cases if case.error is None]
     for rep in range(warmup + repeats):
         gc.collect()
-        shift = rep % len(cases)
-        for case in cases[shift:] + cases[:shift]:
+        shift = rep % max(len(active), 1)
+        for case in active[shift:] + active[:shift]:
             ms, cpu_ms = _time_step(case, device)
             if rep >= warmup:
                 case.times.append(ms)
                 case.cpu_times.append(cpu_ms)
+
+
+def _median_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def denoiser_units(problem: Problem, device: torch.device, repeats: int) -> dict[str, float]:
+    """Unit costs of the gpu suite's rows, measured on the bare denoiser and the project's step.
+
+    ``nograd_ms``: one denoiser call on an iterate under inference mode (TF32 convolutions
+    where enabled); ``nograd_<dtype>_ms``: the same under autocast; ``tracked_ms``: one call
+    with autograd recording plus its backward (to the weights and the input), as in every
+    tracked layer of the K-block; ``one_step_peak_mib``: CUDA only, the peak above resident
+    memory of one tracked step of the project's scheme (forward, loss, backward): the unit of
+    the memory target (peak of a K-block <= K x this + 10%).
+    """
+    call = problem.denoiser_call
+    if call is None:
+        return {}
+    u = problem.x0.detach()
+
+    def nograd(dtype: torch.dtype | None = None) -> Callable[[], Any]:
+        def run() -> Any:
+            with (
+                torch.inference_mode(),
+                torch.autocast(
+                    device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
+                ),
+            ):
+                return call(u)
+
+        return run
+
+    def tracked() -> None:
+        x = u.clone().requires_grad_()
+        out = call(x)
+        out.backward(torch.ones_like(out))
+
+    units = {"nograd_ms": _median_ms(nograd(), device, repeats)}
+    for name, dtype in AUTOCAST_DTYPES.items():
+        if name == "bfloat16":
+            units[f"nograd_{name}_ms"] = _median_ms(nograd(dtype), device, repeats)
+    units["tracked_ms"] = _median_ms(tracked, device, repeats)
+    for p in problem.floor_params:
+        p.grad = None
+    if device.type == "cuda":
+        step = problem.scheme.bind(problem.y, problem.physics)
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
+        _loss_of(step(problem.x0), problem.clean).backward()
+        _sync(device)
+        units["one_step_peak_mib"] = (torch.cuda.max_memory_allocated(device) - resident) / 2**20
+        for p in problem.project_params:
+            p.grad = None
+    return units
+
+
+def denoiser_calls_ms(cfg: Config, units: dict[str, float]) -> float:
+    """What an rJFB step's denoiser calls alone cost: T·K no-grad calls (under the row's
+    autocast) + K tracked calls with their backward. NaN for other methods."""
+    if cfg.method != "rjfb" or not units:
+        return float("nan")
+    nograd = units[f"nograd_{cfg.autocast}_ms"] if cfg.autocast else units["nograd_ms"]
+    return cfg.restarts * cfg.depth * nograd + cfg.depth * units["tracked_ms"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -951,13 +1071,18 @@ def _run_suite(settings: Settings) -> dict[str, Any]:
         if "torch-floor" in settings.impls:
             cases.append(floor_case(problem, cfg))
     measure(cases, device, repeats, warmup)
+    units = denoiser_units(problem, device, repeats) if settings.suite == "gpu" else {}
 
     rows = [_row(case, problem) for case in cases]
+    for row, case in zip(rows, cases, strict=True):
+        if units:
+            row["denoiser_calls_ms"] = denoiser_calls_ms(case.cfg, units)
     return {
         "suite": settings.suite,
         "quick": settings.quick,
         "rows": rows,
-        "targets": targets(rows),
+        "targets": targets(rows) + gpu_targets(rows, units),
+        "denoiser_units": units,
         "problem": problem.description,
         "reference": problem.reference_info,
         "repeats": repeats,
@@ -975,23 +1100,25 @@ def _row(case: Case, problem: Problem) -> dict[str, Any]:
     else:
         err = float(torch.linalg.vector_norm(case.grad - ref) / torch.linalg.vector_norm(ref))
     fwd, bwd = case.iterations
+    nan = float("nan")
     return {
         "impl": case.impl,
         "method": cfg.method,
         "depth": cfg.depth if cfg.method in ("rjfb", "unrolled") else 1,
         "restarts": cfg.restarts,
         "iterations": int(fwd),
-        "ms_per_step": statistics.median(case.times),
+        "ms_per_step": statistics.median(case.times) if case.times else nan,
         "peak_mib": case.peak_bytes / 2**20,
         "grad_rel_err": err,
         # extra keys (not table columns)
         "config": cfg.label,
         "backward_iterations": int(bwd),
-        "cpu_ms_per_step": statistics.median(case.cpu_times),
+        "cpu_ms_per_step": statistics.median(case.cpu_times) if case.cpu_times else nan,
         "peak_above_resident_mib": getattr(case, "peak_above_resident", float("nan")) / 2**20,
         "grad": None if case.grad is None or case.grad.numel() > 16 else case.grad.tolist(),
         "grad_norm": float("nan") if case.grad is None else float(case.grad.norm()),
         "ms_all": [round(t, 3) for t in case.times],
+        "error": case.error,
     }
 
 
@@ -1042,6 +1169,52 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def gpu_targets(rows: list[dict[str, Any]], units: dict[str, float]) -> list[dict[str, Any]]:
+    """The issue-4 targets of the gpu suite's rJFB rows (reported, not asserted)."""
+    out: list[dict[str, Any]] = []
+    if not units:
+        return out
+    for r in rows:
+        if r["impl"] != "rjfb-pipeline" or r["method"] != "rjfb":
+            continue
+        ratio = r["ms_per_step"] / r["denoiser_calls_ms"]
+        out.append(
+            {
+                "target": f"{r['config']}: step / its denoiser calls <= {DENOISER_CALLS_TARGET}",
+                "value": ratio,
+                "kind": "ratio",
+                "met": ratio <= DENOISER_CALLS_TARGET,
+            }
+        )
+        one = units.get("one_step_peak_mib")
+        peak = r.get("peak_above_resident_mib", float("nan"))
+        if one is not None and math.isfinite(peak):
+            ratio = peak / (r["depth"] * one)
+            out.append(
+                {
+                    "target": f"{r['config']}: peak memory / (K x one tracked step) <= "
+                    f"{STEP_MEMORY_SLACK}",
+                    "value": ratio,
+                    "kind": "ratio",
+                    "met": ratio <= STEP_MEMORY_SLACK,
+                }
+            )
+        if r["config"].endswith(" restarts"):
+            full = _find(rows, "rjfb-pipeline", r["config"].rsplit(" ", 2)[0])
+            if full is not None:
+                speedup = full["ms_per_step"] / r["ms_per_step"]
+                out.append(
+                    {
+                        "target": f"{r['config']}: speed-up over full-precision restarts >= "
+                        f"{BF16_SPEEDUP_TARGET}",
+                        "value": speedup,
+                        "kind": "ratio",
+                        "met": speedup >= BF16_SPEEDUP_TARGET,
+                    }
+                )
+    return out
+
+
 def _loadavg() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -1076,6 +1249,9 @@ def machine(device: torch.device, load_before: list[float] | None = None) -> dic
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     return info
 
 
@@ -1103,6 +1279,9 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for r in result["rows"]:
         lines.append("| " + " | ".join(_fmt(r[c], c) for c in COLUMNS) + " |")
+    for r in result["rows"]:
+        if r.get("error"):
+            lines.append(f"\n{r['impl']} {r['config']}: not measured ({r['error']})")
     lines.append("")
     lines.append("Configurations (iterations = forward scheme applications; deq backward):")
     seen: set[str] = set()
@@ -1123,9 +1302,24 @@ def markdown(result: dict[str, Any]) -> str:
         mark = "met" if t["met"] else "MISSED"
         if "cpu_value" in t:
             val = f"{t['value']:.2f}x [{t['cpu_value']:.2f}x]"
+        elif t.get("kind") == "ratio":
+            val = f"{t['value']:.2f}x"
         else:
             val = f"{t['value']:.2e}"
         lines.append(f"- {t['target']}: {val} ({mark})")
+    units = result.get("denoiser_units") or {}
+    if units:
+        lines.append("")
+        lines.append(
+            "Denoiser unit costs (bare calls, medians): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in units.items())
+        )
+        for r in result["rows"]:
+            if math.isfinite(r.get("denoiser_calls_ms", float("nan"))):
+                lines.append(
+                    f"- {r['impl']} {r['config']}: {r['ms_per_step']:.1f} ms against "
+                    f"{r['denoiser_calls_ms']:.1f} ms of denoiser calls"
+                )
     m = result["machine"]
     lines.append("")
     lines.append(
