@@ -17,6 +17,16 @@ exactly (same signs, same order: ``[cA_J, (cH_J, cV_J, cD_J), ..., (cH_1, cV_1, 
 The "scale" groups are the J+1 entries of the list; the "subband" groups are the 3J+1 bands
 (approx, then level J's three orientations, ..., then level 1's).
 
+Band-first layout (:data:`Bands`, for hot loops): ``W.operators(dtype)`` returns the raw
+``(analysis, synthesis)`` pair on ``(approx_J, [bands_J, ..., bands_1])``, the three orientations
+of a level on dim 0 of ``bands_j``. For Haar, ``bands_j`` is the contiguous ``(3, B·C·h·w)`` block
+the transform computes (row-major over (B, C, h, w)), so element-wise maps on it read and write
+one contiguous 2-D tensor and neither direction needs a view per level beyond the transform's
+own; for Daubechies it is the view ``details_j.permute(2, 0, 1, 3, 4)`` of shape
+``(3, B, C, h, w)``. ``W.band_ndim`` (2 or 5) says which, e.g. to shape a per-orientation
+threshold as ``(3, 1)`` or ``(3, 1, 1, 1, 1)``. The operators skip the module call, the shape
+check and the autocast handling (callers check once and disable autocast themselves).
+
 Implementation: Haar uses a reshape into 2x2 blocks and one 4x4 matrix product per level for
 the whole batch (no convolution); its detail tensors are permuted views (not contiguous).
 Daubechies filters use the polyphase form: per level one circular pad, one phase split (a
@@ -31,6 +41,8 @@ buffers (``.to()`` moves them; they stay out of ``state_dict``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import pywt
 import torch
@@ -38,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Coeffs = list[Tensor]
+Bands = tuple[Tensor, list[Tensor]]
 
 _DAUBECHIES = tuple(pywt.wavelist("db"))
 WAVELET_NAMES: tuple[str, ...] = ("haar", *_DAUBECHIES)
@@ -101,6 +114,8 @@ class Wavelet(nn.Module):
         self.levels = levels
         self.is_haar = name in ("haar", "db1")
         self._multiple = 2**levels
+        # dimensions of a level's bands in the band-first layout of ``operators``
+        self.band_ndim = 2 if self.is_haar else 5
         if self.is_haar:
             self.filter_length = 2
             matrix = _haar_matrix()
@@ -185,85 +200,147 @@ class Wavelet(nn.Module):
 
     adjoint = inverse
 
+    def operators(
+        self, dtype: torch.dtype
+    ) -> tuple[Callable[[Tensor], Bands], Callable[[Tensor, list[Tensor]], Tensor]]:
+        """The raw ``(analysis, synthesis)`` pair on the band-first layout (module docstring),
+        with the filters of ``dtype`` bound now.
+
+        For hot loops (``schemes.WaveletFB.bind``): no module call, no shape check (call
+        :meth:`check` once), no autocast handling (run them with autocast disabled), and the
+        filters are those held when this is called (call it again after ``.to()``).
+        """
+        levels = self.levels
+        if self.is_haar:
+            m = self._pick(self.matrix, self.matrix64, dtype)
+            mt = self._pick(self.matrix_t, self.matrix64_t, dtype)
+            return partial(_haar_bands, m=m, levels=levels), partial(_haar_from_bands, mt=mt)
+        k = self._pick(self.kernels, self.kernels64, dtype)
+        ks = self._pick(self.synthesis, self.synthesis64, dtype)
+        pads, shift = self._pads, self._shift
+
+        def analysis(x: Tensor) -> Bands:
+            coeffs = _conv_analysis(x, k, pads, levels)
+            return coeffs[0], [d.permute(2, 0, 1, 3, 4) for d in coeffs[1:]]
+
+        def synthesis(approx: Tensor, bands: list[Tensor]) -> Tensor:
+            return _conv_synthesis(
+                [approx, *(d.permute(1, 2, 0, 3, 4) for d in bands)], ks, pads, shift
+            )
+
+        return analysis, synthesis
+
+    def check(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is (B, C, H, W) with sides divisible by 2**levels."""
+        self._check(x)
+
     # The Haar path runs once or twice per scheme application on small tensors, where the cost
     # is per operation. Each level is ONE matrix product for the whole batch: the 2x2 blocks are
     # laid out as a (4, B·C·h·w) matrix (block index first), so the coefficients come out band
-    # first, (4, B, C, h, w): the approximation is a contiguous view and the details a permuted
-    # view of shape (B, C, 3, h, w) (non-contiguous: callers never rely on contiguity). The
-    # synthesis concatenates the bands back (contiguous copies, band first), multiplies once and
-    # interleaves the blocks with one permuted copy (F.pixel_shuffle was ~1.6x slower on CPU).
-    # See docs/benchmarks.md for the measurements.
+    # first: row 0 is the approximation and rows 1-3 the contiguous (3, B·C·h·w) detail block
+    # (the band-first layout of ``operators``). The public (B, C, 3, h, w) details are a
+    # permuted view of it (non-contiguous: callers never rely on contiguity). The synthesis
+    # concatenates the approximation and the bands (one copy), multiplies once and interleaves
+    # the blocks with one permuted copy (F.pixel_shuffle was ~1.6x slower on CPU). See
+    # docs/benchmarks.md for the measurements.
 
     def _haar_analysis(self, x: Tensor) -> Coeffs:
         m = self._pick(self.matrix, self.matrix64, x.dtype)
-        b, c = x.shape[:2]
-        details: list[Tensor] = []
-        a = x
-        for _ in range(self.levels):
-            h2, w2 = a.shape[-2] // 2, a.shape[-1] // 2
-            # (B, C, h2, i, w2, j) -> (i, j, B, C, h2, w2) -> (4, B·C·h2·w2), block index 2i + j
-            blocks = a.reshape(b, c, h2, 2, w2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4, -1)
-            y = torch.mm(m, blocks).view(4, b, c, h2, w2)  # rows (a, cH, cV, cD)
-            a = y.select(0, 0)
-            details.append(y.narrow(0, 1, 3).permute(1, 2, 0, 3, 4))
-        details.reverse()
-        return [a, *details]
+        approx, bands = _haar_bands(x, m, self.levels)
+        b, c, h, w = approx.shape
+        details = []
+        for d in bands:
+            details.append(d.view(3, b, c, h, w).permute(1, 2, 0, 3, 4))
+            h, w = 2 * h, 2 * w
+        return [approx, *details]
 
     def _haar_synthesis(self, coeffs: Coeffs) -> Tensor:
         a = coeffs[0]
         mt = self._pick(self.matrix_t, self.matrix64_t, a.dtype)
-        b, c = a.shape[:2]
-        for d in coeffs[1:]:
-            h2, w2 = a.shape[-2:]
-            bands = torch.cat((a.reshape(1, -1), d.permute(2, 0, 1, 3, 4).reshape(3, -1)))
-            y = torch.mm(mt, bands).view(2, 2, b, c, h2, w2)  # (i, j, B, C, h2, w2)
-            a = y.permute(2, 3, 4, 0, 5, 1).reshape(b, c, 2 * h2, 2 * w2)
-        return a
-
-    @staticmethod
-    def _periodic_pad(x: Tensor, left: int, right: int) -> Tensor:
-        """x[(i - left) mod N] for i in [0, N + left + right) on both spatial axes."""
-        h, w = x.shape[-2:]
-        if left <= min(h, w) and right <= min(h, w):
-            return F.pad(x, (left, right, left, right), mode="circular")
-        # short signals (coarse levels of long filters): tile, then cut the periodic window
-        sh, sw = (-left) % h, (-left) % w
-        reps_h = math.ceil((sh + h + left + right) / h)
-        reps_w = math.ceil((sw + w + left + right) / w)
-        tiled = x.repeat(1, 1, reps_h, reps_w)
-        return tiled[..., sh : sh + h + left + right, sw : sw + w + left + right]
+        bands = [d.permute(2, 0, 1, 3, 4).reshape(3, -1) for d in coeffs[1:]]
+        return _haar_from_bands(a, bands, mt)
 
     def _conv_analysis(self, x: Tensor) -> Coeffs:
         k = self._pick(self.kernels, self.kernels64, x.dtype)
-        left, right = self._pads
-        b, c = x.shape[:2]
-        details: list[Tensor] = []
-        a = x.reshape(b * c, 1, *x.shape[-2:])
-        o = left + right  # = 2·left - shift = 2·right + shift = L/2 - 1
-        for _ in range(self.levels):
-            # phases of x padded by o = 2·left - shift on each side are the phases X_r (shifted
-            # by `shift`) padded by (left, right): one pad, one unshuffle, no roll
-            phases = _unshuffle(self._periodic_pad(a, o, o))
-            y = F.conv2d(phases, k)
-            a = y[:, :1]
-            details.append(y[:, 1:].reshape(b, c, 3, *y.shape[-2:]))
-        approx = a.reshape(b, c, *a.shape[-2:])
-        return [approx, *reversed(details)]
+        return _conv_analysis(x, k, self._pads, self.levels)
 
     def _conv_synthesis(self, coeffs: Coeffs) -> Tensor:
-        a = coeffs[0]
-        k = self._pick(self.synthesis, self.synthesis64, a.dtype)
-        left, right = self._pads
-        b, c, h2, w2 = a.shape
-        a = a.reshape(b * c, 1, h2, w2)
-        for d in coeffs[1:]:
-            h2, w2 = a.shape[-2:]
-            y = torch.cat([a, d.reshape(b * c, 3, h2, w2)], dim=1)
-            phases = F.conv2d(self._periodic_pad(y, right, left), k)
-            a = _shuffle(phases)
-            if self._shift:
-                a = torch.roll(a, shifts=(1, 1), dims=(-2, -1))
-        return a.reshape(b, c, *a.shape[-2:])
+        k = self._pick(self.synthesis, self.synthesis64, coeffs[0].dtype)
+        return _conv_synthesis(coeffs, k, self._pads, self._shift)
+
+
+def _haar_bands(x: Tensor, m: Tensor, levels: int) -> Bands:
+    """Haar analysis, band first: ``(approx_J, [bands_J, ..., bands_1])``, the approximation
+    (B, C, h_J, w_J) and each level's bands one contiguous (3, B·C·h·w) block."""
+    b, c, h, w = x.shape
+    bands: list[Tensor] = []
+    a = x
+    for level in range(1, levels + 1):
+        h2, w2 = h >> level, w >> level
+        # (B, C, h2, i, w2, j) -> (i, j, B, C, h2, w2) -> (4, B·C·h2·w2), block index 2i + j
+        blocks = a.reshape(b, c, h2, 2, w2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4, -1)
+        y = torch.mm(m, blocks)  # rows (a, cH, cV, cD)
+        a = y.select(0, 0)
+        bands.append(y.narrow(0, 1, 3))
+    bands.reverse()
+    return a.view(b, c, h >> levels, w >> levels), bands
+
+
+def _haar_from_bands(a: Tensor, bands: list[Tensor], mt: Tensor) -> Tensor:
+    """Haar synthesis from the band-first layout: ``a`` (B, C, h_J, w_J), bands (3, B·C·h·w)
+    coarsest first; ``mt`` is the synthesis matrix (contiguous)."""
+    b, c, h, w = a.shape
+    for d in bands:
+        y = torch.mm(mt, torch.cat((a.reshape(1, -1), d)))
+        # (i, j, B, C, h, w) -> (B, C, h, i, w, j): one permuted copy
+        a = y.view(2, 2, b, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(b, c, 2 * h, 2 * w)
+        h, w = 2 * h, 2 * w
+    return a
+
+
+def _periodic_pad(x: Tensor, left: int, right: int) -> Tensor:
+    """x[(i - left) mod N] for i in [0, N + left + right) on both spatial axes."""
+    h, w = x.shape[-2:]
+    if left <= min(h, w) and right <= min(h, w):
+        return F.pad(x, (left, right, left, right), mode="circular")
+    # short signals (coarse levels of long filters): tile, then cut the periodic window
+    sh, sw = (-left) % h, (-left) % w
+    reps_h = math.ceil((sh + h + left + right) / h)
+    reps_w = math.ceil((sw + w + left + right) / w)
+    tiled = x.repeat(1, 1, reps_h, reps_w)
+    return tiled[..., sh : sh + h + left + right, sw : sw + w + left + right]
+
+
+def _conv_analysis(x: Tensor, k: Tensor, pads: tuple[int, int], levels: int) -> Coeffs:
+    left, right = pads
+    b, c = x.shape[:2]
+    details: list[Tensor] = []
+    a = x.reshape(b * c, 1, *x.shape[-2:])
+    o = left + right  # = 2·left - shift = 2·right + shift = L/2 - 1
+    for _ in range(levels):
+        # phases of x padded by o = 2·left - shift on each side are the phases X_r (shifted
+        # by `shift`) padded by (left, right): one pad, one unshuffle, no roll
+        phases = _unshuffle(_periodic_pad(a, o, o))
+        y = F.conv2d(phases, k)
+        a = y[:, :1]
+        details.append(y[:, 1:].reshape(b, c, 3, *y.shape[-2:]))
+    approx = a.reshape(b, c, *a.shape[-2:])
+    return [approx, *reversed(details)]
+
+
+def _conv_synthesis(coeffs: Coeffs, k: Tensor, pads: tuple[int, int], shift: int) -> Tensor:
+    a = coeffs[0]
+    left, right = pads
+    b, c, h2, w2 = a.shape
+    a = a.reshape(b * c, 1, h2, w2)
+    for d in coeffs[1:]:
+        h2, w2 = a.shape[-2:]
+        y = torch.cat([a, d.reshape(b * c, 3, h2, w2)], dim=1)
+        phases = F.conv2d(_periodic_pad(y, right, left), k)
+        a = _shuffle(phases)
+        if shift:
+            a = torch.roll(a, shifts=(1, 1), dims=(-2, -1))
+    return a.reshape(b, c, *a.shape[-2:])
 
 
 def _unshuffle(x: Tensor) -> Tensor:
@@ -285,4 +362,4 @@ def flatten(coeffs: Coeffs) -> Tensor:
     return torch.cat([t.reshape(b, -1) for t in coeffs], dim=1)
 
 
-__all__ = ["WAVELET_NAMES", "Coeffs", "Wavelet", "flatten"]
+__all__ = ["WAVELET_NAMES", "Bands", "Coeffs", "Wavelet", "flatten"]

@@ -174,15 +174,189 @@ def test_bind_computes_the_adjoint_of_y_once() -> None:
     assert on_y == [True, False, False, False]  # Aᵀy at bind, then one AᵀA x per step
 
 
+# The bound step (band-first transform, thresholds reused by untracked calls) against the
+# public module path: u = x − τAᵀ(Ax − y), x+ = Wᵀ shrink(W u, τλ_layer(·w)).
+STEP_CASES = [
+    ("haar", "l1", False),
+    ("haar", "weighted_l1", False),
+    ("haar", "weighted_l1", True),
+    ("haar", "l12", False),
+    ("db2", "l1", False),
+    ("db2", "weighted_l1", True),
+    ("db2", "l12", False),
+]
+
+
+def _step_scheme(wavelet: str, prior: str, per_subband: bool) -> WaveletFB:
+    scheme = WaveletFB(
+        wavelet, 2, prior=prior, reg_init=[0.05, 0.1], step_size=0.7, learn_step_size=True,
+        per_subband=per_subband, layers=2,
+    ).double()  # fmt: skip
+    if scheme.log_weights is not None:
+        with torch.no_grad():
+            scheme.log_weights.copy_(torch.linspace(-0.5, 0.5, scheme.log_weights.numel()))
+    return scheme
+
+
+def _module_step(scheme: WaveletFB, y: Tensor, physics) -> object:
+    grad_step = gradient_step(y, physics)
+
+    def step(x: Tensor, layer: int = 0) -> Tensor:
+        u = grad_step(x, scheme.log_tau.exp())
+        t = scheme._thresholds(scheme.log_tau, layer)
+        return scheme.wavelet.inverse(scheme.shrink(scheme.wavelet(u), t))
+
+    return step
+
+
+@pytest.mark.parametrize(("wavelet", "prior", "per_subband"), STEP_CASES)
+def test_bound_step_matches_the_module_path(wavelet: str, prior: str, per_subband: bool) -> None:
+    scheme = _step_scheme(wavelet, prior, per_subband)
+    physics = build_physics("blur", (2, 16, 16), noise_sigma=0.0, blur_kernel=gaussian_kernel(3, 1))
+    g = _gen(20)
+    x = torch.rand(2, 2, 16, 16, generator=g, dtype=torch.float64)
+    y = physics.A(torch.rand(2, 2, 16, 16, generator=g, dtype=torch.float64))
+    step, ref = scheme.bind(y, physics), _module_step(scheme, y, physics)
+    params = [p for p in scheme.parameters() if p.requires_grad]
+    for layer in (0, 1):
+        expected = ref(x, layer)
+        grads_ref = torch.autograd.grad(expected.square().sum(), params)
+        got = step(x, layer)  # tracked
+        grads = torch.autograd.grad(got.square().sum(), params)
+        torch.testing.assert_close(got, expected, rtol=0, atol=EXACT64)
+        for a, b in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=EXACT64)
+        with torch.no_grad():
+            torch.testing.assert_close(step(x, layer), expected, rtol=0, atol=EXACT64)
+        with torch.inference_mode():
+            torch.testing.assert_close(step(x, layer), expected, rtol=0, atol=EXACT64)
+    with pytest.raises(IndexError, match="layer 2"):
+        step(x, 2)
+    with torch.no_grad(), pytest.raises(IndexError, match="layer 2"):
+        step(x, 2)
+
+
+def test_bound_step_untracked_and_tracked_agree_to_the_bit() -> None:
+    # the restarts (untracked) and the tracked block compute the same numbers: rJFB K=1 T=N and
+    # JFB with N fixed iterations give the same gradient to the last bit
+    scheme = WaveletFB("haar", 3, prior="l1", reg_init=0.05, step_size=0.2)
+    physics = build_physics("denoising", (1, 32, 32), noise_sigma=0.1, rng=_gen(21))
+    y = physics(torch.rand(4, 1, 32, 32, generator=_gen(22)))
+    step = scheme.bind(y, physics)
+    with torch.inference_mode():
+        untracked = step(y, 0)
+    with torch.no_grad():
+        no_grad = step(y, 0)
+    tracked = step(y, 0)
+    assert tracked.requires_grad and not no_grad.requires_grad
+    assert torch.equal(untracked, tracked.detach()) and torch.equal(no_grad, tracked.detach())
+
+
+def test_bound_step_follows_in_place_parameter_updates() -> None:
+    # one bound step used across optimizer steps: the untracked calls' cached τ and thresholds
+    # are recomputed when a parameter changes in place (version counter) or is swapped
+    scheme = WaveletFB("haar", 2, prior="weighted_l1", reg_init=0.05, step_size=0.5,
+                       learn_step_size=True)  # fmt: skip
+    physics = build_physics("denoising", (1, 16, 16), noise_sigma=0.1, rng=_gen(23))
+    truth = torch.rand(2, 1, 16, 16, generator=_gen(24))
+    y = physics(truth)
+    step = scheme.bind(y, physics)
+    est = make_estimator("rjfb", depth=2, restarts=3)
+    optimizer = torch.optim.SGD(scheme.parameters(), lr=5.0)
+    for _ in range(3):
+        with torch.no_grad():
+            before = step(y, 0)
+        loss = ((est(step, y) - truth) ** 2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            after = step(y, 0)
+            fresh = scheme.bind(y, physics)(y, 0)
+        assert not torch.equal(after, before)
+        assert torch.equal(after, fresh)
+        # and the estimator's result equals that of a freshly bound step
+        x = est(step, y)
+        torch.testing.assert_close(x, est(scheme.bind(y, physics), y), rtol=0, atol=0)
+    state = {k: v.clone() for k, v in scheme.state_dict().items()}
+    state["log_reg"] += 1.0
+    scheme.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(step(y, 0), scheme.bind(y, physics)(y, 0), rtol=0, atol=0)
+
+
+def test_bound_step_serves_several_backward_passes() -> None:
+    # tracked calls record their own graph to θ each time: one bound step, several estimator
+    # calls and backward passes (as probes.gradient and the DEQ reference do)
+    scheme = WaveletFB("haar", 2, prior="l1", reg_init=0.1, step_size=0.5)
+    physics = build_physics("denoising", (1, 16, 16), noise_sigma=0.1, rng=_gen(25))
+    truth = torch.rand(2, 1, 16, 16, generator=_gen(26))
+    y = physics(truth)
+    step = scheme.bind(y, physics)
+    grads = []
+    for name, opts in [("rjfb", dict(depth=2, restarts=5)), ("jfb", dict(tol=1e-6)),
+                       ("deq", dict(tol=1e-8)), ("unrolled", dict(iterations=5))]:  # fmt: skip
+        for _ in range(2):
+            x = make_estimator(name, **opts)(step, y)
+            (g,) = torch.autograd.grad(((x - truth) ** 2).sum(), [scheme.log_reg])
+            grads.append(g)
+        assert torch.equal(grads[-1], grads[-2])
+        assert float(grads[-1].abs()) > 0
+
+
+def test_bound_step_when_bound_in_inference_mode() -> None:
+    # bind itself under inference mode (e.g. inside an evaluation loop), then used to train
+    scheme = WaveletFB("haar", 2, prior="l1", reg_init=0.1, step_size=0.5)
+    physics = build_physics("denoising", (1, 16, 16), noise_sigma=0.1, rng=_gen(27))
+    truth = torch.rand(2, 1, 16, 16, generator=_gen(28))
+    y = physics(truth)
+    est = make_estimator("rjfb", depth=1, restarts=4)
+    with torch.inference_mode():
+        step = scheme.bind(y, physics)
+        step(y, 0)
+    x = est(step, y)
+    (g,) = torch.autograd.grad(((x - truth) ** 2).sum(), [scheme.log_reg])
+    x_ref = est(scheme.bind(y, physics), y)
+    (g_ref,) = torch.autograd.grad(((x_ref - truth) ** 2).sum(), [scheme.log_reg])
+    assert torch.equal(g, g_ref)
+
+
+def test_bound_step_autocast_and_dtypes() -> None:
+    # under bfloat16 autocast the transform stays in the iterate's dtype (orthonormal); a float64
+    # iterate with a float32 observation runs in float64
+    scheme = WaveletFB("haar", 2, prior="l1", reg_init=0.1, step_size=0.5)
+    physics = build_physics("denoising", (1, 16, 16), noise_sigma=0.1, rng=_gen(29))
+    y = physics(torch.rand(2, 1, 16, 16, generator=_gen(30)))
+    step = scheme.bind(y, physics)
+    with torch.no_grad():
+        ref = step(y, 0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = step(y, 0)
+        x64 = step(y.double(), 0)
+    assert low.dtype == torch.float32 and x64.dtype == torch.float64
+    torch.testing.assert_close(low, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(x64.float(), ref, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        scheme.bind(torch.zeros(1, 1, 10, 10), physics)
+
+
 @pytest.mark.parametrize(
-    ("prior", "per_subband"), [("weighted_l1", False), ("weighted_l1", True), ("l12", False)]
+    ("wavelet", "prior", "per_subband"),
+    [
+        ("db2", "weighted_l1", False),
+        ("db2", "weighted_l1", True),
+        ("db2", "l12", False),
+        ("haar", "l1", False),
+        ("haar", "weighted_l1", True),
+        ("haar", "l12", False),
+    ],
 )
-def test_finite_difference_gradients(prior: str, per_subband: bool) -> None:
+def test_finite_difference_gradients(wavelet: str, prior: str, per_subband: bool) -> None:
     # Autograd through 4 unrolled FB steps (blur, float64) against central differences. The loss
     # is piecewise smooth; with h = 1e-6 the O(h²) truncation (~1e-12) and roundoff (~1e-16/h)
     # are far below the 1e-6 tolerance, and no threshold kink lies within h of these seeds.
     scheme = WaveletFB(
-        "db2", 2, prior=prior, reg_init=0.05, step_size=0.8, learn_step_size=True,
+        wavelet, 2, prior=prior, reg_init=0.05, step_size=0.8, learn_step_size=True,
         weights_init=1.0, per_subband=per_subband,
     ).double()  # fmt: skip
     if scheme.log_weights is not None:

@@ -157,3 +157,32 @@ def test_errors() -> None:
         Wavelet("haar", 3)(torch.zeros(1, 1, 16, 12))
     with pytest.raises(ValueError, match="coefficient tensors"):
         Wavelet("haar", 2).inverse([torch.zeros(1, 1, 2, 2)])
+
+
+@pytest.mark.parametrize("name", ["haar", "db2", "db3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_band_first_operators_match_the_module(name: str, dtype: torch.dtype) -> None:
+    # operators(dtype): the raw transforms on the band-first layout, bit for bit the module's
+    w = Wavelet(name, 3)
+    x = torch.randn(2, 3, 16, 32, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    analysis, synthesis = w.operators(dtype)
+    approx, bands = analysis(x)
+    coeffs = w(x)
+    assert torch.equal(approx, coeffs[0])
+    assert len(bands) == 3 and all(b.dim() == w.band_ndim for b in bands)
+    for d, band in zip(coeffs[1:], bands, strict=True):
+        first = d.permute(2, 0, 1, 3, 4)  # (3, B, C, h, w)
+        assert torch.equal(band.reshape(first.shape), first)
+        if name == "haar":
+            assert band.is_contiguous() and band.shape == (3, first[0].numel())
+    assert torch.equal(synthesis(approx, bands), w.inverse(coeffs))
+    tol = EXACT64 if dtype == torch.float64 else EXACT32
+    torch.testing.assert_close(synthesis(approx, bands), x, rtol=0, atol=tol)
+    # gradients flow through the raw operators as through the module
+    xg = x.clone().requires_grad_()
+    a, b = analysis(xg)
+    (a.sum() + sum(t.square().sum() for t in b)).backward()
+    xm = x.clone().requires_grad_()
+    c = w(xm)
+    (c[0].sum() + sum(t.square().sum() for t in c[1:])).backward()
+    torch.testing.assert_close(xg.grad, xm.grad, rtol=0, atol=tol)
