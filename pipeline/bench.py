@@ -179,6 +179,33 @@ _HAAR = 0.5 * torch.tensor(
 )
 
 
+class _FloorSoft(torch.autograd.Function):
+    """The floor's soft-threshold d − clamp(d, −t, t) with the hand-written backward a PyTorch
+    user would write for it (one mask for d, one sum for t), so that the floor's tracked steps
+    cost what the project's do (``schemes._SoftThreshold``) rather than autograd's clamp chain."""
+
+    @staticmethod
+    def forward(ctx: Any, d: Tensor, t: Tensor) -> Tensor:
+        out = d - torch.clamp(d, -t, t)
+        ctx.save_for_backward(out)
+        ctx.t_shape = t.shape
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None]:
+        (out,) = ctx.saved_tensors
+        grad_t = None
+        if ctx.needs_input_grad[1]:
+            grad_t = (grad * out.sign()).sum_to_size(ctx.t_shape).neg()
+        return grad * (out != 0), grad_t
+
+
+def _floor_soft(d: Tensor, t: Tensor) -> Tensor:
+    if torch.is_grad_enabled() and (d.requires_grad or t.requires_grad):
+        return _FloorSoft.apply(d, t)
+    return d - torch.clamp(d, -t, t)
+
+
 def haar_soft(u: Tensor, t: Tensor, levels: int, m: Tensor, mt: Tensor) -> Tensor:
     """Wᵀ soft(W u, t) on the detail coefficients of an orthonormal periodized Haar transform.
 
@@ -194,7 +221,7 @@ def haar_soft(u: Tensor, t: Tensor, levels: int, m: Tensor, mt: Tensor) -> Tenso
         blocks = a.reshape(b, c, h2, 2, w2, 2).permute(3, 5, 0, 1, 2, 4).reshape(4, -1)
         y = torch.mm(m, blocks)
         d = y[1:]
-        details.append(d - torch.clamp(d, -t, t))
+        details.append(_floor_soft(d, t))
         a = y[0]
     for level in range(levels, 0, -1):
         h2, w2 = h >> level, w >> level
