@@ -448,8 +448,11 @@ class RayConfig(_Strict):
     storage_path: str | None = Field(None, min_length=1)
     ship_data: bool = Field(
         True,
-        description="on an existing cluster, ship the prepared data to the nodes through Ray's "
-        "object store (false: every node reads the driver's path, which must be shared)",
+        description="when the driver connects to an existing cluster (ray.address, RAY_ADDRESS, "
+        "a Ray job; not with the local Ray it starts itself), ship the prepared data and the "
+        "sweep's PnP weights files (a prior's weights, e.g. models/denoiser.pt) to the nodes "
+        "through Ray's object store, one copy per node in $RJFB_DATA_CACHE (false: every node "
+        "reads the driver's paths, which must then be shared)",
     )
     checkpoint_every_s: float = Field(
         30,

@@ -78,9 +78,12 @@ TRIAL_COLUMNS = [
     "prior_family",
     "prior_label",
     "train_residual",
+    "train_backward_residual",
     "test_eq_residual",
     "deq_tol",
     "deq_max_iter",
+    "deq_backward_tol",
+    "deq_backward_max_iter",
     "eval_tol",
     "eval_max_iter",
 ]
@@ -94,6 +97,7 @@ HISTORY_COLUMNS = (
     "grad_rel_err_vs_deq",
     "gamma_hat",
     "train_residual",
+    "train_backward_residual",  # DEQ trials only (NaN for the others)
 )
 DATA_CACHE_ENV = "RJFB_DATA_CACHE"
 
@@ -899,6 +903,8 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
             "prior_label": family.label,
             "deq_tol": cfg.sweep.deq.tol,
             "deq_max_iter": cfg.sweep.deq.max_iter,
+            "deq_backward_tol": cfg.sweep.deq.backward_tol,
+            "deq_backward_max_iter": cfg.sweep.deq.backward_max_iter,
             "eval_tol": train.eval_tol,
             "eval_max_iter": train.eval_max_iter,
         }
@@ -929,6 +935,9 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
     trials = trials.sort_values("name", key=lambda s: s.map(order)).reset_index(drop=True)
     history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame()
     if len(history):  # grid order, then epochs: the same table however trials were scheduled
+        for col in HISTORY_COLUMNS:  # every column, whichever estimators the sweep ran
+            if col not in history.columns:
+                history[col] = math.nan
         rank = history["name"].map(order)
         history = history.assign(_rank=rank).sort_values(["_rank", "epoch"], kind="stable")
         history = history.drop(columns="_rank").reset_index(drop=True)

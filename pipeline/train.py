@@ -273,6 +273,9 @@ class Trial:
         self.probe_index = torch.arange(probe)
         self.epoch = 0
         self.train_residual = float("nan")  # largest fixed-point residual of the last epoch
+        # DEQ: largest residual of the last epoch's implicit backward solves (None: the
+        # estimator has no implicit backward, or none of its solves ended at a finite residual)
+        self.train_backward_residual: float | None = None
         self.solve_residual = 0.0  # of the last evaluate()'s equilibrium solves
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
@@ -339,7 +342,7 @@ class Trial:
         batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
         if cfg.steps_per_epoch is not None:
             batches = batches[: cfg.steps_per_epoch]
-        losses, seconds, residuals = [], [], []
+        losses, seconds, residuals, backward = [], [], [], []
         for index in batches:
             start = time.perf_counter()
             step, y = self.train_step_fn(self.train, index)
@@ -355,8 +358,11 @@ class Trial:
             seconds.append(time.perf_counter() - start)
             losses.append(float(loss.detach()))
             residuals.append(self.estimator.last.residual)
+            backward.append(self.estimator.last.backward_residual)  # NaN: no implicit backward
         finite = [r for r in residuals if math.isfinite(r)]
         self.train_residual = max(finite) if finite else float("nan")
+        finite = [r for r in backward if math.isfinite(r)]
+        self.train_backward_residual = max(finite) if finite else None
         return sum(losses) / len(losses), sum(seconds) / len(seconds)
 
     @torch.no_grad()
@@ -504,6 +510,13 @@ def run_trial(
             # the largest relative fixed-point residual an estimator call of this epoch ended
             # at (DEQ/JFB: of the forward solve, to compare with sweep.deq.tol)
             "train_residual": trial.train_residual,
+            # DEQ only: the same for its implicit backward solves (compare with
+            # sweep.deq.backward_tol); other estimators leave the key out (no NaN in a row)
+            **(
+                {"train_backward_residual": trial.train_backward_residual}
+                if trial.train_backward_residual is not None
+                else {}
+            ),
             **trial.probes(),
             **trial.theta_metrics(),
         }

@@ -610,6 +610,8 @@ def family_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
             "prior_label": fam.label,
             "deq_tol": 1e-4,
             "deq_max_iter": 300,
+            "deq_backward_tol": 1e-4,
+            "deq_backward_max_iter": 300,
             "eval_tol": 1e-4,
             "eval_max_iter": 200,
         }
@@ -628,6 +630,8 @@ def family_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
                 final_val_psnr=psnr + delta,
                 gamma_hat=gamma,
                 train_residual=residual if est == "deq" else 1e-2,
+                # the sweep records the implicit backward's residual for DEQ trials only
+                train_backward_residual=2e-5 if est == "deq" else math.nan,
                 test_eq_residual=5e-5,
                 test_psnr_per_image=[psnr + delta + d for d in (-0.5, 0.0, 0.5)],
                 **common,
@@ -642,6 +646,7 @@ def family_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
                         "elapsed_seconds": 10.0 * (e + 1),
                         "val_psnr": psnr + delta - 0.1 * (2 - e),
                         "train_residual": residual * (2 - e) if est == "deq" else 1e-2,
+                        "train_backward_residual": 2e-5 * (2 - e) if est == "deq" else math.nan,
                     }
                 )
     return compare_to_deq(pd.DataFrame(rows)), pd.DataFrame(hist)
@@ -735,6 +740,47 @@ def test_deq_convergence_per_prior(family_report):
     results = _section(md, "Results per prior")
     assert "DEQ convergence (`pnp-deq-s0`): **converged**" in results
     assert "DEQ convergence (`pnp_deblur-deq-s0`): **did not converge**" in results
+
+
+def test_deq_convergence_judges_the_implicit_backward_solve(family_report, tmp_path):
+    _, metrics, md = family_report
+    pnp = metrics["priors"]["pnp"]
+    assert pnp["deq_train_backward_residual"] == pytest.approx(2e-5)
+    assert pnp["deq_epochs_backward_above_tol"] == 0
+    assert "implicit backward solves at ≤ 2.0e-05 < backward_tol 0.0001" in pnp["deq_convergence"]
+    summary = _section(md, "Summary")
+    assert "every implicit backward solve below sweep.deq.backward_tol" in summary
+
+    # drunet_fb's forward and test solves converge, its backward solve stops at max_iter
+    trials, history = family_tables()
+    bad = (trials["prior"] == "drunet_fb") & (trials["estimator"] == "deq")
+    trials.loc[bad, "train_backward_residual"] = 3e-3
+    hbad = history["name"] == "drunet_fb-deq-s0"
+    history.loc[hbad, "train_backward_residual"] = [6e-3, 3e-3, 3e-3]
+    m = write_report(trials, history, tmp_path / "bad", CFG)
+    d = m["priors"]["drunet_fb"]
+    assert d["deq_converged"] is False
+    assert d["deq_epochs_backward_above_tol"] == 3
+    assert (
+        "implicit backward solves ended at relative residuals up to 3.0e-03 ≥ backward_tol "
+        "0.0001 (stopped by backward_max_iter 300)" in d["deq_convergence"]
+    )
+    assert "forward" not in d["deq_convergence"]  # the forward solves did converge
+    assert set(m["deq_not_converged_priors"]) == {"pnp_deblur", "drunet_fb"}
+    line = next(
+        ln
+        for ln in _section((tmp_path / "bad" / "ablation.md").read_text(), "Summary").splitlines()
+        if "DEQ did not converge** for prior drunet_fb" in ln
+    )
+    assert "backward_tol 0.0001" in line
+
+    # a table from before the backward residual was recorded: judged on the rest, and said so
+    old = trials.drop(columns=["train_backward_residual", "deq_backward_tol"])
+    m = write_report(old, history.drop(columns=["train_backward_residual"]), tmp_path / "old", CFG)
+    assert m["priors"]["drunet_fb"]["deq_converged"] is True
+    assert m["priors"]["drunet_fb"]["deq_train_backward_residual"] is None
+    summary = _section((tmp_path / "old" / "ablation.md").read_text(), "Summary")
+    assert "(no implicit backward residual recorded)" in summary
 
 
 def test_histograms_show_one_layer_no_restart_restart_and_deq(tables, family_report):

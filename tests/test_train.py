@@ -168,6 +168,51 @@ def test_checkpoint_resume_reproduces_an_uninterrupted_pnp_trial(root: Path) -> 
     assert resumed.metrics["test_psnr"] == pytest.approx(whole.metrics["test_psnr"], abs=1e-5)
 
 
+L1 = {"type": "wavelet", "norm": "l1", "levels": 2, "reg_init": 0.01, "step_size": 0.3}
+
+
+def test_deq_records_its_backward_residual_per_epoch(root: Path, monkeypatch) -> None:
+    """``train_backward_residual``: the largest residual of an epoch's implicit backward solves
+    (training steps only, not the probes'); estimators without one leave the key out."""
+    from pipeline import gradients
+
+    study = make_study(root, l1=L1)
+    solved: list[tuple[int, float]] = []  # (epoch being trained, residual)
+    epoch = {"training": None}
+    train_epoch, solve = Trial.train_epoch, gradients._ImplicitSolve.solve
+
+    def spy_train_epoch(self: Trial) -> tuple[float, float]:
+        epoch["training"] = self.epoch
+        try:
+            return train_epoch(self)
+        finally:
+            epoch["training"] = None
+
+    def spy_solve(self, z, fz, grad):
+        v = solve(self, z, fz, grad)
+        if epoch["training"] is not None:
+            solved.append((epoch["training"], self.diagnostics.backward_residual))
+        return v
+
+    monkeypatch.setattr(Trial, "train_epoch", spy_train_epoch)
+    monkeypatch.setattr(gradients._ImplicitSolve, "solve", spy_solve)
+    deq = run_trial(study, TrialSpec(prior="l1", estimator="deq"), root / "prepared")
+    assert deq.status == "finished", deq.reason
+    assert len(deq.history) == 5
+    for e, row in enumerate(deq.history):
+        mine = [r for i, r in solved if i == e]
+        assert len(mine) == 3  # 12 training patches, batches of 4
+        assert row["train_backward_residual"] == max(mine)
+        assert 0 <= row["train_backward_residual"] < study.sweep.deq.backward_tol
+    assert deq.metrics["train_backward_residual"] == deq.history[-1]["train_backward_residual"]
+
+    rj = run_trial(study, TrialSpec(prior="l1", estimator="rjfb", depth=2, restarts=2),
+                   root / "prepared")  # fmt: skip
+    assert rj.status == "finished", rj.reason
+    assert all("train_backward_residual" not in row for row in rj.history)
+    assert all(math.isfinite(v) for row in rj.history for v in row.values())
+
+
 def test_bad_weights_fail_the_trial_with_the_prior_named(root: Path) -> None:
     study = make_study(root, wrong={**PNP, "nc": 8})
     with pytest.raises(ConfigError, match=r"priors\.wrong: .*do not match.*holds a DRUNet"):

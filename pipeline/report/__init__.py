@@ -42,8 +42,9 @@ Conventions:
 * Contraction: a prior whose trials have γ̂ > 1 (one step of the scheme at the learned θ) is not
   contractive there; rJFB's agreement with DEQ is then not expected, and the summary says so.
 * DEQ convergence: the DEQ baseline converged when its last epoch's training forward solves
-  ended below ``deq_tol`` (``train_residual``) and its test solve below ``eval_tol``
-  (``test_eq_residual``).
+  ended below ``deq_tol`` (``train_residual``), its implicit backward solves below
+  ``deq_backward_tol`` (``train_backward_residual``; judged when the table has both) and its
+  test solve below ``eval_tol`` (``test_eq_residual``).
 """
 
 from __future__ import annotations

@@ -33,16 +33,20 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
     """Did the prior's DEQ baseline converge, and if not, why.
 
     Converged: finished, the last epoch's training forward solves ended below ``deq_tol``
-    (``train_residual``) and the test solve below ``eval_tol`` (``test_eq_residual``). ``hp``:
-    the DEQ trial's history (earlier epochs that ended above the tolerance are counted)."""
+    (``train_residual``), its implicit backward solves below ``deq_backward_tol``
+    (``train_backward_residual``, when the table has both) and the test solve below
+    ``eval_tol`` (``test_eq_residual``). ``hp``: the DEQ trial's history (earlier epochs that
+    ended above a tolerance are counted)."""
     deq = p[(p["estimator"] == "deq") & (p["start"] == "y")]
     out: dict[str, Any] = {
         "deq_trial": None,
         "deq_converged": None,
         "deq_convergence": "no DEQ trial",
         "deq_train_residual": None,
+        "deq_train_backward_residual": None,
         "deq_test_eq_residual": None,
         "deq_epochs_above_tol": None,
+        "deq_epochs_backward_above_tol": None,
     }
     if deq.empty:
         return out
@@ -55,7 +59,9 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
         return out
     train, test = float(r["train_residual"]), float(r["test_eq_residual"])
     tol, eval_tol = float(r["deq_tol"]), float(r["eval_tol"])
+    back, back_tol = float(r["train_backward_residual"]), float(r["deq_backward_tol"])
     out["deq_train_residual"] = train if math.isfinite(train) else None
+    out["deq_train_backward_residual"] = back if math.isfinite(back) else None
     out["deq_test_eq_residual"] = test if math.isfinite(test) else None
     reasons, known = [], []
     if math.isfinite(train) and math.isfinite(tol):
@@ -70,6 +76,20 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
             res = res[np.isfinite(res)]
             if len(res):
                 out["deq_epochs_above_tol"] = int((res >= tol).sum())
+    if math.isfinite(back) and math.isfinite(back_tol):
+        known.append("backward")
+        if back >= back_tol:
+            reasons.append(
+                f"its last epoch's implicit backward solves ended at relative residuals up to "
+                f"{back:.1e} ≥ backward_tol {back_tol:g} (stopped by backward_max_iter "
+                f"{_int(r['deq_backward_max_iter'])}): its gradients are not the exact DEQ "
+                "gradients"
+            )
+        if hp is not None and "train_backward_residual" in hp.columns:
+            res = hp["train_backward_residual"].to_numpy(dtype=float)
+            res = res[np.isfinite(res)]
+            if len(res):
+                out["deq_epochs_backward_above_tol"] = int((res >= back_tol).sum())
     if math.isfinite(test) and math.isfinite(eval_tol):
         known.append("test")
         if test >= eval_tol:
@@ -79,7 +99,8 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
             )
     if not known:
         out["deq_convergence"] = (
-            "the trials table records no solver residuals (train_residual, test_eq_residual)"
+            "the trials table records no solver residuals (train_residual, "
+            "train_backward_residual, test_eq_residual)"
         )
         return out
     gamma = float(r["gamma_hat"])
@@ -95,6 +116,11 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
     if "train" in known:
         parts.append(f"training forward solves ended at ≤ {train:.1e} < tol {tol:g}")
         n_above = out["deq_epochs_above_tol"]
+        if n_above:
+            parts[-1] += f" in the last epoch ({n_above} earlier epoch(s) ended above it)"
+    if "backward" in known:
+        parts.append(f"implicit backward solves at ≤ {back:.1e} < backward_tol {back_tol:g}")
+        n_above = out["deq_epochs_backward_above_tol"]
         if n_above:
             parts[-1] += f" in the last epoch ({n_above} earlier epoch(s) ended above it)"
     if "test" in known:

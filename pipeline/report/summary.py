@@ -56,10 +56,20 @@ def _summary(
     conv = [p for p, m in per.items() if m["deq_converged"] is True]
     unknown = [p for p, m in per.items() if m["deq_converged"] is None and m["deq_trial"]]
     if conv:
+        back = [p for p in conv if per[p]["deq_train_backward_residual"] is not None]
+        if back == conv:
+            backward = ", every implicit backward solve below sweep.deq.backward_tol"
+        elif back:
+            backward = (
+                f", every implicit backward solve below sweep.deq.backward_tol (for "
+                f"{', '.join(back)}; no backward residual recorded for the others)"
+            )
+        else:
+            backward = " (no implicit backward residual recorded)"
         lines.append(
             f"- DEQ converged for prior(s) {', '.join(conv)}: in its last training epoch every "
-            "forward solve ended below sweep.deq.tol, and its test solve below train.eval_tol "
-            "(residuals per prior below)."
+            f"forward solve ended below sweep.deq.tol{backward}, and its test solve below "
+            "train.eval_tol (residuals per prior below)."
         )
     for p, m in per.items():
         if m["deq_converged"] is False:

@@ -39,9 +39,12 @@ _NUMERIC = (
     "gamma_hat",
     "final_val_psnr",
     "train_residual",
+    "train_backward_residual",
     "test_eq_residual",
     "deq_tol",
     "deq_max_iter",
+    "deq_backward_tol",
+    "deq_backward_max_iter",
     "eval_tol",
     "eval_max_iter",
 )
