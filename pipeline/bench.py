@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import gc
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -1359,21 +1358,10 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _strict(value: Any) -> Any:
-    """Non-finite floats as null: the file is strict JSON (NaN is not)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
 def write_json(result: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_strict(result), indent=2, allow_nan=False) + "\n")
+    from pipeline import jsonio
+
+    jsonio.write(path, result)
 
 
 def main(settings: Settings, json_path: str | None = None, out: Any = None) -> dict[str, Any]:

@@ -59,16 +59,16 @@ def _parser() -> argparse.ArgumentParser:
         "--json", metavar="PATH", help='also write {"rows": [...], "machine": {...}}'
     )
     bench.add_argument("--device", help="torch device (default: cpu for cpu, cuda if any for gpu)")
-    bench.add_argument("--batch", type=_positive, help="batch size override")
-    bench.add_argument("--size", type=_positive, help="patch side override")
-    bench.add_argument("--width", type=_positive, help="gpu suite: DRUNet base channels (64)")
+    bench.add_argument("--batch", type=positive_int, help="batch size override")
+    bench.add_argument("--size", type=positive_int, help="patch side override")
+    bench.add_argument("--width", type=positive_int, help="gpu suite: DRUNet base channels (64)")
     bench.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int,
         default=1,
         help="torch intra-op threads (default: %(default)s; see docs/benchmarks.md)",
     )
-    bench.add_argument("--repeats", type=_positive, help="timed repetitions (15; quick: 5)")
+    bench.add_argument("--repeats", type=positive_int, help="timed repetitions (15; quick: 5)")
     bench.add_argument("--seed", type=int, default=0, help="data seed (default: %(default)s)")
     bench.add_argument(
         "--deepinv-prior",
@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer, or a one-line usage error."""
     try:
         value = int(text)
     except ValueError:

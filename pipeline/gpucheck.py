@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import platform
 import shutil
@@ -274,9 +273,9 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 
 def _write(out: Path, name: str, result: dict[str, Any]) -> None:
-    from pipeline.bench import _strict
+    from pipeline import jsonio
 
-    (out / f"{name}.json").write_text(json.dumps(_strict(result), indent=2) + "\n")
+    jsonio.write(out / f"{name}.json", result)
 
 
 def run(

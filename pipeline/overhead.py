@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -43,7 +42,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -56,7 +54,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.cli import run_cli
+from pipeline import jsonio
+from pipeline.cli import positive_int, run_cli
+from pipeline.procs import ProcessGroup, free_port, kill_strays
 
 PARTS = ("sequential", "ray", "nodes")
 GOAL = 0.10  # overhead goal of issue 5, on trials of at least GOAL_TRIAL_S seconds
@@ -164,73 +164,6 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-class _Group:
-    """A command in its own session (process group) under the temporary folder."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
-        self.cmd, self.log = cmd, log
-        self._fh = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, env=env, cwd=cwd, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 3000) -> str:
-        self._fh.flush()
-        return self.log.read_text(errors="replace")[-n:]
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _group_alive(self.proc.pid):
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self._fh.close()
-
-
-def _group_alive(pgid: int) -> bool:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getpgid(int(d.name)) == pgid:
-                    return True
-            except (ProcessLookupError, PermissionError):
-                continue
-    return False
-
-
-def _kill_strays(folder: Path) -> list[int]:
-    """SIGKILL processes whose working dir or command line lies in ``folder`` (ours only: the
-    folder is a fresh temporary one)."""
-    mine = {os.getpid(), os.getppid()}
-    killed = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) in mine:
-            continue
-        try:
-            cwd = os.readlink(d / "cwd")
-            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cwd.startswith(str(folder)) or str(folder) in cmdline:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(d.name), signal.SIGKILL)
-                killed.append(int(d.name))
-    return killed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ray_cli() -> str:
     here = Path(sys.executable).with_name("ray")
     return str(here) if here.exists() else (shutil.which("ray") or "ray")
@@ -258,8 +191,8 @@ class _LocalCluster:
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root = root
         self.env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-        self.port = _free_port()
-        self.groups: list[_Group] = []
+        self.port = free_port()
+        self.groups: list[ProcessGroup] = []
 
     @property
     def address(self) -> str:
@@ -267,17 +200,17 @@ class _LocalCluster:
 
     def start_head(self, timeout_s: float = 180) -> None:
         cmd = [_ray_cli(), "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
-        cmd += [f"--port={self.port}", f"--ray-client-server-port={_free_port()}"]
-        cmd += ["--include-dashboard=false", f"--dashboard-agent-listen-port={_free_port()}"]
+        cmd += [f"--port={self.port}", f"--ray-client-server-port={free_port()}"]
+        cmd += ["--include-dashboard=false", f"--dashboard-agent-listen-port={free_port()}"]
         cmd += ["--num-cpus=1", f"--temp-dir={self.root / 'h'}", "--disable-usage-stats"]
-        self.groups.append(_Group(cmd, self.env, self.root, self.root / "head.log"))
+        self.groups.append(ProcessGroup(cmd, self.env, self.root / "head.log", cwd=self.root))
         self.wait_nodes(1, timeout_s)
 
     def add_node(self, timeout_s: float = 180) -> None:
         cmd = [_ray_cli(), "start", "--block", f"--address={self.address}"]
-        cmd += ["--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={_free_port()}"]
+        cmd += ["--node-ip-address=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}"]
         cmd += ["--num-cpus=1", f"--temp-dir={self.root / 'n2'}", "--disable-usage-stats"]
-        self.groups.append(_Group(cmd, self.env, self.root, self.root / "node2.log"))
+        self.groups.append(ProcessGroup(cmd, self.env, self.root / "node2.log", cwd=self.root))
         self.wait_nodes(2, timeout_s)
 
     def wait_nodes(self, n: int, timeout_s: float) -> None:
@@ -383,7 +316,7 @@ def run_sweep_stage(
     group = None
     start = time.time()
     try:
-        group = _Group(cmd, env, root, root / "sweep.log")
+        group = ProcessGroup(cmd, env, root / "sweep.log", cwd=root)
         group.proc.wait(timeout=timeout_s)
         ended = time.time()
         if group.proc.returncode != 0:
@@ -393,7 +326,7 @@ def run_sweep_stage(
     finally:
         if group is not None:
             group.stop(grace_s=5)  # the driver's local Ray, if anything of it is left
-        _kill_strays(root)
+        kill_strays(root)
     table = out / "trials.parquet"
     trials = pd.read_parquet(table)
     rows = [
@@ -441,7 +374,7 @@ def measure_nodes(tmp: Path, s: Settings, prepared: Path, env: dict[str, str]) -
             out[str(n)].update(load_before=load_before, load_after=_load())
     finally:
         cluster.stop()
-        _kill_strays(tmp)
+        kill_strays(tmp)
     one, two = out["1"]["trials_per_min"], out["2"]["trials_per_min"]
     out["speedup"] = two / one if one > 0 else math.nan
     return out
@@ -556,7 +489,7 @@ def _workdir(keep: bool) -> Iterator[Path]:
     try:
         yield tmp
     finally:
-        _kill_strays(tmp)
+        kill_strays(tmp)
         if keep:
             print(f"kept {tmp}", file=sys.stderr)
         else:
@@ -607,27 +540,6 @@ def measure(s: Settings, command: str = "") -> dict[str, Any]:
     return result
 
 
-def _plain(obj: Any) -> Any:
-    """``obj`` as strict JSON: non-finite floats become null."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _parts(text: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     bad = [p for p in parts if p not in PARTS]
@@ -645,17 +557,17 @@ def parser() -> argparse.ArgumentParser:
         "same trials one after another in one process, and trials per minute with one vs two "
         "local Ray nodes (docs/cluster.md). Run it on a quiet machine.",
     )
-    p.add_argument("--trials", type=_positive, default=4, help="trials (default: %(default)s)")
+    p.add_argument("--trials", type=positive_int, default=4, help="trials (default: %(default)s)")
     p.add_argument(
         "--epochs",
-        type=_positive,
+        type=positive_int,
         default=70,
         help="epochs per trial: the trial length; the overhead goal is stated for trials of "
         f"≥ {GOAL_TRIAL_S:g} s (default: %(default)s, about 39 s on a quiet 2-core machine)",
     )
     p.add_argument(
         "--patches-per-image",
-        type=_positive,
+        type=positive_int,
         default=32,
         help="data size: 64x64 patches per image, 6/2/2 train/val/test images "
         "(default: %(default)s)",
@@ -691,8 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     result = measure(s, command)
     if s.json_path is not None:
-        s.json_path.parent.mkdir(parents=True, exist_ok=True)
-        s.json_path.write_text(json.dumps(_plain(result), indent=2) + "\n")
+        jsonio.write(s.json_path, result)
     print(markdown(result))
     return 0
 

@@ -7,12 +7,9 @@ working directory or command line lies in that folder): never by a machine-wide 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +17,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from pipeline.procs import ProcessGroup, free_port, kill_strays, stop_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,12 +69,6 @@ def copy_project(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def base_env(**extra: str) -> dict[str, str]:
     """This environment without Ray/MLflow settings that would point a child elsewhere."""
     env = {
@@ -110,86 +103,6 @@ def mlflow_db_state(db: Path) -> list[tuple[str, str, int]]:
             con.close()
     except sqlite3.Error:
         return []
-
-
-class ProcessGroup:
-    """A command started in its own session, stopped (with all it spawned) by its group id."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None):
-        self.cmd = cmd
-        self.log = log
-        self._fh = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, env=env, cwd=cwd, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        self.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _group_alive(self.proc.pid):
-            time.sleep(0.2)
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self._fh.close()
-
-    def tail(self, n: int = 4000) -> str:
-        self._fh.flush()
-        return self.log.read_text(errors="replace")[-n:]
-
-
-def stop_all(groups: list[ProcessGroup], grace_s: float = 5.0) -> None:
-    """SIGTERM every group, give them ``grace_s`` together, then SIGKILL what is left."""
-    for g in groups:
-        g.signal_group(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_group_alive(g.pid) for g in groups):
-        time.sleep(0.2)
-    for g in groups:
-        g.stop(grace_s=0)
-
-
-def _group_alive(pgid: int) -> bool:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getpgid(int(d.name)) == pgid:
-                    return True
-            except (ProcessLookupError, PermissionError):
-                continue
-    return False
-
-
-def kill_strays(folder: Path) -> list[int]:
-    """SIGKILL processes of ours whose cwd or command line lies in ``folder`` (a Ray job's
-    driver runs in its own session, in a working dir under the node's temp folder)."""
-    me = os.getpid()
-    mark = str(folder)
-    killed = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == me:
-            continue
-        try:
-            cwd = os.readlink(d / "cwd")
-            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cwd.startswith(mark) or mark in cmdline:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(d.name), signal.SIGKILL)
-                killed.append(int(d.name))
-    return killed
 
 
 def wait_http(url: str, timeout_s: float, proc: ProcessGroup | None = None) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.report.common import _EPS, GAMMA_LIMIT, _finite, _int, _max, _mean, _min, _missing
+from pipeline.report.common import _EPS, GAMMA_LIMIT, _finite, _int, _max, _mean, _min
 from pipeline.report.tables import _deep, _rjfb
 
 
@@ -193,19 +193,3 @@ def _prior_metrics(p: pd.DataFrame, tol: float, hp: pd.DataFrame | None = None) 
         m["best_rjfb_time_to_quality_ratio"] = float(ttq[i])
         m["best_rjfb_time_to_quality_trial"] = p.loc[i, "name"]
     return m
-
-
-def _json_clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_clean(v) for v in obj]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if _missing(obj):
-        return None
-    return obj if isinstance(obj, str) else str(obj)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipeline.report.analysis import _json_clean, _prior_metrics
+from pipeline import jsonio
+from pipeline.report.analysis import _prior_metrics
 from pipeline.report.common import COMPARE_COLUMNS, TTQ_COLUMNS
 from pipeline.report.families import _assign_families, _prior_order
 from pipeline.report.markdown import _markdown
@@ -97,7 +98,7 @@ def write_report(
     verdicts = [m["rjfb_k5_t5_within_tolerance"] for m in metrics["priors"].values()]
     verdicts = [v for v in verdicts if v is not None]
     metrics["all_priors_rjfb_k5_t5_within_tolerance"] = all(verdicts) if verdicts else None
-    metrics = _json_clean(metrics)
+    metrics = jsonio.strict(metrics)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out_dir))
