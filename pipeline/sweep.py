@@ -43,62 +43,8 @@ from typing import Any
 from pipeline import tracking
 from pipeline.config import StudyConfig, TrialSpec
 from pipeline.errors import ConfigError, DataError, UserError
+from pipeline.tables_schema import HISTORY_COLUMNS, TRIAL_COLUMNS
 
-TRIAL_COLUMNS = [
-    "trial_id",
-    "name",
-    "prior",
-    "prior_type",
-    "estimator",
-    "depth",
-    "restarts",
-    "restart_tol",
-    "start",
-    "iterations",
-    "seed",
-    "status",
-    "status_reason",
-    "test_psnr",
-    "test_psnr_at_depth",
-    "test_psnr_input",
-    "test_psnr_per_image",
-    "delta_psnr_vs_deq",
-    "delta_psnr_at_depth_vs_deq",
-    "train_seconds",
-    "seconds_per_step",
-    "peak_mem_mib",
-    "grad_cos_vs_deq",
-    "grad_rel_err_vs_deq",
-    "gamma_hat",
-    "final_val_psnr",
-    "theta_json",
-    "mlflow_run_id",
-    "node_id",
-    # what the report needs to tell families apart and to judge DEQ's convergence
-    "prior_family",
-    "prior_label",
-    "train_residual",
-    "train_backward_residual",
-    "test_eq_residual",
-    "deq_tol",
-    "deq_max_iter",
-    "deq_backward_tol",
-    "deq_backward_max_iter",
-    "eval_tol",
-    "eval_max_iter",
-]
-HISTORY_COLUMNS = (
-    "epoch",
-    "elapsed_seconds",
-    "train_loss",
-    "val_psnr",
-    "seconds_per_step",
-    "grad_cos_vs_deq",
-    "grad_rel_err_vs_deq",
-    "gamma_hat",
-    "train_residual",
-    "train_backward_residual",  # DEQ trials only (NaN for the others)
-)
 DATA_CACHE_ENV = "RJFB_DATA_CACHE"
 
 

@@ -1,4 +1,5 @@
-"""Shared test helpers: the tiny study profile, a scratch checkout, and services a test starts.
+"""Shared test helpers: the tiny study profile, a scratch checkout, a stage run as a user runs it,
+and services a test starts.
 
 Services (a Ray head, a second Ray node, an MLflow server) run in their own process groups under
 one temporary folder and are stopped by those process groups (plus any stray process whose
@@ -8,6 +9,7 @@ working directory or command line lies in that folder): never by a machine-wide 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -16,14 +18,21 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pipeline.procs import ProcessGroup, free_port, kill_strays, stop_all
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "data": {
+
+def tiny_data(**changes: Any) -> dict[str, Any]:
+    """A tiny ``data`` section (3/1/1 bundled images, 4 patches of 32x32 each, denoising at
+    sigma 0.1), with ``changes`` to its keys."""
+    return {
         "source": "bundled",
         "seed": 0,
         "patch_size": 32,
@@ -32,7 +41,12 @@ TINY = {
         "val_images": 1,
         "test_images": 1,
         "degradation": {"kind": "denoising", "noise_sigma": 0.1},
-    },
+        **changes,
+    }
+
+
+TINY = {
+    "data": tiny_data(),
     "priors": {
         "l1": {"type": "wavelet", "norm": "l1", "levels": 2, "reg_init": 0.01, "step_size": 0.3}
     },
@@ -84,6 +98,59 @@ def base_env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def run_module(
+    module: str,
+    *args: str,
+    cwd: Path,
+    pythonpath: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module *args`` in ``cwd``, text output captured: this environment with
+    ``pythonpath`` then the checkout on PYTHONPATH, and ``env`` on top."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(REPO)]),
+            **(env or {}),
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> str:
+    """The run was refused as a user mistake: exit code 2, no traceback, and one stderr line
+    ``error: …`` that matches ``pattern``; return that line."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: "), lines[0]
+    assert re.search(pattern, lines[0]), f"{pattern!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def tree(root: Path) -> set[str]:
+    """Every path below ``root``, relative to it."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """torch on one thread for the module that imports this fixture: on a shared 2-core machine
+    two threads are many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def mlflow_db_state(db: Path) -> list[tuple[str, str, int]]:
@@ -218,16 +285,20 @@ class LocalCluster:
         self.wait_nodes(2, timeout_s, node)
         wait_http(f"{self.tracking_uri}/health", timeout_s, mlflow)
 
+    def list_nodes(self) -> subprocess.CompletedProcess[str]:
+        """``ray list nodes`` as JSON, through the dashboard."""
+        return subprocess.run(
+            [self.ray, "list", "nodes", "--address", self.dashboard, "--format", "json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     def wait_nodes(self, n: int, timeout_s: float, proc: ProcessGroup) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            out = subprocess.run(
-                [self.ray, "list", "nodes", "--address", self.dashboard, "--format", "json"],
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            out = self.list_nodes()
             if out.returncode == 0 and out.stdout.count('"ALIVE"') >= n:
                 return
             if not proc.alive():

@@ -17,44 +17,32 @@ too-small / too-few image folders; the cases here add the other stages and the o
 from __future__ import annotations
 
 import copy
-import os
-import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from profiles import REPO, assert_one_line_error, run_module, tiny_data, tree
 
 VALID: dict[str, Any] = {
-    "data": {
-        "source": "imgs",
-        "seed": 0,
-        "patch_size": 32,
-        "patches_per_image": 2,
-        "train_images": 3,
-        "val_images": 1,
-        "test_images": 1,
-        "degradation": {"kind": "denoising", "noise_sigma": 0.1},
-    },
+    "data": tiny_data(source="imgs", patches_per_image=2),
     "priors": {"l1": {"type": "wavelet", "levels": 2, "step_size": 0.3}},
     "train": {"epochs": 1, "batch_size": 2},
     "sweep": {"priors": ["l1"], "estimators": ["deq", "rjfb"], "depths": [2], "restarts": [0]},
     "ray": {"num_cpus": 2},
 }
 
+# stage: the module run with ``python -m`` and its arguments
 STAGES: dict[str, list[str]] = {
-    "prepare": ["-m", "stages.prepare", "--params", "params.yaml", "--quiet"],
-    "sweep": ["-m", "stages.sweep", "--params", "params.yaml"],
-    "report": ["-m", "stages.report", "--params", "params.yaml"],
-    "check": ["-m", "pipeline.cli", "check", "--params", "params.yaml"],
+    "prepare": ["stages.prepare", "--params", "params.yaml", "--quiet"],
+    "sweep": ["stages.sweep", "--params", "params.yaml"],
+    "report": ["stages.report", "--params", "params.yaml"],
+    "check": ["pipeline.cli", "check", "--params", "params.yaml"],
 }
 if (REPO / "stages" / "pretrain.py").is_file():
-    STAGES["pretrain"] = ["-m", "stages.pretrain", "--params", "params.yaml", "--quiet"]
+    STAGES["pretrain"] = ["stages.pretrain", "--params", "params.yaml", "--quiet"]
 
 HEAVY = ("torch", "deepinv", "ray", "mlflow")
 
@@ -91,28 +79,16 @@ def poison(folder: Path, modules: tuple[str, ...]) -> Path:
     return folder
 
 
-def tree(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
 def run_stage(
     stage: str, cwd: Path, heavy_allowed: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     blocked = tuple(m for m in HEAVY if m not in heavy_allowed)
     shadow = poison(cwd.parent / f"{cwd.name}-poison", blocked)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(shadow), str(REPO)]),
-        "RAY_ADDRESS": "",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    return subprocess.run(
-        [sys.executable, *STAGES[stage]],
+    return run_module(
+        *STAGES[stage],
         cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        pythonpath=[shadow],
+        env={"RAY_ADDRESS": "", "DVC_NO_ANALYTICS": "1"},
     )
 
 
@@ -131,12 +107,7 @@ def write_params(cwd: Path, content: str | bytes | dict[str, Any] | None) -> Non
 def assert_refused(
     result: subprocess.CompletedProcess[str], pattern: str, before: set[str], cwd: Path
 ) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    assert re.search(pattern, lines[0]), f"{pattern!r} not in {lines[0]!r}"
+    assert_one_line_error(result, pattern)
     assert result.stdout == ""
     assert tree(cwd) == before, tree(cwd) ^ before  # nothing written
 

@@ -170,13 +170,7 @@ def _checkout(cluster: LocalCluster, prepared: _Pending, name: str, experiment: 
 
 
 def _alive_node_ids(cluster: LocalCluster) -> set[str]:
-    out = subprocess.run(
-        [cluster.ray, "list", "nodes", "--address", cluster.dashboard, "--format", "json"],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cluster.list_nodes()
     assert out.returncode == 0, out.stderr
     return {n["node_id"] for n in json.loads(out.stdout) if n["state"] == "ALIVE"}
 

@@ -20,30 +20,17 @@ with one line, a non-zero exit and nothing written.
 from __future__ import annotations
 
 import os
-import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from profiles import assert_one_line_error, run_module, tiny_data, tree
 
 STUDY: dict[str, Any] = {
-    "data": {
-        "source": "bundled",
-        "seed": 0,
-        "patch_size": 32,
-        "patches_per_image": 2,
-        "train_images": 3,
-        "val_images": 1,
-        "test_images": 1,
-        "degradation": {"kind": "denoising", "noise_sigma": 0.1},
-    },
+    "data": tiny_data(patches_per_image=2),
     "priors": {
         "l1": {"type": "wavelet", "levels": 2, "reg_init": 0.01, "step_size": 0.3},
         "bad": {"type": "wavelet", "levels": 2, "reg_init": 0.01, "step_size": 2.5},
@@ -195,10 +182,6 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def tree(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
-
-
 @pytest.mark.parametrize(
     ("section", "pattern"),
     [
@@ -219,27 +202,16 @@ def test_unreachable_service_fails_fast_and_writes_nothing(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(study))
     before = tree(tmp_path)
     start = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stages.sweep",
-            "--params",
-            "params.yaml",
-            "--prepared",
-            str(root / "data" / "prepared"),
-        ],
+    result = run_module(
+        "stages.sweep",
+        "--params",
+        "params.yaml",
+        "--prepared",
+        str(root / "data" / "prepared"),
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""},
-        capture_output=True,
-        text=True,
-        timeout=120,
+        env={"RAY_ADDRESS": ""},
     )
     seconds = time.perf_counter() - start
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
+    assert_one_line_error(result, pattern)
     assert seconds < 30, f"took {seconds:.1f} s to give up"
     assert tree(tmp_path) == before  # no mlflow.db, reports/, ray_results/ or lock file

@@ -8,52 +8,25 @@ pays the deepinv import.
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from profiles import REPO, assert_one_line_error, run_module, tiny_data
 
 VALID = {
-    "data": {
-        "source": "imgs",
-        "seed": 0,
-        "patch_size": 32,
-        "patches_per_image": 2,
-        "train_images": 3,
-        "val_images": 1,
-        "test_images": 1,
-        "degradation": {"kind": "denoising", "noise_sigma": 0.1},
-    },
+    "data": tiny_data(source="imgs", patches_per_image=2),
     "priors": {"l1": {"type": "wavelet"}},
     "sweep": {"priors": ["l1"], "estimators": ["deq"]},
 }
 
 
 def run_prepare(tmp: Path, params: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stages.prepare",
-            "--params",
-            str(params),
-            "--out",
-            str(tmp / "prepared"),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return run_module(
+        "stages.prepare", "--params", str(params), "--out", str(tmp / "prepared"), cwd=REPO
     )
 
 
@@ -140,12 +113,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
     params_path = setup(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     result = run_prepare(tmp_path, params_path)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert re.search(pattern, lines[0]), lines[0]
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert_one_line_error(result, pattern)
+    assert result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from profiles import one_thread  # noqa: F401  (autouse: torch on one thread for this module)
 
 from pipeline.config import StudyConfig, parse_params
 from pipeline.data import load_split, prepare
@@ -42,15 +43,6 @@ def study(root: Path, **pretrain: object) -> StudyConfig:
         "sweep": {"priors": ["l1"], "estimators": ["deq"]},
     }
     return parse_params(raw).with_root(root)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # one thread: on a shared 2-core machine two threads are many times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

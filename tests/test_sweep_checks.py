@@ -18,19 +18,11 @@ from typing import Any
 
 import pytest
 import yaml
-from test_bad_input import assert_refused, run_stage, tree
+from profiles import tiny_data, tree
+from test_bad_input import assert_refused, run_stage
 
 STUDY: dict[str, Any] = {
-    "data": {
-        "source": "bundled",
-        "seed": 0,
-        "patch_size": 32,
-        "patches_per_image": 2,
-        "train_images": 3,
-        "val_images": 1,
-        "test_images": 1,
-        "degradation": {"kind": "denoising", "noise_sigma": 0.1},
-    },
+    "data": tiny_data(patches_per_image=2),
     "pretrain": {"nc": 4, "nb": 1},  # the architecture the PnP prior's weights must have
     "priors": {
         "l1": {"type": "wavelet", "levels": 2, "step_size": 0.3},

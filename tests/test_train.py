@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from profiles import one_thread  # noqa: F401  (autouse: torch on one thread for this module)
 
 from pipeline.config import StudyConfig, TrialSpec, parse_params
 from pipeline.data import prepare
@@ -50,14 +51,6 @@ def make_study(root: Path, **priors: dict) -> StudyConfig:
         },
     }
     return parse_params(raw).with_root(root)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

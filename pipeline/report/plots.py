@@ -111,6 +111,42 @@ def _series_key(r: Any) -> tuple:
     return (r.start != "y", r.start, -1.0 if _missing(r.restart_tol) else r.restart_tol)
 
 
+def _rjfb_series(rj: pd.DataFrame) -> tuple[list[tuple[str, Any, tuple]], dict[str, Any]]:
+    """The rJFB series of a depth plot, (label, restarts, key) in legend order, and their colors."""
+    series = sorted(
+        {(_rjfb_series_label(r), r.restarts, _series_key(r)) for r in rj.itertuples()},
+        key=lambda s: (s[2], s[1]),
+    )
+    colors = {lab: _RJFB_COLORS[i % len(_RJFB_COLORS)] for i, (lab, _, _) in enumerate(series)}
+    return series, colors
+
+
+def _finish_depth_plot(
+    fig: Any,
+    t: pd.DataFrame,
+    series: list[tuple[str, Any, tuple]],
+    colors: dict[str, Any],
+    extra: list[tuple[Any, str]],
+    title: str,
+    path: Path,
+) -> None:
+    """Legend on the right (the rJFB series, ``extra`` (handle, label) pairs, then JFB's star
+    when a JFB trial finished), the title, and save."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[lab], marker="o", lw=2) for lab, _, _ in series]
+    labels = [f"rJFB {lab}" for lab, _, _ in series]
+    for handle, label in extra:
+        handles.append(handle)
+        labels.append(label)
+    if ((t["estimator"] == "jfb") & t["finished"]).any():
+        handles.append(Line2D([], [], color="0.45", marker="*", ms=12, ls=""))
+        labels.append("JFB")
+    fig.legend(handles, labels, loc="outside right center", fontsize=9)
+    fig.suptitle(title, fontsize=13)
+    _save(fig, path)
+
+
 def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
     priors = _prior_order(t)
     title = "Test PSNR at equilibrium vs truncation depth K"
@@ -122,11 +158,7 @@ def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
     nrows, ncols = _grid(len(priors))
     fig, axes = _figure(nrows, ncols, 5.2, 4.0)
     rj_all = _rjfb(t)
-    series = sorted(
-        {(_rjfb_series_label(r), r.restarts, _series_key(r)) for r in rj_all.itertuples()},
-        key=lambda s: (s[2], s[1]),
-    )
-    colors = {lab: _RJFB_COLORS[i % len(_RJFB_COLORS)] for i, (lab, _, _) in enumerate(series)}
+    series, colors = _rjfb_series(rj_all)
     for ax, prior in zip(axes.flat, priors, strict=False):
         p = t[t["prior"] == prior]
         rj = _rjfb(p).copy()
@@ -167,22 +199,13 @@ def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel("test PSNR (dB)")
         ax.grid(alpha=0.3)
     _hide_unused(axes, len(priors))
-    handles = [Line2D([], [], color=colors[lab], marker="o", lw=2) for lab, _, _ in series]
-    labels = [f"rJFB {lab}" for lab, _, _ in series]
-    handles += [
-        Line2D([], [], color="0.3", marker="o", lw=2),
-        Line2D([], [], color="0.3", marker="s", ls="--", lw=1.2, alpha=0.6),
+    extra = [
+        (Line2D([], [], color="0.3", marker="o", lw=2), "at equilibrium"),
+        (Line2D([], [], color="0.3", marker="s", ls="--", lw=1.2, alpha=0.6), "at depth (T+1)·K"),
     ]
-    labels += ["at equilibrium", "at depth (T+1)·K"]
     if ((t["estimator"] == "deq") & t["finished"]).any():
-        handles.append(Line2D([], [], color="black", lw=1.8))
-        labels.append("DEQ (equilibrium)")
-    if ((t["estimator"] == "jfb") & t["finished"]).any():
-        handles.append(Line2D([], [], color="0.45", marker="*", ms=12, ls=""))
-        labels.append("JFB")
-    fig.legend(handles, labels, loc="outside right center", fontsize=9)
-    fig.suptitle(title, fontsize=13)
-    _save(fig, path)
+        extra.append((Line2D([], [], color="black", lw=1.8), "DEQ (equilibrium)"))
+    _finish_depth_plot(fig, t, series, colors, extra, title, path)
 
 
 def _plot_grad_error(t: pd.DataFrame, path: Path) -> None:
@@ -197,11 +220,7 @@ def _plot_grad_error(t: pd.DataFrame, path: Path) -> None:
         return
     from matplotlib.lines import Line2D
 
-    series = sorted(
-        {(_rjfb_series_label(r), r.restarts, _series_key(r)) for r in rj_all.itertuples()},
-        key=lambda s: (s[2], s[1]),
-    )
-    colors = {lab: _RJFB_COLORS[i % len(_RJFB_COLORS)] for i, (lab, _, _) in enumerate(series)}
+    series, colors = _rjfb_series(rj_all)
     nrows, ncols = _grid(len(priors))
     fig, axes = _figure(nrows, ncols, 5.2, 4.0)
     ref_labels = []
@@ -243,17 +262,10 @@ def _plot_grad_error(t: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel("‖g − g_DEQ‖ / ‖g_DEQ‖")
         ax.grid(alpha=0.3, which="both")
     _hide_unused(axes, len(priors))
-    handles = [Line2D([], [], color=colors[lab], marker="o", lw=2) for lab, _, _ in series]
-    labels = [f"rJFB {lab}" for lab, _, _ in series]
+    extra: list[tuple[Any, str]] = []
     if ref_labels:
-        handles.append(Line2D([], [], color="0.25", ls="-.", lw=1.3))
-        labels.append("∝ γ^K (slope reference, ×2)")
-    if ((t["estimator"] == "jfb") & t["finished"]).any():
-        handles.append(Line2D([], [], color="0.45", marker="*", ms=12, ls=""))
-        labels.append("JFB")
-    fig.legend(handles, labels, loc="outside right center", fontsize=9)
-    fig.suptitle(title, fontsize=13)
-    _save(fig, path)
+        extra.append((Line2D([], [], color="0.25", ls="-.", lw=1.3), "∝ γ^K (slope reference, ×2)"))
+    _finish_depth_plot(fig, t, series, colors, extra, title, path)
 
 
 def _plot_cost(t: pd.DataFrame, path: Path) -> None:

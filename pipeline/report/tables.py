@@ -20,34 +20,9 @@ from pipeline.report.common import (
     _int,
     _missing,
 )
+from pipeline.tables_schema import TRIAL_NUMBER_COLUMNS
 
 _REQUIRED = ("prior", "estimator", "status")
-
-_NUMERIC = (
-    "depth",
-    "restarts",
-    "restart_tol",
-    "iterations",
-    "test_psnr",
-    "test_psnr_at_depth",
-    "test_psnr_input",
-    "train_seconds",
-    "seconds_per_step",
-    "peak_mem_mib",
-    "grad_cos_vs_deq",
-    "grad_rel_err_vs_deq",
-    "gamma_hat",
-    "final_val_psnr",
-    "train_residual",
-    "train_backward_residual",
-    "test_eq_residual",
-    "deq_tol",
-    "deq_max_iter",
-    "deq_backward_tol",
-    "deq_backward_max_iter",
-    "eval_tol",
-    "eval_max_iter",
-)
 
 
 def _str_col(s: pd.Series, default: str = "") -> pd.Series:
@@ -75,7 +50,7 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"trials table: missing column(s) {', '.join(missing)}")
     t = trials.copy()
     n = len(t)
-    for c in _NUMERIC:
+    for c in TRIAL_NUMBER_COLUMNS:  # the sweep's numbers, as floats
         if c in t.columns:
             t[c] = pd.to_numeric(t[c], errors="coerce").astype(float)
         else:
