@@ -186,18 +186,6 @@ def open_child(
     return ChildRun(run.info.run_id, reopened=False, finished=False)
 
 
-def child_run(
-    uri: str,
-    experiment_id: str,
-    parent_id: str,
-    trial_key: str,
-    name: str,
-    params: Mapping[str, Any],
-) -> str:
-    """The id of :func:`open_child`'s run."""
-    return open_child(uri, experiment_id, parent_id, trial_key, name, params).run_id
-
-
 def close_children(
     c, experiment_id: str, parent_id: str, status: str = "KILLED", reason: str = "interrupted"
 ) -> int:

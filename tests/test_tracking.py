@@ -135,4 +135,4 @@ def test_a_trial_reopens_its_child_run_and_a_finished_one_keeps_its_result(store
     assert tracking.load_result(c, run.run_id) == result
     assert [r.info.run_id for r in tracking.children(uri, exp, parent)] == [run.run_id]
     # other trials get their own runs
-    assert tracking.child_run(uri, exp, parent, "k2", "trial2", {}) != run.run_id
+    assert tracking.open_child(uri, exp, parent, "k2", "trial2", {}).run_id != run.run_id
