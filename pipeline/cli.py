@@ -8,23 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from pipeline.errors import UserError
-
-
-def run_cli(
-    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
-) -> int:
-    """Run a stage's ``main(argv)``, turning user errors into one line and exit code 2."""
-    try:
-        return int(main(argv) or 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+from pipeline.util.cli import positive_int, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,22 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a positive integer, or a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "check":
-        from pipeline.config import load_params
+        from pipeline.study.config import load_params
 
         cfg = load_params(args.params)
         trials = cfg.trials()
@@ -104,7 +79,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(f"  {t.name}")
         return 0
     if args.command == "bench":
-        from pipeline import bench
+        from pipeline.tools import bench
 
         settings = bench.Settings(
             suite=args.suite,

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.cli import run_cli
+from pipeline.util.cli import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from pipeline.config import load_params
-    from pipeline.data import SPLITS, prepare, read_manifest
+    from pipeline.study.config import load_params
+    from pipeline.study.data import SPLITS, prepare, read_manifest
 
     cfg = load_params(args.params)
     out = prepare(cfg, Path(args.out), progress=not args.quiet)

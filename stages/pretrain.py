@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.cli import run_cli
+from pipeline.util.cli import run_cli
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from pipeline.config import load_params
+    from pipeline.study.config import load_params
 
     cfg = load_params(args.params)  # before torch is imported: a typo costs a second
 
@@ -41,8 +41,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from pipeline.pretrain import metrics_path, pretrain
-    from pipeline.train import resolve_device
+    from pipeline.study.build import resolve_device
+    from pipeline.study.pretrain import metrics_path, pretrain
 
     device = resolve_device(cfg.train.device)
     out = Path(args.out)

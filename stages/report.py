@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.cli import run_cli
-from pipeline.errors import DataError
+from pipeline.util.cli import run_cli
+from pipeline.util.errors import DataError
 
 
 def _read_parquet(path: Path, what: str):
@@ -38,7 +38,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="reports", help="output folder (%(default)s)")
     args = parser.parse_args(argv)
 
-    from pipeline.config import load_params
+    from pipeline.study.config import load_params
 
     cfg = load_params(args.params)  # first: a mistake costs a second, before pandas loads
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.cli import run_cli
+from pipeline.util.cli import run_cli
 
 
 def _terminate_gracefully() -> None:
@@ -46,8 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="reports")
     args = parser.parse_args(argv)
 
-    from pipeline.config import load_params
-    from pipeline.sweep import in_ray_job, run_sweep, write_tables
+    from pipeline.study.config import load_params
+    from pipeline.sweep.cluster import in_ray_job
+    from pipeline.sweep.driver import run_sweep
+    from pipeline.sweep.results import write_tables
 
     cfg = load_params(args.params)
     _terminate_gracefully()

@@ -22,9 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from pipeline.procs import ProcessGroup, free_port, kill_strays, stop_all
+from pipeline.tools.procs import ProcessGroup, free_port, kill_strays, stop_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,18 +137,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], pattern: str
 def tree(root: Path) -> set[str]:
     """Every path below ``root``, relative to it."""
     return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """torch on one thread for the module that imports this fixture: on a shared 2-core machine
-    two threads are many times slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def mlflow_db_state(db: Path) -> list[tuple[str, str, int]]:

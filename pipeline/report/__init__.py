@@ -50,9 +50,9 @@ Conventions:
 from __future__ import annotations
 
 from pipeline.report.common import COMPARE_COLUMNS, PLOT_FILES, TTQ_COLUMNS
-from pipeline.report.families import FAMILIES, PriorFamily, prior_family
 from pipeline.report.tables import compare_to_deq, time_to_quality
 from pipeline.report.writer import write_report
+from pipeline.study.families import FAMILIES, PriorFamily, prior_family
 
 __all__ = [
     "COMPARE_COLUMNS",

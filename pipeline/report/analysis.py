@@ -10,17 +10,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.report.common import _EPS, GAMMA_LIMIT, _finite, _int, _max, _mean, _min
-from pipeline.report.tables import _deep, _rjfb
+from pipeline.report.common import (
+    EPS,
+    GAMMA_LIMIT,
+    finite,
+    finite_max,
+    finite_mean,
+    finite_min,
+    fmt_int,
+)
+from pipeline.report.tables import deep_rows, rjfb_rows
 
 
 def _contraction(p: pd.DataFrame) -> dict[str, Any]:
     """γ̂ over a prior's trials: is one step of the scheme a contraction at the learned θ?"""
     g = p[np.isfinite(p["gamma_hat"].to_numpy(dtype=float))]
-    above = g[g["gamma_hat"] > GAMMA_LIMIT + _EPS]
+    above = g[g["gamma_hat"] > GAMMA_LIMIT + EPS]
     return {
-        "gamma_hat_min": _min(g["gamma_hat"]),
-        "gamma_hat_max": _max(g["gamma_hat"]),
+        "gamma_hat_min": finite_min(g["gamma_hat"]),
+        "gamma_hat_max": finite_max(g["gamma_hat"]),
         "n_gamma_hat": len(g),
         "n_gamma_hat_above_1": len(above),
         "gamma_hat_above_1_trials": list(above["name"]),
@@ -69,7 +77,7 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
         if train >= tol:
             reasons.append(
                 f"its last epoch's training forward solves ended at relative residuals up to "
-                f"{train:.1e} ≥ tol {tol:g} (stopped by max_iter {_int(r['deq_max_iter'])})"
+                f"{train:.1e} ≥ tol {tol:g} (stopped by max_iter {fmt_int(r['deq_max_iter'])})"
             )
         if hp is not None and "train_residual" in hp.columns:
             res = hp["train_residual"].to_numpy(dtype=float)
@@ -82,7 +90,7 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
             reasons.append(
                 f"its last epoch's implicit backward solves ended at relative residuals up to "
                 f"{back:.1e} ≥ backward_tol {back_tol:g} (stopped by backward_max_iter "
-                f"{_int(r['deq_backward_max_iter'])}): its gradients are not the exact DEQ "
+                f"{fmt_int(r['deq_backward_max_iter'])}): its gradients are not the exact DEQ "
                 "gradients"
             )
         if hp is not None and "train_backward_residual" in hp.columns:
@@ -95,7 +103,7 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
         if test >= eval_tol:
             reasons.append(
                 f"its test equilibrium solve ended at {test:.1e} ≥ eval_tol {eval_tol:g} "
-                f"(eval_max_iter {_int(r['eval_max_iter'])})"
+                f"(eval_max_iter {fmt_int(r['eval_max_iter'])})"
             )
     if not known:
         out["deq_convergence"] = (
@@ -105,7 +113,7 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
         return out
     gamma = float(r["gamma_hat"])
     if reasons:
-        if math.isfinite(gamma) and gamma > GAMMA_LIMIT + _EPS:
+        if math.isfinite(gamma) and gamma > GAMMA_LIMIT + EPS:
             reasons.append(
                 f"γ̂ = {gamma:.3f} > 1 at its final θ: the scheme is not contractive there, so "
                 "the fixed-point iteration need not converge"
@@ -129,28 +137,28 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
     return out
 
 
-def _prior_metrics(p: pd.DataFrame, tol: float, hp: pd.DataFrame | None = None) -> dict[str, Any]:
+def prior_metrics(p: pd.DataFrame, tol: float, hp: pd.DataFrame | None = None) -> dict[str, Any]:
     """The per-prior numbers of metrics.json (and of the written summary). ``hp``: the history
     of the prior's DEQ baseline, if any."""
     status = p["status"]
     deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
-    rj = _rjfb(p)
-    rj_delta = _finite(rj["delta_psnr_vs_deq"])
-    deep_all = _deep(p)
+    rj = rjfb_rows(p)
+    rj_delta = finite(rj["delta_psnr_vs_deq"])
+    deep_all = deep_rows(p)
     deep = deep_all[deep_all["finished"]]
-    deep_delta = _finite(deep["delta_psnr_vs_deq"])
+    deep_delta = finite(deep["delta_psnr_vs_deq"])
     t0 = rj[rj["restarts"] == 0]
-    ttq = _finite(rj["time_to_quality_ratio_vs_deq"])
+    ttq = finite(rj["time_to_quality_ratio_vs_deq"])
     m: dict[str, Any] = {
         "n_trials": len(p),
         "n_finished": int((status == "finished").sum()),
         "n_diverged": int((status == "diverged").sum()),
         "n_failed": int((status == "failed").sum()),
         "n_other": int((~status.isin(["finished", "diverged", "failed"])).sum()),
-        "input_psnr": _mean(p["test_psnr_input"]),
-        "deq_test_psnr": _mean(deq["test_psnr"]),
-        "deq_train_seconds": _mean(deq["train_seconds"]),
-        "deq_peak_mem_mib": _mean(deq["peak_mem_mib"]),
+        "input_psnr": finite_mean(p["test_psnr_input"]),
+        "deq_test_psnr": finite_mean(deq["test_psnr"]),
+        "deq_train_seconds": finite_mean(deq["train_seconds"]),
+        "deq_peak_mem_mib": finite_mean(deq["peak_mem_mib"]),
         "best_rjfb_delta_psnr": None,
         "best_rjfb_trial": None,
         "worst_rjfb_delta_psnr_k5_t5": None,
@@ -159,14 +167,14 @@ def _prior_metrics(p: pd.DataFrame, tol: float, hp: pd.DataFrame | None = None) 
         "rjfb_k5_t5_within_tolerance": None,
         "n_rjfb_k5_t5": len(deep_all),
         "n_rjfb_k5_t5_unfinished": int((~deep_all["finished"]).sum()),
-        "mean_delta_psnr_t0": _mean(t0["delta_psnr_vs_deq"]),
-        "mean_delta_psnr_at_depth_t0": _mean(t0["delta_psnr_at_depth_vs_deq"]),
+        "mean_delta_psnr_t0": finite_mean(t0["delta_psnr_vs_deq"]),
+        "mean_delta_psnr_at_depth_t0": finite_mean(t0["delta_psnr_at_depth_vs_deq"]),
         "best_rjfb_time_to_quality_ratio": None,
         "best_rjfb_time_to_quality_trial": None,
-        "rjfb_time_ratio_min": _min(rj["time_ratio_vs_deq"]),
-        "rjfb_time_ratio_max": _max(rj["time_ratio_vs_deq"]),
-        "rjfb_mem_ratio_min": _min(rj["mem_ratio_vs_deq"]),
-        "rjfb_mem_ratio_max": _max(rj["mem_ratio_vs_deq"]),
+        "rjfb_time_ratio_min": finite_min(rj["time_ratio_vs_deq"]),
+        "rjfb_time_ratio_max": finite_max(rj["time_ratio_vs_deq"]),
+        "rjfb_mem_ratio_min": finite_min(rj["mem_ratio_vs_deq"]),
+        "rjfb_mem_ratio_max": finite_max(rj["mem_ratio_vs_deq"]),
     }
     if "prior_family" in p.columns:
         m["family"] = p["prior_family"].iloc[0] if len(p) else None
@@ -186,7 +194,7 @@ def _prior_metrics(p: pd.DataFrame, tol: float, hp: pd.DataFrame | None = None) 
         m["worst_rjfb_trial_k5_t5"] = p.loc[i, "name"]
         m["max_abs_rjfb_delta_psnr_k5_t5"] = float(deep_delta.abs().max())
         m["rjfb_k5_t5_within_tolerance"] = bool(
-            deep_delta.abs().max() <= tol + _EPS and m["n_rjfb_k5_t5_unfinished"] == 0
+            deep_delta.abs().max() <= tol + EPS and m["n_rjfb_k5_t5_unfinished"] == 0
         )
     if len(ttq):
         i = ttq.idxmin()

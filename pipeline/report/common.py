@@ -39,27 +39,27 @@ DEEP_K = 5
 
 DEEP_T = 5
 
-_EST_ORDER = {"deq": 0, "rjfb": 1, "jfb": 2, "unrolled": 3}
+EST_ORDER = {"deq": 0, "rjfb": 1, "jfb": 2, "unrolled": 3}
 
-_EST_LABEL = {"deq": "DEQ", "rjfb": "rJFB", "jfb": "JFB", "unrolled": "unrolled"}
+EST_LABEL = {"deq": "DEQ", "rjfb": "rJFB", "jfb": "JFB", "unrolled": "unrolled"}
 
-_EPS = 1e-9  # tolerance of the ">= target" test (targets are differences of floats)
+EPS = 1e-9  # tolerance of the ">= target" test (targets are differences of floats)
 
 GAMMA_LIMIT = 1.0  # γ̂ above it: one step of the scheme is not a contraction at the learned θ
 
 
-def _missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
     if v is None or v is pd.NA or v is pd.NaT:
         return True
     return isinstance(v, float | np.floating) and math.isnan(v)
 
 
-def _int(v: Any) -> str:
-    return "?" if _missing(v) else str(int(v))
+def fmt_int(v: Any) -> str:
+    return "?" if is_missing(v) else str(int(v))
 
 
-def _f(v: Any, spec: str = ".2f", suffix: str = "") -> str:
-    if _missing(v):
+def fmt_float(v: Any, spec: str = ".2f", suffix: str = "") -> str:
+    if is_missing(v):
         return "—"
     try:
         fv = float(v)
@@ -70,36 +70,36 @@ def _f(v: Any, spec: str = ".2f", suffix: str = "") -> str:
     return f"{fv:{spec}}{suffix}"
 
 
-def _db(v: Any) -> str:
-    return _f(v, ".2f")
+def fmt_db(v: Any) -> str:
+    return fmt_float(v, ".2f")
 
 
-def _delta(v: Any) -> str:
-    return _f(v, "+.3f")
+def fmt_delta(v: Any) -> str:
+    return fmt_float(v, "+.3f")
 
 
-def _times(v: Any) -> str:
-    return _f(v, ".2f", "×")
+def fmt_times(v: Any) -> str:
+    return fmt_float(v, ".2f", "×")
 
 
-def _sci(v: Any) -> str:
-    return _f(v, ".2e")
+def fmt_sci(v: Any) -> str:
+    return fmt_float(v, ".2e")
 
 
-def _finite(s: pd.Series) -> pd.Series:
+def finite(s: pd.Series) -> pd.Series:
     return s[np.isfinite(s.to_numpy(dtype=float))]
 
 
-def _mean(s: pd.Series) -> float | None:
-    f = _finite(s)
+def finite_mean(s: pd.Series) -> float | None:
+    f = finite(s)
     return float(f.mean()) if len(f) else None
 
 
-def _min(s: pd.Series) -> float | None:
-    f = _finite(s)
+def finite_min(s: pd.Series) -> float | None:
+    f = finite(s)
     return float(f.min()) if len(f) else None
 
 
-def _max(s: pd.Series) -> float | None:
-    f = _finite(s)
+def finite_max(s: pd.Series) -> float | None:
+    f = finite(s)
     return float(f.max()) if len(f) else None

@@ -1,77 +1,17 @@
 """Prior families: wavelet FB, Plug-and-Play with a frozen denoiser, a denoiser trained inside FB.
 
-The sweep writes each trial's family (``prior_family``, ``prior_label``) from the prior's config
-with :func:`prior_family`; the report groups and labels priors by it.
+The sweep writes each trial's family (``prior_family``, ``prior_label``) with
+:func:`pipeline.study.families.prior_family`; the report groups, orders and labels priors by it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-# family key -> its name in tables and plots, in the order the report lists families
-FAMILIES = {
-    "wavelet": "wavelet FB",
-    "pnp_frozen": "PnP, frozen denoiser",
-    "pnp_trained": "denoiser trained inside FB",
-    "pnp": "PnP",  # a PnP prior of a table that does not say whether its denoiser was trained
-}
-
-
-@dataclass(frozen=True)
-class PriorFamily:
-    """Which family a prior belongs to: ``key`` (one of ``FAMILIES``), ``name`` (the family's
-    short name, as in plot titles) and ``label`` (``name: what is learned``, for this prior)."""
-
-    key: str
-    name: str
-    label: str
-
-
-def prior_family(prior: Any) -> PriorFamily:
-    """The family of a prior config (a ``WaveletPrior`` / ``PnPPrior`` or its dict).
-
-    Wavelet FB learns λ (and weights); PnP with a frozen denoiser learns τ, σ and the
-    relaxation (``PnP, frozen denoiser: learn tau, sigma, relaxation``); a prior with
-    ``train_denoiser: true`` trains every denoiser weight inside FB as well
-    (``DRUNet inside FB, trained: ...``).
-    """
-
-    def get(key: str, default: Any = None) -> Any:
-        if isinstance(prior, Mapping):
-            return prior.get(key, default)
-        return getattr(prior, key, default)
-
-    if get("type") == "wavelet":
-        norm = get("norm", "l1")
-        learned = ["lambda"]
-        if norm == "weighted_l1":
-            learned.append("per-subband weights" if get("per_subband") else "per-scale weights")
-        if get("learn_step_size"):
-            learned.append("tau")
-        return PriorFamily(
-            "wavelet", FAMILIES["wavelet"], f"wavelet FB ({norm}): learn {', '.join(learned)}"
-        )
-    learned = []
-    if get("learn_step_size", True):
-        learned.append("tau")
-    learned.append("sigma (one per layer)" if get("per_layer_sigma") else "sigma")
-    if get("learn_relaxation", True):
-        learned.append("relaxation")
-    if get("train_denoiser"):
-        net = {"drunet": "DRUNet", "dncnn": "DnCNN"}.get(str(get("denoiser", "drunet")), "denoiser")
-        lr = get("denoiser_lr")
-        rate = f" (lr {lr:g})" if isinstance(lr, int | float) else ""
-        return PriorFamily(
-            "pnp_trained",
-            f"{net} inside FB, trained",
-            f"{net} inside FB, trained: all denoiser weights{rate}, {', '.join(learned)}",
-        )
-    name = FAMILIES["pnp_frozen"]
-    return PriorFamily("pnp_frozen", name, f"{name}: learn {', '.join(learned)}")
+from pipeline.study.families import FAMILIES, PriorFamily, prior_family
 
 
 def _family_of_type(prior_type: str) -> PriorFamily:
@@ -83,7 +23,7 @@ def _family_of_type(prior_type: str) -> PriorFamily:
     return PriorFamily("", prior_type, prior_type)
 
 
-def _assign_families(t: pd.DataFrame, priors: Mapping[str, Any] | None) -> pd.DataFrame:
+def assign_families(t: pd.DataFrame, priors: Mapping[str, Any] | None) -> pd.DataFrame:
     """``prior_family`` / ``prior_label`` / ``family_name`` of every row: the table's own, else
     from ``priors`` (the study's config), else from ``prior_type``."""
     fam, lab = t["prior_family"].copy(), t["prior_label"].copy()
@@ -107,13 +47,13 @@ def _family_rank(key: str) -> int:
     return order.index(key) if key in order else len(order)
 
 
-def _prior_order(t: pd.DataFrame) -> list[str]:
+def prior_order(t: pd.DataFrame) -> list[str]:
     """Priors grouped by family (wavelet, frozen PnP, trained denoiser), then by name."""
     first = t.drop_duplicates("prior").set_index("prior")["prior_family"]
     return sorted(first.index, key=lambda p: (_family_rank(first[p]), p))
 
 
-def _family_of(t: pd.DataFrame, prior: str) -> tuple[str, str]:
+def family_of(t: pd.DataFrame, prior: str) -> tuple[str, str]:
     """(family name, label) of a prior in a normalised table."""
     r = t[t["prior"] == prior].iloc[0]
     return r["family_name"], r["prior_label"]

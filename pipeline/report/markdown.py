@@ -9,27 +9,27 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipeline.report.common import (
-    _EPS,
-    _EST_LABEL,
+    EPS,
+    EST_LABEL,
     GAMMA_LIMIT,
     PLOT_FILES,
-    _db,
-    _delta,
-    _f,
-    _int,
-    _missing,
-    _sci,
-    _times,
+    fmt_db,
+    fmt_delta,
+    fmt_float,
+    fmt_int,
+    fmt_sci,
+    fmt_times,
+    is_missing,
 )
-from pipeline.report.families import _prior_order
-from pipeline.report.summary import _summary
+from pipeline.report.families import prior_order
+from pipeline.report.summary import summary_lines
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import ReportConfig
+    from pipeline.study.config import ReportConfig
 
 
 def _cell(text: Any) -> str:
-    s = "" if _missing(text) else str(text)
+    s = "" if is_missing(text) else str(text)
     s = " ".join(s.split())
     if len(s) > 400:
         s = s[:399] + "…"
@@ -44,16 +44,16 @@ def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 def _k_cell(r: Any) -> str:
     if r.estimator == "unrolled":
-        return f"N={_int(r.iterations)}"
-    return _int(r.depth)
+        return f"N={fmt_int(r.iterations)}"
+    return fmt_int(r.depth)
 
 
 def _t_cell(r: Any) -> str:
     if r.estimator != "rjfb":
         return "—"
-    if not _missing(r.restart_tol):
-        return f"≤{_int(r.restarts)} (tol {r.restart_tol:g})"
-    return _int(r.restarts)
+    if not is_missing(r.restart_tol):
+        return f"≤{fmt_int(r.restarts)} (tol {r.restart_tol:g})"
+    return fmt_int(r.restarts)
 
 
 _TABLE_HEADER = [
@@ -79,19 +79,19 @@ _TABLE_HEADER = [
 def _table_row(r: Any) -> list[str]:
     return [
         f"`{_cell(r.name)}`",
-        _EST_LABEL.get(r.estimator, _cell(r.estimator)),
+        EST_LABEL.get(r.estimator, _cell(r.estimator)),
         r.status if r.finished else f"**{_cell(r.status)}**",
         _k_cell(r),
         _t_cell(r),
         _cell(r.start),
-        _db(r.test_psnr),
-        _db(r.test_psnr_at_depth),
-        _delta(r.delta_psnr_vs_deq),
-        _delta(r.delta_psnr_at_depth_vs_deq),
-        _times(r.time_ratio_vs_deq),
-        _times(r.mem_ratio_vs_deq),
-        _f(r.grad_cos_vs_deq, ".4f"),
-        _sci(r.grad_rel_err_vs_deq),
+        fmt_db(r.test_psnr),
+        fmt_db(r.test_psnr_at_depth),
+        fmt_delta(r.delta_psnr_vs_deq),
+        fmt_delta(r.delta_psnr_at_depth_vs_deq),
+        fmt_times(r.time_ratio_vs_deq),
+        fmt_times(r.mem_ratio_vs_deq),
+        fmt_float(r.grad_cos_vs_deq, ".4f"),
+        fmt_sci(r.grad_rel_err_vs_deq),
         _gamma_cell(r.gamma_hat),
         _ttq_cell(r),
     ]
@@ -99,20 +99,20 @@ def _table_row(r: Any) -> list[str]:
 
 def _gamma_cell(v: Any) -> str:
     """γ̂, in bold above 1 (not a contraction)."""
-    text = _f(v, ".3f")
-    if text != "—" and float(v) > GAMMA_LIMIT + _EPS:
+    text = fmt_float(v, ".3f")
+    if text != "—" and float(v) > GAMMA_LIMIT + EPS:
         return f"**{text}**"
     return text
 
 
 def _ttq_cell(r: Any) -> str:
     if math.isfinite(r.time_to_quality_ratio_vs_deq):
-        return _times(r.time_to_quality_ratio_vs_deq)
+        return fmt_times(r.time_to_quality_ratio_vs_deq)
     reachable = math.isfinite(r.deq_time_to_quality_s) and r.history_epochs > 0
     return "not reached" if reachable and r.finished else "—"
 
 
-def _markdown(
+def render_markdown(
     t: pd.DataFrame, metrics: dict[str, Any], cfg: ReportConfig, has_history: bool
 ) -> str:
     md = [
@@ -126,7 +126,7 @@ def _markdown(
         "",
         "## Summary",
         "",
-        *_summary(t, metrics, cfg, has_history),
+        *summary_lines(t, metrics, cfg, has_history),
         "",
         "## Results per prior",
         "",
@@ -144,7 +144,7 @@ def _markdown(
     ]
     if not len(t):
         md += ["No trials.", ""]
-    for prior in _prior_order(t):
+    for prior in prior_order(t):
         p = t[t["prior"] == prior]
         m = metrics["priors"][prior]
         ptype = next((x for x in p["prior_type"] if x), "")
@@ -160,9 +160,9 @@ def _markdown(
         else:
             for r in deq.itertuples(index=False):
                 md.append(
-                    f"DEQ baseline `{r.name}`: test PSNR {_db(r.test_psnr)} dB "
-                    f"(observations {_db(r.test_psnr_input)} dB), training "
-                    f"{_f(r.train_seconds, '.1f')} s, peak memory {_f(r.peak_mem_mib, '.0f')} MiB."
+                    f"DEQ baseline `{r.name}`: test PSNR {fmt_db(r.test_psnr)} dB "
+                    f"(observations {fmt_db(r.test_psnr_input)} dB), training "
+                    f"{fmt_float(r.train_seconds, '.1f')} s, peak memory {fmt_float(r.peak_mem_mib, '.0f')} MiB."
                 )
             md.append("")
         if m["deq_trial"] is not None:
@@ -199,7 +199,7 @@ def _markdown(
                 [
                     f"`{_cell(r.name)}`",
                     _cell(r.prior),
-                    _EST_LABEL.get(r.estimator, _cell(r.estimator)),
+                    EST_LABEL.get(r.estimator, _cell(r.estimator)),
                     f"**{_cell(r.status)}**",
                     _cell(r.status_reason or "(no reason recorded)"),
                 ]

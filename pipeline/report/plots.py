@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.report.common import _EST_LABEL, _EST_ORDER, DEEP_K, DEEP_T, _int, _missing
-from pipeline.report.families import _family_of, _prior_order
-from pipeline.report.tables import _history_for, _rjfb, _sort
+from pipeline.report.common import DEEP_K, DEEP_T, EST_LABEL, EST_ORDER, fmt_int, is_missing
+from pipeline.report.families import family_of, prior_order
+from pipeline.report.tables import history_for, rjfb_rows, sort_configs
 
 _DPI = 110
 
@@ -43,7 +43,7 @@ def _palette(t: pd.DataFrame) -> dict[str, Any]:
     """One colour per configuration label, the same in every plot."""
     colors: dict[str, Any] = {}
     i = 0
-    for r in _sort(t).itertuples(index=False):
+    for r in sort_configs(t).itertuples(index=False):
         if r.label in colors:
             continue
         if r.estimator in _EST_COLOR:
@@ -94,21 +94,21 @@ def _hide_unused(axes: Any, used: int) -> None:
 
 def _plot_name(t: pd.DataFrame, prior: str) -> str:
     """A panel's title: the prior and its family (PnP frozen vs trained denoiser, wavelet)."""
-    family = _family_of(t, prior)[0] if "family_name" in t.columns else ""
+    family = family_of(t, prior)[0] if "family_name" in t.columns else ""
     return f"prior {prior} [{family}]" if family else f"prior {prior}"
 
 
 def _rjfb_series_label(r: Any) -> str:
-    s = f"T={_int(r.restarts)}"
-    if not _missing(r.restart_tol):
-        s = f"T≤{_int(r.restarts)} tol {r.restart_tol:g}"
+    s = f"T={fmt_int(r.restarts)}"
+    if not is_missing(r.restart_tol):
+        s = f"T≤{fmt_int(r.restarts)} tol {r.restart_tol:g}"
     if r.start != "y":
         s += f" {r.start}"
     return s
 
 
 def _series_key(r: Any) -> tuple:
-    return (r.start != "y", r.start, -1.0 if _missing(r.restart_tol) else r.restart_tol)
+    return (r.start != "y", r.start, -1.0 if is_missing(r.restart_tol) else r.restart_tol)
 
 
 def _rjfb_series(rj: pd.DataFrame) -> tuple[list[tuple[str, Any, tuple]], dict[str, Any]]:
@@ -148,7 +148,7 @@ def _finish_depth_plot(
 
 
 def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
-    priors = _prior_order(t)
+    priors = prior_order(t)
     title = "Test PSNR at equilibrium vs truncation depth K"
     if not priors:
         _placeholder(path, title, "no trials")
@@ -157,11 +157,11 @@ def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
 
     nrows, ncols = _grid(len(priors))
     fig, axes = _figure(nrows, ncols, 5.2, 4.0)
-    rj_all = _rjfb(t)
+    rj_all = rjfb_rows(t)
     series, colors = _rjfb_series(rj_all)
     for ax, prior in zip(axes.flat, priors, strict=False):
         p = t[t["prior"] == prior]
-        rj = _rjfb(p).copy()
+        rj = rjfb_rows(p).copy()
         rj["series"] = [_rjfb_series_label(r) for r in rj.itertuples()]
         if rj.empty and not p["finished"].any():
             _empty_axis(ax, _plot_name(t, prior), "no finished trials")
@@ -210,11 +210,11 @@ def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
 
 def _plot_grad_error(t: pd.DataFrame, path: Path) -> None:
     title = "Gradient error vs DEQ (relative, at the final θ) against depth K"
-    rj_all = _rjfb(t)
+    rj_all = rjfb_rows(t)
     rj_all = rj_all[
         np.isfinite(rj_all["grad_rel_err_vs_deq"]) & (rj_all["grad_rel_err_vs_deq"] > 0)
     ]
-    priors = _prior_order(t)
+    priors = prior_order(t)
     if rj_all.empty:
         _placeholder(path, title, "no finished rJFB trial has a gradient error vs DEQ")
         return
@@ -275,7 +275,7 @@ def _plot_cost(t: pd.DataFrame, path: Path) -> None:
         return
     from matplotlib.patches import Patch
 
-    s = _sort(t).iloc[::-1]  # barh draws bottom-up: keep the table's order top-down
+    s = sort_configs(t).iloc[::-1]  # barh draws bottom-up: keep the table's order top-down
     n = len(s)
     fig, axes = _figure(1, 2, 6.0, max(2.6, 0.32 * n + 1.4))
     y = np.arange(n)
@@ -313,8 +313,8 @@ def _plot_cost(t: pd.DataFrame, path: Path) -> None:
             prev = prior
     axes[0, 0].set_title("wall time (ratio to DEQ)")
     axes[0, 1].set_title("peak memory (ratio to DEQ)")
-    present = [e for e in _EST_ORDER if (t["estimator"] == e).any()]
-    handles = [Patch(color=_EST_COLOR.get(e, "tab:blue"), label=_EST_LABEL[e]) for e in present]
+    present = [e for e in EST_ORDER if (t["estimator"] == e).any()]
+    handles = [Patch(color=_EST_COLOR.get(e, "tab:blue"), label=EST_LABEL[e]) for e in present]
     if (~t["finished"]).any():
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="not finished"))
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
@@ -350,13 +350,13 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
         return
     by_key = {k: g for k, g in h.groupby("_key", sort=False)}
     tk = t.assign(hkey=keys.to_numpy())
-    tk = _sort(tk[tk["hkey"].isin(by_key)])
+    tk = sort_configs(tk[tk["hkey"].isin(by_key)])
     if tk.empty:
         _placeholder(path, title, "no history row matches a trial")
         return
     colors = _palette(t)
     panels: list[tuple[str, str]] = []
-    for prior in [p for p in _prior_order(t) if p in set(tk["prior"])]:
+    for prior in [p for p in prior_order(t) if p in set(tk["prior"])]:
         hp = pd.concat([by_key[k] for k in tk.loc[tk["prior"] == prior, "hkey"]])
         panels += [(prior, c) for c in theta_cols if hp[c].notna().any()]
     if not panels:
@@ -393,7 +393,7 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
 
 
 def _as_floats(v: Any) -> np.ndarray:
-    if v is None or (not isinstance(v, str | bytes) and np.ndim(v) == 0 and _missing(v)):
+    if v is None or (not isinstance(v, str | bytes) and np.ndim(v) == 0 and is_missing(v)):
         return np.array([])
     if isinstance(v, str):
         try:
@@ -407,7 +407,7 @@ def _as_floats(v: Any) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def _histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
+def histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
     """(label, colour, trials) of the "one layer", "no restart", "restart" and DEQ groups.
 
     Each rJFB group is one configuration (all its seeds), as in the paper's histograms:
@@ -415,7 +415,7 @@ def _histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
     point, the nearest one stands in: for one layer the smallest T at K=1, for no restart the
     largest K>1 at T=0, for restart the largest K>1 then T with T≥1.
     """
-    rj = _rjfb(p)
+    rj = rjfb_rows(p)
     rj = rj[(rj["start"] == "y") & rj["restart_tol"].isna()]
     out = []
 
@@ -450,7 +450,7 @@ def _histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
     for name, color, g in groups:
         if len(g):
             r = g.iloc[0]
-            out.append((f"{name} (K={_int(r['depth'])}, T={_int(r['restarts'])})", color, g))
+            out.append((f"{name} (K={fmt_int(r['depth'])}, T={fmt_int(r['restarts'])})", color, g))
     deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
     if len(deq):
         out.append(("DEQ", "black", deq))
@@ -459,7 +459,7 @@ def _histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
 
 def _plot_histograms(t: pd.DataFrame, path: Path) -> None:
     title = "Per-image test PSNR at equilibrium"
-    priors = _prior_order(t)
+    priors = prior_order(t)
     if not priors:
         _placeholder(path, title, "no trials")
         return
@@ -469,7 +469,7 @@ def _plot_histograms(t: pd.DataFrame, path: Path) -> None:
         p = t[t["prior"] == prior]
         data = []
         if "test_psnr_per_image" in p.columns:
-            for label, color, g in _histogram_groups(p):
+            for label, color, g in histogram_groups(p):
                 vals = np.concatenate([_as_floats(v) for v in g["test_psnr_per_image"]])
                 if len(vals):
                     data.append((label, color, vals))
@@ -519,8 +519,8 @@ def _plot_val_curves(
     by_key = {k: g for k, g in h.groupby("_key", sort=False)}
     tk = t.assign(hkey=keys.to_numpy(), ttq_s=ttq["time_to_quality_s"].to_numpy())
     tk = tk.assign(ttq_target=ttq["quality_target_val_psnr"].to_numpy())
-    tk = _sort(tk[tk["hkey"].isin(by_key)])
-    priors = [p for p in _prior_order(t) if p in set(tk["prior"])]
+    tk = sort_configs(tk[tk["hkey"].isin(by_key)])
+    priors = [p for p in prior_order(t) if p in set(tk["prior"])]
     if not priors:
         _placeholder(path, title, "no history row matches a trial")
         return
@@ -569,10 +569,10 @@ def _plot_val_curves(
     _save(fig, path)
 
 
-def _plots(
+def write_plots(
     t: pd.DataFrame, h: pd.DataFrame, ttq: pd.DataFrame, plots_dir: Path, margin: float
 ) -> list[str]:
-    h, keys = _history_for(t, h)
+    h, keys = history_for(t, h)
     makers: dict[str, Callable[[Path], None]] = {
         "psnr_vs_depth.png": lambda f: _plot_psnr_vs_depth(t, f),
         "grad_error_vs_depth.png": lambda f: _plot_grad_error(t, f),

@@ -8,34 +8,34 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline.report.common import _EPS, DEEP_K, DEEP_T, GAMMA_LIMIT, _delta, _finite, _times
-from pipeline.report.families import _family_of, _prior_order
-from pipeline.report.tables import _rjfb
+from pipeline.report.common import DEEP_K, DEEP_T, EPS, GAMMA_LIMIT, finite, fmt_delta, fmt_times
+from pipeline.report.families import family_of, prior_order
+from pipeline.report.tables import rjfb_rows
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import ReportConfig
+    from pipeline.study.config import ReportConfig
 
 
 def _list_or(items: list[str]) -> str:
     return ", ".join(items) if items else "none"
 
 
-def _summary(
+def summary_lines(
     t: pd.DataFrame, metrics: dict[str, Any], cfg: ReportConfig, has_history: bool
 ) -> list[str]:
     tol = cfg.delta_psnr_tolerance
     # priors in family order (wavelet, frozen PnP, trained denoiser), then by name
-    per = {p: metrics["priors"][p] for p in _prior_order(t) if p in metrics["priors"]}
+    per = {p: metrics["priors"][p] for p in prior_order(t) if p in metrics["priors"]}
     lines: list[str] = []
     if not len(t):
         return ["- The trials table is empty: there is nothing to compare."]
 
     families: dict[str, list[str]] = {}
-    for p in _prior_order(t):
-        families.setdefault(_family_of(t, p)[0], []).append(p)
+    for p in prior_order(t):
+        families.setdefault(family_of(t, p)[0], []).append(p)
     parts = []
     for name, ps in families.items():
-        labels = [_family_of(t, p)[1] for p in ps]
+        labels = [family_of(t, p)[1] for p in ps]
         if len(set(labels)) == 1:
             parts.append(f"*{labels[0]}*: {', '.join(ps)}")
         else:  # the same family, different θ (say, one σ per layer)
@@ -100,7 +100,7 @@ def _summary(
     if ok:
         worst = max(per[p]["max_abs_rjfb_delta_psnr_k5_t5"] for p in ok)
         detail = ", ".join(
-            f"{p} (worst {_delta(per[p]['worst_rjfb_delta_psnr_k5_t5'])} dB, "
+            f"{p} (worst {fmt_delta(per[p]['worst_rjfb_delta_psnr_k5_t5'])} dB, "
             f"{per[p]['worst_rjfb_trial_k5_t5']})"
             for p in ok
         )
@@ -111,10 +111,10 @@ def _summary(
     for p in bad:
         m = per[p]
         reasons = []
-        if m["max_abs_rjfb_delta_psnr_k5_t5"] > tol + _EPS:
+        if m["max_abs_rjfb_delta_psnr_k5_t5"] > tol + EPS:
             reasons.append(
                 f"the largest deviation is {m['max_abs_rjfb_delta_psnr_k5_t5']:.3f} dB "
-                f"(worst {_delta(m['worst_rjfb_delta_psnr_k5_t5'])} dB, "
+                f"(worst {fmt_delta(m['worst_rjfb_delta_psnr_k5_t5'])} dB, "
                 f"{m['worst_rjfb_trial_k5_t5']}) against a tolerance of {tol:g} dB"
             )
         if m["n_rjfb_k5_t5_unfinished"]:
@@ -130,17 +130,17 @@ def _summary(
             key=lambda n: float(t.loc[t["name"] == n, "gamma_hat"].max()),
         )
         span = f"{m['gamma_hat_max']:.3f}"
-        above = t[(t["prior"] == p) & (t["gamma_hat"] > GAMMA_LIMIT + _EPS)]["gamma_hat"]
+        above = t[(t["prior"] == p) & (t["gamma_hat"] > GAMMA_LIMIT + EPS)]["gamma_hat"]
         if len(above) > 1:
             span = f"{above.min():.3f}–{above.max():.3f}"
         if m["max_abs_rjfb_delta_psnr_k5_t5"] is None:
             measured = f"there is no finished rJFB trial with K≥{DEEP_K}, T≥{DEEP_T} to compare"
         else:
-            within = m["max_abs_rjfb_delta_psnr_k5_t5"] <= tol + _EPS
+            within = m["max_abs_rjfb_delta_psnr_k5_t5"] <= tol + EPS
             measured = (
                 f"measured anyway, rJFB with K≥{DEEP_K}, T≥{DEEP_T} is "
                 + ("within" if within else "not within")
-                + f" {tol:g} dB of DEQ (worst {_delta(m['worst_rjfb_delta_psnr_k5_t5'])} dB, "
+                + f" {tol:g} dB of DEQ (worst {fmt_delta(m['worst_rjfb_delta_psnr_k5_t5'])} dB, "
                 f"{m['worst_rjfb_trial_k5_t5']})"
             )
         lines.append(
@@ -156,26 +156,26 @@ def _summary(
         )
 
     # 2. no-restart truncated networks
-    rj = _rjfb(t)
+    rj = rjfb_rows(t)
     t0 = rj[rj["restarts"] == 0]
-    t0d = _finite(t0["delta_psnr_vs_deq"])
+    t0d = finite(t0["delta_psnr_vs_deq"])
     if len(t0d):
-        t0depth = _finite(t0["delta_psnr_at_depth_vs_deq"])
+        t0depth = finite(t0["delta_psnr_at_depth_vs_deq"])
         mean = float(t0d.mean())
         lo, hi = t0d.idxmin(), t0d.idxmax()
         by_prior = ", ".join(
-            f"{p} {_delta(m['mean_delta_psnr_t0'])} dB"
+            f"{p} {fmt_delta(m['mean_delta_psnr_t0'])} dB"
             for p, m in per.items()
             if m["mean_delta_psnr_t0"] is not None
         )
         detail = (
-            f" Per prior: {by_prior}; range {_delta(t0d[lo])} dB ({t.loc[lo, 'name']}) to "
-            f"{_delta(t0d[hi])} dB ({t.loc[hi, 'name']})."
+            f" Per prior: {by_prior}; range {fmt_delta(t0d[lo])} dB ({t.loc[lo, 'name']}) to "
+            f"{fmt_delta(t0d[hi])} dB ({t.loc[hi, 'name']})."
         )
         if len(t0depth):
             detail += (
                 f" Evaluated at their training depth K instead, they are at "
-                f"{_delta(t0depth.mean())} dB from DEQ on average."
+                f"{fmt_delta(t0depth.mean())} dB from DEQ on average."
             )
         if mean < -tol:
             lines.append(
@@ -185,14 +185,14 @@ def _summary(
         else:
             lines.append(
                 f"- Contrary to the expectation, no-restart truncated networks (rJFB T=0) do not "
-                f"lose more than {tol:g} dB at equilibrium on average (mean {_delta(mean)} dB "
+                f"lose more than {tol:g} dB at equilibrium on average (mean {fmt_delta(mean)} dB "
                 f"over {len(t0d)} trials).{detail}"
             )
 
     # 3. restarts at equal depth
     gains = []
     for _, g in rj.groupby(["prior", "seed_key", "depth", "start"], sort=False):
-        base = _finite(g.loc[g["restarts"] == 0, "delta_psnr_vs_deq"])
+        base = finite(g.loc[g["restarts"] == 0, "delta_psnr_vs_deq"])
         rest = g[(g["restarts"] >= 1) & g["restart_tol"].isna()]
         rest = rest[np.isfinite(rest["delta_psnr_vs_deq"])]
         if len(base) and len(rest):
@@ -203,8 +203,8 @@ def _summary(
         verb = "improves" if gm > 0 else "does not improve"
         lines.append(
             f"- At equal depth K, restarting (largest T vs T=0) {verb} the equilibrium PSNR: "
-            f"{_delta(gm)} dB on average over {len(gains)} pair(s) "
-            f"(range {_delta(min(gains))} to {_delta(max(gains))} dB)."
+            f"{fmt_delta(gm)} dB on average over {len(gains)} pair(s) "
+            f"(range {fmt_delta(min(gains))} to {fmt_delta(max(gains))} dB)."
         )
 
     # 4. time to quality
@@ -226,7 +226,7 @@ def _summary(
                     f"- Prior {p}: the fastest rJFB configuration "
                     f"({m['best_rjfb_time_to_quality_trial']}) reaches DEQ's final validation "
                     f"PSNR − {margin:g} dB in {1 / r:.2f}× less time than DEQ "
-                    f"(time ratio {_times(r)})."
+                    f"(time ratio {fmt_times(r)})."
                 )
             else:
                 lines.append(
@@ -268,8 +268,8 @@ def _summary(
             )
 
     # 6. cost
-    tr = _finite(rj["time_ratio_vs_deq"])
-    mr = _finite(rj["mem_ratio_vs_deq"])
+    tr = finite(rj["time_ratio_vs_deq"])
+    mr = finite(rj["mem_ratio_vs_deq"])
     if len(tr) or len(mr):
         parts = []
         if len(tr):
@@ -279,7 +279,7 @@ def _summary(
         parts[-1] += f" ({len(rj)} trials)"
         lines.append(f"- Finished rJFB trials take {' and '.join(parts)}.")
     un = t[(t["estimator"] == "unrolled") & t["finished"]]
-    um = _finite(un["mem_ratio_vs_deq"])
+    um = finite(un["mem_ratio_vs_deq"])
     if len(um):
         span = f"{um.min():.2f}×" if um.min() == um.max() else f"{um.min():.2f}× to {um.max():.2f}×"
         lines.append(f"- Unrolled differentiation uses {span} DEQ's peak memory.")

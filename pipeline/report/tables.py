@@ -8,29 +8,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError
 from pipeline.report.common import (
-    _EPS,
-    _EST_LABEL,
-    _EST_ORDER,
     COMPARE_COLUMNS,
     DEEP_K,
     DEEP_T,
+    EPS,
+    EST_LABEL,
+    EST_ORDER,
     TTQ_COLUMNS,
-    _int,
-    _missing,
+    fmt_int,
+    is_missing,
 )
-from pipeline.tables_schema import TRIAL_NUMBER_COLUMNS
+from pipeline.study.tables import TRIAL_NUMBER_COLUMNS
+from pipeline.util.errors import DataError
 
 _REQUIRED = ("prior", "estimator", "status")
 
 
 def _str_col(s: pd.Series, default: str = "") -> pd.Series:
-    return s.map(lambda v: default if _missing(v) else str(v)).astype(object)
+    return s.map(lambda v: default if is_missing(v) else str(v)).astype(object)
 
 
 def _seed_key(v: Any) -> str:
-    if _missing(v):
+    if is_missing(v):
         return ""
     try:
         f = float(v)
@@ -39,7 +39,7 @@ def _seed_key(v: Any) -> str:
     return str(int(f)) if f.is_integer() else repr(f)
 
 
-def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
+def normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """A private copy with every expected column, floats for numbers, plain strings for keys."""
     if not isinstance(trials, pd.DataFrame):
         raise DataError(f"trials: expected a pandas DataFrame, got {type(trials).__name__}")
@@ -79,7 +79,7 @@ def _normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
-def _normalise_history(history: pd.DataFrame | None) -> pd.DataFrame:
+def normalise_history(history: pd.DataFrame | None) -> pd.DataFrame:
     cols = ["_key", "epoch", "elapsed_seconds", "val_psnr"]
     if history is None or len(history) == 0:
         return pd.DataFrame(columns=cols)
@@ -103,7 +103,7 @@ def _normalise_history(history: pd.DataFrame | None) -> pd.DataFrame:
     return h.sort_values(order, kind="stable").reset_index(drop=True)
 
 
-def _history_for(t: pd.DataFrame, h: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+def history_for(t: pd.DataFrame, h: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Join history to trials by trial_id, or by name when the trial ids do not match.
 
     Returns the history (its ``_key`` set accordingly) and each trial's key into it."""
@@ -117,25 +117,25 @@ def _history_for(t: pd.DataFrame, h: pd.DataFrame) -> tuple[pd.DataFrame, pd.Ser
 def _config_label(r: Any) -> str:
     """A short configuration label without prior and seed, e.g. ``rJFB K5 T10 warm``."""
     est = r.estimator
-    parts = [_EST_LABEL.get(est, est)]
+    parts = [EST_LABEL.get(est, est)]
     if est == "rjfb":
-        parts += [f"K{_int(r.depth)}", f"T{_int(r.restarts)}"]
-        if not _missing(r.restart_tol):
+        parts += [f"K{fmt_int(r.depth)}", f"T{fmt_int(r.restarts)}"]
+        if not is_missing(r.restart_tol):
             parts.append(f"tol{r.restart_tol:g}")
     elif est == "unrolled":
-        parts.append(f"N{_int(r.iterations)}")
-    elif not _missing(r.depth) and r.depth != 1:
-        parts.append(f"K{_int(r.depth)}")
+        parts.append(f"N{fmt_int(r.iterations)}")
+    elif not is_missing(r.depth) and r.depth != 1:
+        parts.append(f"K{fmt_int(r.depth)}")
     if r.start != "y":
         parts.append(r.start)
     return " ".join(parts)
 
 
-def _sort(t: pd.DataFrame) -> pd.DataFrame:
+def sort_configs(t: pd.DataFrame) -> pd.DataFrame:
     key = pd.DataFrame(
         {
             "prior": t["prior"],
-            "est": t["estimator"].map(lambda e: _EST_ORDER.get(e, 9)),
+            "est": t["estimator"].map(lambda e: EST_ORDER.get(e, 9)),
             "depth": t["depth"].fillna(0),
             "iterations": t["iterations"].fillna(0),
             "restarts": t["restarts"].fillna(0),
@@ -186,7 +186,7 @@ def compare_to_deq(trials: pd.DataFrame) -> pd.DataFrame:
     other columns and the row order are left as they are.
     """
     out = trials.drop(columns=[c for c in COMPARE_COLUMNS if c in trials.columns])
-    t = _normalise_trials(out)
+    t = normalise_trials(out)
     deq = _deq_rows(t)
     fin = t["finished"].to_numpy()
     deq_at_depth = _ref(t, deq, "test_psnr_at_depth")
@@ -222,7 +222,7 @@ def _first_reach(curve: tuple[np.ndarray, np.ndarray] | None, target: float) -> 
     elapsed, val = curve
     ok = np.isfinite(val) & np.isfinite(elapsed)
     elapsed, val = elapsed[ok], val[ok]
-    below = np.flatnonzero(val < target - _EPS)
+    below = np.flatnonzero(val < target - EPS)
     first = 0 if len(below) == 0 else int(below[-1]) + 1
     return float(elapsed[first]) if first < len(val) else math.nan
 
@@ -244,8 +244,8 @@ def time_to_quality(
     at that level, DEQ's own, their ratio (NaN when the level is never reached, when there is
     no DEQ baseline or no history) and the number of history rows of the trial.
     """
-    t = _normalise_trials(trials)
-    h, keys = _history_for(t, _normalise_history(history))
+    t = normalise_trials(trials)
+    h, keys = history_for(t, normalise_history(history))
     curves = _curves(h)
     deq = _deq_rows(t)
     key_of = dict(zip(t["trial_id"], keys, strict=True))
@@ -281,10 +281,10 @@ def time_to_quality(
     return pd.DataFrame(rows, columns=cols, index=trials.index)
 
 
-def _rjfb(t: pd.DataFrame) -> pd.DataFrame:
+def rjfb_rows(t: pd.DataFrame) -> pd.DataFrame:
     return t[(t["estimator"] == "rjfb") & t["finished"]]
 
 
-def _deep(t: pd.DataFrame) -> pd.DataFrame:
+def deep_rows(t: pd.DataFrame) -> pd.DataFrame:
     r = t[t["estimator"] == "rjfb"]
     return r[(r["depth"] >= DEEP_K) & (r["restarts"] >= DEEP_T)]

@@ -12,23 +12,23 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipeline import jsonio
-from pipeline.report.analysis import _prior_metrics
+from pipeline.report.analysis import prior_metrics
 from pipeline.report.common import COMPARE_COLUMNS, TTQ_COLUMNS
-from pipeline.report.families import _assign_families, _prior_order
-from pipeline.report.markdown import _markdown
-from pipeline.report.plots import _plots
+from pipeline.report.families import assign_families, prior_order
+from pipeline.report.markdown import render_markdown
+from pipeline.report.plots import write_plots
 from pipeline.report.tables import (
-    _history_for,
-    _normalise_history,
-    _normalise_trials,
-    _sort,
     compare_to_deq,
+    history_for,
+    normalise_history,
+    normalise_trials,
+    sort_configs,
     time_to_quality,
 )
+from pipeline.util import jsonio
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import ReportConfig
+    from pipeline.study.config import ReportConfig
 
 
 def write_report(
@@ -53,15 +53,15 @@ def write_report(
         history = history.reset_index(drop=True)
     compared = compare_to_deq(trials)
     ttq = time_to_quality(compared, history, cfg.quality_margin_db)
-    t = _normalise_trials(compared)
+    t = normalise_trials(compared)
     for c in COMPARE_COLUMNS:
         t[c] = compared[c].to_numpy(dtype=float)
     for c in TTQ_COLUMNS:
         t[c] = ttq[c].to_numpy(dtype=float)
-    t = _assign_families(_sort(t), priors)
-    h = _normalise_history(history)
+    t = assign_families(sort_configs(t), priors)
+    h = normalise_history(history)
     has_history = not h.empty
-    hj, keys = _history_for(t, h)
+    hj, keys = history_for(t, h)
     by_key = {k: g for k, g in hj.groupby("_key", sort=False)} if not hj.empty else {}
     key_of = dict(zip(t.index, keys, strict=True))
 
@@ -79,12 +79,12 @@ def write_report(
         "delta_psnr_tolerance": cfg.delta_psnr_tolerance,
         "quality_margin_db": cfg.quality_margin_db,
         "priors": {
-            str(prior): _prior_metrics(p, cfg.delta_psnr_tolerance, deq_history(p))
+            str(prior): prior_metrics(p, cfg.delta_psnr_tolerance, deq_history(p))
             for prior, p in t.groupby("prior", sort=True)
         },
     }
     families: dict[str, dict[str, Any]] = {}
-    for prior in _prior_order(t):
+    for prior in prior_order(t):
         r = t[t["prior"] == prior].iloc[0]
         fam = families.setdefault(r["prior_family"], {"name": r["family_name"], "priors": []})
         fam["priors"].append(prior)
@@ -104,11 +104,13 @@ def write_report(
     tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out_dir))
     try:
         (tmp / "plots").mkdir()
-        plot_files = _plots(t, h, ttq.loc[t.index], tmp / "plots", cfg.quality_margin_db)
+        plot_files = write_plots(t, h, ttq.loc[t.index], tmp / "plots", cfg.quality_margin_db)
         (tmp / "metrics.json").write_text(
             json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
-        (tmp / "ablation.md").write_text(_markdown(t, metrics, cfg, has_history), encoding="utf-8")
+        (tmp / "ablation.md").write_text(
+            render_markdown(t, metrics, cfg, has_history), encoding="utf-8"
+        )
         (out_dir / "plots").mkdir(exist_ok=True)
         for fname in plot_files:
             os.replace(tmp / "plots" / fname, out_dir / "plots" / fname)

@@ -1,0 +1,53 @@
+"""Mixed precision for the untracked part of a scheme: autocast dtypes and the no-grad step wrapper.
+
+fast = autocast_no_grad(step, torch.bfloat16)   # restarts and forward solves in bf16
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pipeline.core.schemes import StepFn
+
+
+def autocast_no_grad(step: StepFn, dtype: torch.dtype | None, refine: bool = False) -> StepFn:
+    """``step`` whose calls made *without* autograd run under ``torch.autocast(dtype)``.
+
+    Estimators stay generic: rJFB's restarts and the forward solves of DEQ / JFB run with grad
+    disabled, so they get the low precision; every tracked application (rJFB's K-block, DEQ's
+    tracked block and its implicit backward, unrolling) stays in the input's dtype. The step's
+    output is cast back to the input's dtype, so iterates (and solver states) stay float32;
+    the data-fidelity step keeps its physics in float32 under autocast
+    (``schemes.gradient_step``).
+
+    ``refine``: for solves to a tolerance. bfloat16 cannot resolve a fixed-point residual much
+    below ~1e-3, so once the relative change between two successive block inputs (the inputs of
+    successive layer-0 calls) falls below ``dtype``'s epsilon, the remaining calls of this
+    closure run in full precision and the solve can reach its tolerance. Build one closure per
+    estimator call (the switch is not reset).
+    """
+    if dtype is None:
+        return step
+    switch = torch.finfo(dtype).eps
+    state: dict[str, Any] = {"low": True, "previous": None}
+
+    def step_autocast(x: Tensor, layer: int = 0) -> Tensor:
+        if torch.is_grad_enabled() or not state["low"]:
+            return step(x, layer)
+        if refine and layer == 0:
+            previous, state["previous"] = state["previous"], x
+            if previous is not None:
+                change = float((x - previous).norm() / x.norm().clamp_min(1e-30))
+                if change < switch:
+                    state["low"] = False
+                    return step(x, layer)
+        with torch.autocast(x.device.type, dtype=dtype):
+            return step(x, layer).to(x.dtype)
+
+    return step_autocast
+
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -1,0 +1,996 @@
+"""The typed schema of ``params.yaml``.
+
+``load_params(path)`` reads the file and returns a frozen :class:`StudyConfig`; any mistake
+(missing file, invalid YAML, a non-mapping, unknown keys, wrong types, out-of-range values,
+unknown names, an empty grid) raises :class:`~pipeline.errors.ConfigError` with one line naming
+the file, the key and what is expected, e.g.::
+
+    params.yaml: data.sed: unknown key (did you mean 'seed'?)
+    params.yaml: sweep.depths[1]: expected an integer >= 1, got 0
+
+Nothing in the pipeline passes raw dicts around: stages load the config once and hand typed
+sections to the library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+
+from pipeline.util.errors import ConfigError, did_you_mean
+
+EstimatorName = Literal["deq", "rjfb", "jfb", "unrolled"]
+Start = Literal["y", "warm"]
+Autocast = Literal["bfloat16", "float16"]
+DenoiserName = Literal["drunet", "dncnn"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+# Seeds feed numpy's SeedSequence and torch generators and are stored in int64 table columns.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Prior names name trials, Tune trial folders and MLflow runs: keep them path- and tag-safe.
+PRIOR_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+# Wavelets pipeline.wavelets implements (kept here so validating needs neither torch nor pywt).
+WAVELET_NAMES = ("haar", *(f"db{i}" for i in range(1, 39)))
+# MLflow tracking-URI schemes (a plain path is a file store).
+TRACKING_SCHEMES = (
+    "http",
+    "https",
+    "sqlite",
+    "file",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "databricks",
+    "azureml",
+)
+
+
+class _Strict(BaseModel):
+    # allow_inf_nan=False: "tol: .inf" or "lr: .nan" is a mistake, never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        """pydantic's lax mode reads ``true`` as 1 for int/float fields; YAML users mean a flag
+        (or made a typo), so a boolean is only accepted where the field is a boolean."""
+        if not isinstance(data, dict):
+            return data
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(key, str) else None
+            if field is None or _admits(field.annotation, bool):
+                continue
+            items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+            for i, v in items:
+                if isinstance(v, bool) and _admits_number(field.annotation):
+                    loc: tuple[str | int, ...] = (key,) if i is None else (key, i)
+                    kind = "an integer" if _is_int_field(field.annotation) else "a number"
+                    raise _Located(loc, f"expected {kind}, got {v!r} (a boolean)")
+        return data
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Degradation(_Strict):
+    """How observations are made from clean patches (deepinv physics + Gaussian noise)."""
+
+    kind: Literal["denoising", "blur", "inpainting"] = "denoising"
+    noise_sigma: float = Field(0.1, ge=0, le=1)
+    blur_kernel: Literal["gaussian", "line"] = "gaussian"
+    blur_size: int = Field(9, ge=1, le=63)
+    blur_sigma: float = Field(1.5, gt=0)
+    blur_angle: float = 45.0
+    mask_rate: float = Field(0.5, gt=0, le=1, description="fraction of pixels kept")
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> Degradation:
+        if self.kind == "blur" and self.blur_size % 2 == 0:
+            raise _Located(("blur_size",), f"must be odd, got {self.blur_size}")
+        return self
+
+
+class DataConfig(_Strict):
+    source: str = Field(
+        "bundled", min_length=1, description="'bundled' (scikit-image photos) or a folder"
+    )
+    seed: Seed = 0
+    color: Literal["gray", "rgb"] = "gray"
+    patch_size: int = Field(64, ge=8, le=1024)
+    patches_per_image: PositiveInt = 8
+    train_images: PositiveInt = 6
+    val_images: PositiveInt = 2
+    test_images: PositiveInt = 2
+    degradation: Degradation = Degradation()
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+
+# --------------------------------------------------------------------------- priors
+
+
+class TrainOverrides(_Strict):
+    """A prior's own changes to the ``train`` section: only the keys written in the file apply
+    (``steps_per_epoch: null`` written explicitly resets it); ``device`` stays per study."""
+
+    optimizer: Literal["adam", "sgd"] | None = None
+    lr: PositiveFloat | None = None
+    epochs: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    steps_per_epoch: PositiveInt | None = None
+    probe_batch_size: PositiveInt | None = None
+    eval_tol: PositiveFloat | None = None
+    eval_max_iter: PositiveInt | None = None
+    restart_autocast: Autocast | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_written(self, handler: Any) -> dict[str, Any]:
+        # Dumps keep only the keys written, so a dump validates back to the same overrides
+        # (Ray hands trials the study as a dump; trial keys hash it).
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+    def updates(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in sorted(self.model_fields_set)}
+
+
+class WaveletPrior(_Strict):
+    """Forward-backward with a (weighted) wavelet norm."""
+
+    type: Literal["wavelet"]
+    norm: Literal["l1", "weighted_l1", "l12"] = "l1"
+    wavelet: str = "haar"
+    levels: int = Field(3, ge=1, le=8)
+    reg_init: PositiveFloat = 0.05
+    weights_init: PositiveFloat = 1.0
+    per_subband: bool = False
+    step_size: PositiveFloat = 1.0
+    learn_step_size: bool = False
+    degradation: Degradation | None = Field(
+        None, description="observe the prepared clean patches through this instead of data's"
+    )
+    train: TrainOverrides | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WaveletPrior:
+        if self.wavelet not in WAVELET_NAMES:
+            raise _Located(
+                ("wavelet",),
+                f"unknown wavelet {self.wavelet!r}; expected 'haar' or a Daubechies name "
+                "'db1' ... 'db38' (e.g. 'db4')",
+            )
+        if self.norm != "weighted_l1":
+            if self.per_subband:
+                raise _Located(
+                    ("per_subband",), f"applies to norm weighted_l1 only, not {self.norm}"
+                )
+            if self.weights_init != 1.0:
+                raise _Located(
+                    ("weights_init",), f"applies to norm weighted_l1 only, not {self.norm}"
+                )
+        return self
+
+    def min_side(self) -> int:
+        return 2**self.levels
+
+
+class PnPPrior(_Strict):
+    """Plug-and-Play forward-backward with a denoiser network.
+
+    Architecture keys left out (``nc``, ``nb`` for DRUNet; ``depth``, ``nf`` for DnCNN) take the
+    ``pretrain`` section's values, so a prior loading the pretrain stage's weights matches them;
+    set them to load other weights (official DRUNet: ``nc: 64, nb: 4``).
+    """
+
+    type: Literal["pnp"]
+    denoiser: DenoiserName = "drunet"
+    weights: str | None = Field(None, description="local weights file (weights only)")
+    sigma_init: PositiveFloat = 0.05
+    per_layer_sigma: bool = False
+    step_size: PositiveFloat = 1.0
+    learn_step_size: bool = True
+    relaxation_init: float = Field(1.0, gt=0, le=1)
+    learn_relaxation: bool = True
+    train_denoiser: bool = False
+    denoiser_lr: PositiveFloat = Field(5e-4, description="lr of the denoiser's weights")
+    degradation: Degradation | None = Field(
+        None, description="observe the prepared clean patches through this instead of data's"
+    )
+    nc: PositiveInt | None = Field(None, description="DRUNet widths (n, 2n, 4n, 8n)")
+    nb: PositiveInt | None = Field(None, description="DRUNet residual blocks per scale")
+    depth: PositiveInt | None = Field(None, description="DnCNN layers")
+    nf: PositiveInt | None = Field(None, description="DnCNN features")
+    train: TrainOverrides | None = None
+
+    @model_validator(mode="after")
+    def _arch_keys(self) -> PnPPrior:
+        other = ("depth", "nf") if self.denoiser == "drunet" else ("nc", "nb")
+        for key in other:
+            if getattr(self, key) is not None:
+                raise _Located((key,), f"is not an option of denoiser {self.denoiser!r}")
+        return self
+
+    def min_side(self) -> int:
+        return 8 if self.denoiser == "drunet" else 1
+
+
+Prior = Annotated[WaveletPrior | PnPPrior, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- training
+
+
+class TrainConfig(_Strict):
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: PositiveFloat = 0.05
+    epochs: PositiveInt = 6
+    batch_size: PositiveInt = 8
+    steps_per_epoch: PositiveInt | None = None
+    probe_batch_size: PositiveInt = 8
+    eval_tol: PositiveFloat = 1e-5
+    eval_max_iter: PositiveInt = 1000
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    restart_autocast: Autocast | None = Field(
+        None,
+        description="run the no-grad applications of a training step (rJFB restarts, DEQ/JFB "
+        "forward solves) under autocast; the tracked block stays float32; solves to a "
+        "tolerance finish in float32",
+    )
+
+
+class PretrainConfig(_Strict):
+    """The ``pretrain`` stage: a denoiser trained on the prepared training patches with Gaussian
+    noise of level σ ~ U[sigma_min, sigma_max]; PnP priors load its weights."""
+
+    denoiser: DenoiserName = "drunet"
+    nc: PositiveInt = Field(8, description="DRUNet widths (n, 2n, 4n, 8n)")
+    nb: PositiveInt = Field(1, description="DRUNet residual blocks per scale")
+    depth: PositiveInt = Field(7, description="DnCNN layers")
+    nf: PositiveInt = Field(32, description="DnCNN features")
+    sigma_min: float = Field(0.01, gt=0, le=1)
+    sigma_max: float = Field(0.2, gt=0, le=1)
+    steps: PositiveInt = 1000
+    lr: PositiveFloat = 2e-3
+    batch_size: PositiveInt = 16
+    crop: PositiveInt | None = Field(None, description="random crops of this side (null: none)")
+    seed: Seed = 0
+    val_sigmas: list[Annotated[float, Field(gt=0, le=1)]] = Field([0.05, 0.1, 0.2], min_length=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PretrainConfig:
+        if self.sigma_min > self.sigma_max:
+            raise _Located(
+                ("sigma_min",), f"must be <= sigma_max {self.sigma_max}, got {self.sigma_min}"
+            )
+        if self.crop is not None and self.denoiser == "drunet" and self.crop % 8:
+            raise _Located(("crop",), f"must be divisible by 8 for DRUNet, got {self.crop}")
+        return self
+
+    def arch(self, kind: str | None = None) -> dict[str, int]:
+        """Architecture options of ``kind`` (default: this section's denoiser)."""
+        kind = kind or self.denoiser
+        return (
+            {"nc": self.nc, "nb": self.nb}
+            if kind == "drunet"
+            else {
+                "depth": self.depth,
+                "nf": self.nf,
+            }
+        )
+
+
+class DEQOptions(_Strict):
+    tol: PositiveFloat = 1e-4
+    max_iter: PositiveInt = 300
+    backward_tol: PositiveFloat = 1e-4
+    backward_max_iter: PositiveInt = 300
+    anderson: bool = True
+    anderson_memory: PositiveInt = 5
+    anderson_damping: float = Field(1.0, gt=0, le=1)
+
+
+class TrialSpec(_Strict):
+    """One grid point: what a single Ray trial trains."""
+
+    prior: str
+    estimator: EstimatorName
+    depth: PositiveInt = 1
+    restarts: int = Field(0, ge=0)
+    restart_tol: PositiveFloat | None = None
+    start: Start = "y"
+    iterations: PositiveInt | None = None
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrialSpec:
+        if self.estimator == "unrolled" and self.iterations is None:
+            raise _Located(("iterations",), "an unrolled trial needs iterations >= 1")
+        if self.estimator != "unrolled" and self.iterations is not None:
+            raise _Located(
+                ("iterations",), f"applies to unrolled trials only, not {self.estimator}"
+            )
+        if self.restart_tol is not None and self.estimator != "rjfb":
+            raise _Located(("restart_tol",), "applies to rjfb trials only")
+        if self.restarts != 0 and self.estimator != "rjfb":
+            raise _Located(("restarts",), f"applies to rjfb trials only, not {self.estimator}")
+        return self
+
+    @property
+    def name(self) -> str:
+        """Readable and unique within a sweep, e.g. ``wl1-rjfb-K5-T10-warm-s0``."""
+        parts = [self.prior, self.estimator]
+        if self.estimator == "rjfb":
+            parts += [f"K{self.depth}", f"T{self.restarts}"]
+            if self.restart_tol is not None:
+                parts.append(f"tol{self.restart_tol!r}")  # shortest exact form: no collisions
+        elif self.estimator == "unrolled":
+            parts.append(f"N{self.iterations}")
+            if self.depth != 1:
+                parts.append(f"K{self.depth}")
+        elif self.depth != 1:
+            parts.append(f"K{self.depth}")
+        if self.start != "y":
+            parts.append(self.start)
+        parts.append(f"s{self.seed}")
+        return "-".join(parts)
+
+    def key(self, study: StudyConfig | None = None) -> str:
+        """A stable hash of this trial and (if given) everything in the study that shapes it."""
+        payload: dict[str, Any] = {"trial": self.model_dump(mode="json")}
+        if study is not None:
+            payload["study"] = study.trial_context(self.prior)
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class SweepConfig(_Strict):
+    """The grid. ``deq``/``jfb`` run once per prior and seed; ``rjfb`` over depths × restarts ×
+    starts × restart_tols; ``unrolled`` over ``unrolled_iterations``; ``extra_trials`` add
+    explicit points (deduplicated)."""
+
+    priors: list[str] = Field(min_length=1)
+    estimators: list[EstimatorName] = Field(min_length=1)
+    depths: list[PositiveInt] = Field([1, 5, 10], min_length=1)
+    restarts: list[Annotated[int, Field(ge=0)]] = Field([0, 5], min_length=1)
+    restart_tols: list[PositiveFloat | None] = Field([None], min_length=1)
+    starts: list[Start] = Field(["y"], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
+    unrolled_iterations: list[PositiveInt] = Field([20], min_length=1)
+    extra_trials: list[TrialSpec] = []
+    deq: DEQOptions = DEQOptions()
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> SweepConfig:
+        only_tols = all(t is not None for t in self.restart_tols)
+        if "rjfb" in self.estimators and only_tols and all(r == 0 for r in self.restarts):
+            raise _Located(
+                ("restart_tols",),
+                "the rjfb grid is empty: adaptive restarts (a tolerance) need restarts > 0; "
+                "add a restart count > 0 to sweep.restarts or null to sweep.restart_tols",
+            )
+        names: dict[str, TrialSpec] = {}
+        for t in self._expand():
+            other = names.setdefault(t.name, t)
+            if other != t:
+                raise _Located(
+                    ("extra_trials",),
+                    f"two different trials would both be named {t.name!r}: "
+                    f"{other.model_dump()} and {t.model_dump()}",
+                )
+        return self
+
+    def trials(self) -> list[TrialSpec]:
+        """The grid's trials in order, each once (an extra trial equal to a grid point is
+        dropped)."""
+        unique: dict[str, TrialSpec] = {}
+        for t in self._expand():
+            unique.setdefault(t.name, t)
+        return list(unique.values())
+
+    def _expand(self) -> list[TrialSpec]:
+        out: list[TrialSpec] = []
+        for prior, est, seed in itertools.product(self.priors, self.estimators, self.seeds):
+            if est in ("deq", "jfb"):
+                out.append(TrialSpec(prior=prior, estimator=est, seed=seed))
+            elif est == "unrolled":
+                out += [
+                    TrialSpec(prior=prior, estimator=est, iterations=n, seed=seed)
+                    for n in self.unrolled_iterations
+                ]
+            else:
+                for depth, restarts, start, tol in itertools.product(
+                    self.depths, self.restarts, self.starts, self.restart_tols
+                ):
+                    if tol is not None and restarts == 0:
+                        continue  # adaptive restarts need a budget > 0
+                    out.append(
+                        TrialSpec(
+                            prior=prior,
+                            estimator=est,
+                            depth=depth,
+                            restarts=restarts,
+                            start=start,
+                            restart_tol=tol,
+                            seed=seed,
+                        )
+                    )
+        return out + list(self.extra_trials)
+
+
+# --------------------------------------------------------------------------- services
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="null: start a local Ray; else a cluster")
+    num_cpus: PositiveInt | None = Field(None, description="CPUs of a locally started Ray")
+    cpus_per_trial: PositiveFloat = 1
+    gpus_per_trial: float = Field(0, ge=0)
+    max_concurrent_trials: PositiveInt = 2
+    storage_path: str | None = Field(None, min_length=1)
+    ship_data: bool = Field(
+        True,
+        description="when the driver connects to an existing cluster (ray.address, RAY_ADDRESS, "
+        "a Ray job; not with the local Ray it starts itself), ship the prepared data and the "
+        "sweep's PnP weights files (a prior's weights, e.g. models/denoiser.pt) to the nodes "
+        "through Ray's object store, one copy per node in $RJFB_DATA_CACHE (false: every node "
+        "reads the driver's paths, which must then be shared)",
+    )
+    checkpoint_every_s: float = Field(
+        30,
+        ge=0,
+        description="seconds between a trial's checkpoints and MLflow metric flushes (0: every "
+        "epoch); an interrupted trial resumes from its last checkpoint",
+    )
+
+    @model_validator(mode="after")
+    def _gpu_fraction(self) -> RayConfig:
+        g = self.gpus_per_trial
+        if g > 1 and g != int(g):
+            raise _Located(
+                ("gpus_per_trial",), f"expected a fraction in (0, 1] or a whole number, got {g}"
+            )
+        if not self.address and self.num_cpus is not None and self.cpus_per_trial > self.num_cpus:
+            raise _Located(
+                ("cpus_per_trial",),
+                f"must be <= ray.num_cpus {self.num_cpus} (the local Ray could never start a "
+                f"trial), got {self.cpus_per_trial:g}",
+            )
+        return self
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = Field(
+        None, min_length=1, description="null: sqlite:///<repo>/mlflow.db"
+    )
+    experiment: str = Field("rjfb-study", min_length=1)
+
+    @model_validator(mode="after")
+    def _scheme(self) -> MlflowConfig:
+        uri = self.tracking_uri
+        if uri is not None and "://" in uri:
+            scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+            if scheme not in TRACKING_SCHEMES:
+                raise _Located(
+                    ("tracking_uri",),
+                    f"unsupported scheme {scheme!r} in {uri!r}; expected one of "
+                    f"{', '.join(TRACKING_SCHEMES)} (or a plain path)",
+                )
+        return self
+
+
+class ReportConfig(_Strict):
+    delta_psnr_tolerance: PositiveFloat = 0.1
+    quality_margin_db: PositiveFloat = 0.05
+    images: PositiveInt = 4
+
+
+class StudyConfig(_Strict):
+    data: DataConfig = DataConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    priors: dict[str, Prior] = Field(min_length=1)
+    train: TrainConfig = TrainConfig()
+    sweep: SweepConfig
+    ray: RayConfig = RayConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    report: ReportConfig = ReportConfig()
+
+    _root: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StudyConfig:
+        for name in self.priors:
+            if not re.fullmatch(PRIOR_NAME, name):
+                raise _Located(
+                    ("priors", name),
+                    "a prior name must be 1-64 letters, digits, '_', '.' or '-' starting with a "
+                    "letter or digit (it names trials, folders and MLflow runs)",
+                )
+        for i, name in enumerate(self.sweep.priors):
+            if name not in self.priors:
+                raise _Located(("sweep", "priors", i), did_you_mean("prior", name, self.priors))
+        for i, t in enumerate(self.sweep.extra_trials):
+            if t.prior not in self.priors:
+                raise _Located(
+                    ("sweep", "extra_trials", i, "prior"),
+                    did_you_mean("prior", t.prior, self.priors),
+                )
+        for name, prior in self.priors.items():
+            side = prior.min_side()
+            if self.data.patch_size % side:
+                raise _Located(
+                    ("data", "patch_size"),
+                    f"must be divisible by {side} for prior {name!r}, got {self.data.patch_size}",
+                )
+        crop = self.pretrain.crop
+        if crop is not None and crop > self.data.patch_size:
+            raise _Located(
+                ("pretrain", "crop"),
+                f"must be <= data.patch_size {self.data.patch_size}, got {crop}",
+            )
+        deg = self.data.degradation
+        if deg.kind == "blur" and deg.blur_size > self.data.patch_size:
+            raise _Located(
+                ("data", "degradation", "blur_size"),
+                f"must be <= data.patch_size {self.data.patch_size}, got {deg.blur_size}",
+            )
+        for name, prior in self.priors.items():
+            own = getattr(prior, "degradation", None)
+            if own is not None and own.kind == "blur" and own.blur_size > self.data.patch_size:
+                raise _Located(
+                    ("priors", name, "degradation", "blur_size"),
+                    f"must be <= data.patch_size {self.data.patch_size}, got {own.blur_size}",
+                )
+        if self.train.device == "cuda" and self.ray.gpus_per_trial == 0:
+            raise _Located(
+                ("ray", "gpus_per_trial"),
+                "must be > 0 when train.device is 'cuda' (Ray hides the GPUs from trials that "
+                "request none); use a fraction such as 0.5 to share a GPU, or train.device: auto",
+            )
+        return self
+
+    # ---- derived paths and values
+    @property
+    def root(self) -> Path:
+        """Directory of the params file: relative paths in the config resolve against it."""
+        return self._root
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self._root / p).resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        """Absolute MLflow URI (relative URIs would break inside Ray trial directories)."""
+        uri = self.mlflow.tracking_uri
+        if uri is None:
+            return f"sqlite:///{self._root / 'mlflow.db'}"
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            return f"sqlite:///{self.resolve(uri.removeprefix('sqlite:///'))}"
+        if "://" not in uri:
+            return self.resolve(uri).as_uri()
+        return uri
+
+    @property
+    def storage_path(self) -> str:
+        sp = self.ray.storage_path
+        if sp is None:
+            return str(self._root / "ray_results")
+        return sp if "://" in sp else str(self.resolve(sp))
+
+    def trials(self) -> list[TrialSpec]:
+        return self.sweep.trials()
+
+    def train_for(self, prior: str) -> TrainConfig:
+        """The ``train`` section as the prior's trials see it (its ``train`` overrides applied)."""
+        overrides = self.priors[prior].train
+        if overrides is None:
+            return self.train
+        return self.train.model_copy(update=overrides.updates())
+
+    def denoiser_arch(self, prior: str) -> dict[str, int]:
+        """A PnP prior's denoiser architecture: its own keys, else the ``pretrain`` section's."""
+        p = self.priors[prior]
+        if not isinstance(p, PnPPrior):
+            raise TypeError(f"prior {prior!r} is not a PnP prior")
+        arch = self.pretrain.arch(p.denoiser)
+        return {k: v if getattr(p, k) is None else getattr(p, k) for k, v in arch.items()}
+
+    def trial_context(self, prior: str) -> dict[str, Any]:
+        """Everything outside a TrialSpec that changes what that trial computes (for a PnP
+        prior also its resolved architecture and the sha256 of its weights file)."""
+        context: dict[str, Any] = {
+            "data": self.data.model_dump(mode="json"),
+            "prior": self.priors[prior].model_dump(mode="json"),
+            "train": self.train_for(prior).model_dump(mode="json"),
+            "deq": self.sweep.deq.model_dump(mode="json"),
+        }
+        p = self.priors[prior]
+        if isinstance(p, PnPPrior):
+            context["denoiser_arch"] = self.denoiser_arch(prior)
+            if p.weights is not None:
+                context["weights_sha256"] = _file_sha256(self.resolve(p.weights))
+        return context
+
+    def with_root(self, root: Path) -> StudyConfig:
+        self._root = Path(root).resolve()
+        return self
+
+
+def _file_sha256(path: Path) -> str | None:
+    """sha256 of a file (None if absent), cached by (path, size, mtime)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+class _Located(ValueError):
+    """A cross-field error that knows its own location in the file."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+# --------------------------------------------------------------------------- loading
+
+
+MAX_PARAMS_BYTES = 1 << 20  # a params file is a page of YAML, not data
+MAX_PARAMS_VALUES = 100_000  # after expanding YAML aliases ("billion laughs" guard)
+
+
+def load_params(path: str | Path = "params.yaml") -> StudyConfig:
+    """Read and validate ``params.yaml``; raise ConfigError with one clear line otherwise."""
+    path = Path(path)
+    label = str(path)
+    if path.is_dir():
+        raise ConfigError(f"{label}: is a folder (expected a YAML params file)")
+    if not path.is_file():
+        raise ConfigError(f"{label}: file not found (expected a YAML params file)")
+    try:
+        size = path.stat().st_size
+        if size > MAX_PARAMS_BYTES:
+            raise ConfigError(
+                f"{label}: {size} bytes is too large for a params file "
+                f"(limit {MAX_PARAMS_BYTES}; expected a YAML mapping of sections)"
+            )
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label}: not a UTF-8 text file") from None
+    except OSError as err:
+        raise ConfigError(f"{label}: cannot be read ({err.strerror or err})") from None
+    raw = _parse_yaml(text, label)
+    if raw is None:
+        raise ConfigError(f"{label}: the file is empty (expected a mapping of sections)")
+    return parse_params(raw, label=label).with_root(path.resolve().parent)
+
+
+def parse_params(raw: Any, label: str = "params.yaml") -> StudyConfig:
+    """Validate an already-parsed mapping (the YAML file's content)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{label}: expected a mapping of sections at the top level, got {type(raw).__name__}"
+        )
+    if _count_values(raw) > MAX_PARAMS_VALUES:
+        raise ConfigError(
+            f"{label}: more than {MAX_PARAMS_VALUES} values once YAML aliases are expanded "
+            "(expected a small mapping of sections)"
+        )
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_one_line(f"{label}: {_describe(err, raw)}")) from None
+    except _Located as err:  # pragma: no cover - pydantic wraps these; kept for safety
+        raise ConfigError(_one_line(f"{label}: {_loc(err.loc)}: {err.message}")) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys (PyYAML silently keeps the last one, so a
+    second ``sweep:`` section would quietly replace the first)."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key] + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _parse_yaml(text: str, label: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "could not be parsed"
+        raise ConfigError(_one_line(f"{label}: invalid YAML{where}: {problem}")) from None
+    except RecursionError:
+        raise ConfigError(f"{label}: invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:  # e.g. a 5000-digit integer
+        raise ConfigError(_one_line(f"{label}: invalid YAML: {err}")) from None
+
+
+def _count_values(tree: Any, limit: int = MAX_PARAMS_VALUES) -> int:
+    """Values in a parsed YAML tree, aliases counted at every use; stops past ``limit``."""
+    count, stack = 0, [tree]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(node)
+    return count
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+# pydantic error types -> what the message says is expected (numbers get their bound).
+_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "string_too_short": "a non-empty string",
+    "list_type": "a list (e.g. [1, 5])",
+    "dict_type": "a mapping of keys",
+    "model_type": "a mapping of keys",
+    "model_attributes_type": "a mapping of keys",
+}
+_BOUNDS = {
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+    "less_than_equal": ("le", "<="),
+    "less_than": ("lt", "<"),
+}
+
+
+def _describe(err: ValidationError, raw: Any) -> str:
+    e = _first_error(err)
+    loc = tuple(e.get("loc", ()))
+    typ = e.get("type", "")
+    ctx = e.get("ctx") or {}
+    inner = ctx.get("error")
+    if isinstance(inner, _Located):
+        return f"{_loc(loc + tuple(inner.loc))}: {inner.message}"
+    if typ == "extra_forbidden":
+        known = _known_keys(StudyConfig, loc[:-1], raw)
+        return f"{_loc(loc)}: " + did_you_mean("key", str(loc[-1]), known, show_name=False)
+    got = e.get("input")
+    if typ == "union_tag_invalid":
+        tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        tag = _tag_value(raw, loc)
+        if not isinstance(tag, str):
+            return f"{_loc(loc)}.type: expected 'wavelet' or 'pnp', got {_short(tag)}"
+        return f"{_loc(loc)}.type: " + did_you_mean("prior type", tag, tags)
+    if typ == "union_tag_not_found":
+        return f"{_loc(loc)}: missing key 'type' (expected 'wavelet' or 'pnp')"
+    if typ == "missing":
+        return f"{_loc(loc)}: missing required key"
+    if typ == "literal_error":
+        options = _literal_options(_annotation_at(loc, raw))
+        if isinstance(got, str) and options:
+            return f"{_loc(loc)}: " + did_you_mean(_what(loc), got, options)
+        if options:
+            listed = ", ".join(repr(o) for o in options)
+            return f"{_loc(loc)}: expected one of {listed}, got {_short(got)}"
+    if typ in _BOUNDS:
+        key, op = _BOUNDS[typ]
+        kind = "an integer" if _is_int_field(_annotation_at(loc, raw)) else "a number"
+        bound = ctx.get(key)
+        bound = f"{bound:g}" if isinstance(bound, float) else bound
+        return f"{_loc(loc)}: expected {kind} {op} {bound}, got {_short(got)}"
+    if typ == "too_short":
+        n = ctx.get("min_length", 1)
+        what = "a non-empty list" if n == 1 else f"a list of at least {n} items"
+        if isinstance(got, dict):
+            what = "a non-empty mapping" if n == 1 else f"a mapping of at least {n} entries"
+        return f"{_loc(loc)}: expected {what}, got {_short(got)}"
+    if typ in _EXPECTED:
+        return f"{_loc(loc)}: expected {_EXPECTED[typ]}, got {_short(got)}"
+    message = str(e.get("msg") or "invalid value").removeprefix("Value error, ")
+    return f"{_loc(loc)}: {message[:1].lower()}{message[1:]}, got {_short(got)}"
+
+
+def _tag_value(raw: Any, loc: tuple[Any, ...]) -> Any:
+    """The ``type:`` value written at ``loc`` (pydantic's error context only has its str())."""
+    node = raw
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node.get("type") if isinstance(node, dict) else None
+
+
+def _first_error(err: ValidationError) -> dict[str, Any]:
+    errors = err.errors()
+    # Prefer the most specific error (deepest location) so unions report their real cause; at
+    # equal depth an unknown key first: a typo also makes the intended key "missing".
+    return max(errors, key=lambda e: (len(e.get("loc", ())), e.get("type") == "extra_forbidden"))
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...], raw: Any) -> list[str]:
+    """Field names of the model found at ``loc``."""
+    ann = _resolve(_walk(model, loc, raw), None)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return list(ann.model_fields)
+    return []
+
+
+def _annotation_at(loc: tuple[Any, ...], raw: Any) -> Any:
+    return _walk(StudyConfig, loc, raw)
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...], raw: Any) -> Any:
+    """The annotation found at ``loc`` (None if the path leaves the schema): walks models,
+    lists, dicts and the priors' discriminated union, whose tag pydantic inserts into the
+    location."""
+    ann: Any = model
+    node = raw
+    for part in loc:
+        if _is_union(ann) and isinstance(node, dict) and part == node.get("type"):
+            ann = _resolve(ann, node)  # the discriminator tag: not a key of the file
+            continue
+        ann = _resolve(ann, node)
+        origin = typing.get_origin(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if part not in ann.model_fields:
+                return None
+            ann = ann.model_fields[part].annotation
+            node = node.get(part) if isinstance(node, dict) else None
+        elif origin is list:
+            ann = typing.get_args(ann)[0]
+            ok = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            node = node[part] if ok else None
+        elif origin is dict:
+            ann = typing.get_args(ann)[1]
+            node = node.get(part) if isinstance(node, dict) else None
+        else:
+            return None
+    return _resolve(ann, node)
+
+
+def _leaves(ann: Any) -> set[Any]:
+    """The plain types an annotation accepts (through Annotated, unions, lists, Literal)."""
+    while typing.get_origin(ann) is Annotated:
+        ann = typing.get_args(ann)[0]
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_leaves(a) for a in typing.get_args(ann)))
+    if origin is list:
+        return _leaves(typing.get_args(ann)[0])
+    if origin is Literal:
+        return {type(a) for a in typing.get_args(ann)}
+    return {origin} if origin is not None else {ann}
+
+
+def _admits(ann: Any, typ: type) -> bool:
+    return typ in _leaves(ann)
+
+
+def _admits_number(ann: Any) -> bool:
+    return bool(_leaves(ann) & {int, float})
+
+
+def _is_int_field(ann: Any) -> bool:
+    leaves = _leaves(ann) - {type(None)}
+    return leaves == {int}
+
+
+def _literal_options(ann: Any) -> list[Any]:
+    ann = _resolve(ann, None)
+    while typing.get_origin(ann) is Annotated:
+        ann = typing.get_args(ann)[0]
+    if typing.get_origin(ann) is Literal:
+        return list(typing.get_args(ann))
+    return []
+
+
+def _what(loc: tuple[Any, ...]) -> str:
+    """What a value at ``loc`` names: ``sweep.estimators[0]`` -> 'estimator'."""
+    names = [p for p in loc if isinstance(p, str)]
+    if not names:
+        return "value"
+    name = names[-1]
+    if name == "kind":
+        return "degradation kind"
+    if isinstance(loc[-1], int) and name.endswith("s"):
+        name = name[:-1]
+    return name.replace("_", " ")
+
+
+def _is_union(ann: Any) -> bool:
+    while typing.get_origin(ann) is Annotated:
+        ann = typing.get_args(ann)[0]
+    return typing.get_origin(ann) in (typing.Union, types.UnionType)
+
+
+def _resolve(ann: Any, node: Any) -> Any:
+    """Strip Annotated/Optional; pick the union member a ``type:`` tag names."""
+    while typing.get_origin(ann) is Annotated:
+        ann = typing.get_args(ann)[0]
+    if not _is_union(ann):
+        return ann
+    members = [a for a in typing.get_args(ann) if a is not type(None)]
+    models = [a for a in members if isinstance(a, type) and issubclass(a, BaseModel)]
+    if isinstance(node, dict) and "type" in node:
+        for m in models:
+            tag = m.model_fields.get("type")
+            if tag is not None and node["type"] in typing.get_args(tag.annotation):
+                return m
+    if len(members) == 1:
+        return _resolve(members[0], node)
+    return models[0] if len(models) == 1 else ann
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    if len(loc) > 2 and loc[0] == "priors" and loc[2] in ("wavelet", "pnp"):
+        loc = loc[:2] + loc[3:]  # pydantic's discriminator tag, not a key of the file
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        text = str(part)
+        if not re.fullmatch(r"[\w.-]+", text):
+            text = repr(text)  # a key with spaces, quotes or newlines: show it unambiguously
+        out += f".{text}" if out else text
+    return out or "(top level)"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

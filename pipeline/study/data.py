@@ -1,0 +1,610 @@
+"""Image sources, patch data sets and their observations.
+
+``prepare(cfg, out_dir)`` turns an image source into three patch data sets split *by image*
+(``train.npz``, ``val.npz``, ``test.npz``), each holding clean patches, their degraded
+observations ``y = A x + noise`` made with the deepinv physics of :mod:`pipeline.schemes`,
+the inpainting masks if any, and the index of the source image of every patch; plus
+``kernel.npy`` (blur) and ``manifest.json`` (what was made, from what, and checksums).
+
+``load_split(prepared_dir, split)`` reads one split back as tensors and rebuilds its physics.
+
+Sources (``data.source``):
+
+* ``"bundled"``: natural photographs that ship inside the scikit-image wheel (read from the
+  installed package folder: nothing is ever downloaded);
+* a folder of PNG / JPEG / TIFF images (non-recursive, sorted by name; hidden files are
+  ignored, any other file is an error). Relative paths resolve against the params file.
+
+Every random choice (the split, the crops, the masks, the noise) derives from ``data.seed``:
+the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from pipeline.util.errors import DataError
+from pipeline.util.hashing import sha256_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from pipeline.study.config import DataConfig, Degradation, StudyConfig
+
+
+SplitName = Literal["train", "val", "test"]
+
+
+SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+MANIFEST = "manifest.json"
+
+
+KERNEL = "kernel.npy"
+
+
+FORMAT_VERSION = 1
+
+
+PSNR_CAP_DB = 100.0  # PSNR of a noiseless identity observation (MSE floored at 1e-10)
+
+
+# Photographs inside the scikit-image wheel (file name in skimage/data). Left out: synthetic or
+# graphic images (text, logo, horse, chessboard, colorwheel, phantom), text pages (page), an
+# already motion-blurred photo (clock), a 102x102 crop (microaneurysms), microscopy (cell), and
+# photos whose random crops are mostly flat black (hubble_deep_field: night sky; retina: dark
+# border). Everything listed here is checked to be present in the installed package.
+BUNDLED_IMAGES: dict[str, str] = {
+    "astronaut": "astronaut.png",
+    "brick": "brick.png",
+    "camera": "camera.png",
+    "chelsea": "chelsea.png",
+    "coffee": "coffee.png",
+    "coins": "coins.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+    "immunohistochemistry": "ihc.png",
+    "moon": "moon.png",
+    "motorcycle": "motorcycle_left.png",
+    "rocket": "rocket.jpg",
+}
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    name: str
+    pixels: np.ndarray  # (C, H, W) float32 in [0, 1]
+
+
+def load_images(source: str | Path, color: Literal["gray", "rgb"]) -> list[SourceImage]:
+    """All images of a source as (C, H, W) float32 arrays in [0, 1], in a fixed order.
+
+    ``source`` is ``"bundled"`` or a folder path (already resolved).
+    """
+    if str(source) == "bundled":
+        return [SourceImage(name, _convert(arr, color, name)) for name, arr in _bundled_arrays()]
+    folder = Path(source)
+    files = list_image_files(folder)
+    return [SourceImage(f.name, _convert(_read_image(f), color, str(f))) for f in files]
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """The image files of a folder, sorted by name; DataError on anything unusable."""
+    if not folder.exists():
+        raise DataError(
+            f"{folder}: image folder not found (data.source expects 'bundled' or a folder of PNG/JPEG/TIFF images)"
+        )
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: not a folder (data.source expects 'bundled' or a folder of PNG/JPEG/TIFF images)"
+        )
+    files = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith(".") or entry.is_dir():
+            continue
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(
+                f"{entry}: not an image file (the data.source folder may hold only "
+                f"{'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} files)"
+            )
+        files.append(entry)
+    if not files:
+        raise DataError(f"{folder}: no images found (expected PNG/JPEG/TIFF files)")
+    return files
+
+
+def _bundled_arrays() -> list[tuple[str, np.ndarray]]:
+    import skimage.data
+    import skimage.io
+
+    root = Path(skimage.data.__file__).parent
+    out = []
+    for name, filename in BUNDLED_IMAGES.items():
+        path = root / filename
+        if not path.is_file():
+            raise DataError(
+                f"{path}: bundled image {name!r} missing from the installed scikit-image "
+                "(reinstall scikit-image, or set data.source to a folder of images)"
+            )
+        out.append((name, np.asarray(skimage.io.imread(path))))
+    return out
+
+
+def _read_image(path: Path) -> np.ndarray:
+    import warnings
+
+    import skimage.io
+
+    try:
+        with warnings.catch_warnings():  # imageio warns while probing its plugins on junk
+            warnings.simplefilter("ignore")
+            arr = np.asarray(skimage.io.imread(path))
+    except Exception as err:  # imageio/PIL raise many types on corrupt files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: cannot be read as an image ({reason})") from None
+    if arr.dtype == object or arr.size == 0:
+        raise DataError(f"{path}: cannot be read as an image (no pixel data)")
+    return arr
+
+
+def _convert(arr: np.ndarray, color: Literal["gray", "rgb"], label: str) -> np.ndarray:
+    """Any gray / gray+alpha / RGB / RGBA array → (C, H, W) float32 in [0, 1]."""
+    from skimage.color import rgb2gray
+    from skimage.util import img_as_float32
+
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 2:  # gray + alpha
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 4:  # RGBA: drop alpha
+        arr = arr[..., :3]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+        raise DataError(
+            f"{label}: expected a single 2-D gray or RGB(A) image, got an array of shape "
+            f"{tuple(arr.shape)}"
+        )
+    if arr.dtype.kind == "f":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0.0 and hi <= 1.0):
+            raise DataError(
+                f"{label}: floating-point pixels must lie in [0, 1], got [{lo:g}, {hi:g}]"
+            )
+    try:
+        img = img_as_float32(arr)
+    except ValueError as err:
+        raise DataError(f"{label}: unsupported pixel type {arr.dtype} ({err})") from None
+    if img.ndim == 2:
+        img = img[None] if color == "gray" else np.repeat(img[None], 3, axis=0)
+    elif color == "gray":
+        img = rgb2gray(img).astype(np.float32)[None]
+    else:
+        img = np.moveaxis(img, -1, 0)
+    return np.ascontiguousarray(np.clip(img, 0.0, 1.0), dtype=np.float32)
+
+
+def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
+    """Build the train/val/test patch sets of ``cfg.data`` into ``out_dir`` (atomically).
+
+    Returns ``out_dir``. On any error nothing is left behind and a previous ``out_dir`` is kept.
+    """
+    data = cfg.data
+    out_dir = Path(out_dir)
+    source = data.source if data.source == "bundled" else str(cfg.resolve(data.source))
+    _check_out_dir(out_dir)
+
+    images = load_images(source, data.color)
+    label = "bundled images" if source == "bundled" else source
+    needed = data.train_images + data.val_images + data.test_images
+    if len(images) < needed:
+        raise DataError(
+            f"{label}: found {len(images)} images, need {needed} "
+            f"(data.train_images {data.train_images} + data.val_images {data.val_images} "
+            f"+ data.test_images {data.test_images})"
+        )
+    p = data.patch_size
+    for im in images:
+        _, h, w = im.pixels.shape
+        if h < p or w < p:
+            where = f"bundled image {im.name!r}" if source == "bundled" else f"{source}/{im.name}"
+            raise DataError(f"{where}: image is {h}x{w}, smaller than data.patch_size {p}")
+
+    streams = np.random.SeedSequence(data.seed % 2**64).spawn(1 + len(SPLITS))
+    order = np.random.default_rng(streams[0]).permutation(len(images))
+    counts = {"train": data.train_images, "val": data.val_images, "test": data.test_images}
+    members: dict[str, list[int]] = {}
+    start = 0
+    for split in SPLITS:
+        members[split] = [int(i) for i in order[start : start + counts[split]]]
+        start += counts[split]
+    unused = sorted(int(i) for i in order[start:])
+
+    kernel = make_kernel(data.degradation) if data.degradation.kind == "blur" else None
+    import deepinv.physics  # noqa: F401  (seconds: import before the progress bar starts)
+
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    bar = _progress(total=needed, enabled=progress)
+    try:
+        for split, stream in zip(SPLITS, streams[1:], strict=True):
+            arrays[split] = _make_split(
+                [images[i] for i in members[split]], members[split], data, kernel, stream, bar
+            )
+    finally:
+        bar.close()
+
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        files: dict[str, str] = {}
+        for split in SPLITS:
+            files[f"{split}.npz"] = _write_npz(tmp / f"{split}.npz", arrays[split])
+        if kernel is not None:
+            files[KERNEL] = _write_npy(tmp / KERNEL, kernel)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "source": source,
+            "color": data.color,
+            "channels": data.channels,
+            "patch_size": p,
+            "patches_per_image": data.patches_per_image,
+            "seed": data.seed,
+            "degradation": data.degradation.model_dump(mode="json"),
+            "images": [im.name for im in images],
+            "unused_images": [images[i].name for i in unused],
+            "splits": {
+                split: {
+                    "images": [images[i].name for i in members[split]],
+                    "image_indices": members[split],
+                    "patches": int(arrays[split]["clean"].shape[0]),
+                    "observed_psnr": observation_psnr(
+                        arrays[split]["observed"], arrays[split]["clean"]
+                    ),
+                }
+                for split in SPLITS
+            },
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def make_kernel(d: Degradation) -> np.ndarray:
+    """The (1, 1, k, k) float32 blur kernel of a blur degradation."""
+    from pipeline.core.physics import gaussian_kernel, line_kernel
+
+    if d.blur_kernel == "gaussian":
+        k = gaussian_kernel(d.blur_size, d.blur_sigma)
+    else:
+        k = line_kernel(d.blur_size, d.blur_angle)
+    return np.ascontiguousarray(k.detach().cpu().numpy(), dtype=np.float32)
+
+
+def _make_split(
+    images: list[SourceImage],
+    indices: list[int],
+    data: DataConfig,
+    kernel: np.ndarray | None,
+    stream: np.random.SeedSequence,
+    bar: Any,
+) -> dict[str, np.ndarray]:
+    import torch
+
+    d = data.degradation
+    p, n = data.patch_size, data.patches_per_image
+    crop_ss, mask_ss, noise_ss = stream.spawn(3)
+    crop_rng = np.random.default_rng(crop_ss)
+    mask_gen = torch.Generator().manual_seed(_torch_seed(mask_ss))
+    noise_gen = torch.Generator().manual_seed(_torch_seed(noise_ss))
+    kernel_t = torch.from_numpy(kernel) if kernel is not None else None
+
+    clean_all, observed_all, mask_all, index_all = [], [], [], []
+    for im, index in zip(images, indices, strict=True):
+        _, h, w = im.pixels.shape
+        tops = crop_rng.integers(0, h - p + 1, size=n)
+        lefts = crop_rng.integers(0, w - p + 1, size=n)
+        patches = np.stack(
+            [im.pixels[:, t : t + p, s : s + p] for t, s in zip(tops, lefts, strict=True)]
+        )
+        clean = torch.from_numpy(np.ascontiguousarray(patches))
+        observed, mask = degrade(clean, d, kernel_t, mask_gen, noise_gen)
+        clean_all.append(patches)
+        observed_all.append(observed.numpy())
+        if mask is not None:
+            mask_all.append(mask.numpy())
+        index_all.append(np.full(n, index, dtype=np.int64))
+        bar.update(1)
+
+    out = {
+        "clean": np.ascontiguousarray(np.concatenate(clean_all), dtype=np.float32),
+        "observed": np.ascontiguousarray(np.concatenate(observed_all), dtype=np.float32),
+        "image_index": np.concatenate(index_all),
+    }
+    if mask_all:
+        out["mask"] = np.ascontiguousarray(np.concatenate(mask_all), dtype=np.float32)
+    return out
+
+
+def _torch_seed(ss: np.random.SeedSequence) -> int:
+    return int(ss.generate_state(1, dtype=np.uint64)[0] & np.uint64(2**63 - 1))
+
+
+def observation_psnr(observed: np.ndarray, clean: np.ndarray) -> float:
+    """Mean over patches of the PSNR (dB, peak 1) of observed vs clean; capped at 100 dB."""
+    diff = observed.astype(np.float64) - clean.astype(np.float64)
+    mse = np.mean(diff.reshape(diff.shape[0], -1) ** 2, axis=1)
+    psnr = -10.0 * np.log10(np.maximum(mse, 10 ** (-PSNR_CAP_DB / 10)))
+    return round(float(np.mean(psnr)), 4)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="prepare", unit="image", disable=not enabled, leave=False)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(
+            f"{out_dir}: exists and is not a folder (expected the prepared-data folder)"
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise DataError(
+            f"{out_dir}: exists, is not empty and holds no {MANIFEST}: refusing to replace a "
+            "folder that is not a prepared data set"
+        )
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Swap the finished ``tmp`` folder in for ``out_dir`` (keeps the old one on failure)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_dir, old)
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
+    """Like ``np.savez`` (uncompressed, loadable by ``np.load``) but byte-reproducible:
+    ``np.savez`` stamps the current time into the zip entries. Returns the file's sha256."""
+    with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            zf.writestr(info, buf.getvalue())
+    return sha256_file(path)
+
+
+def _write_npy(path: Path, array: np.ndarray) -> str:
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+    return sha256_file(path)
+
+
+@dataclass
+class Split:
+    """One prepared split as tensors: ``clean`` and ``observed`` are (N, C, P, P); ``mask`` is
+    (N, 1, P, P) (1 = pixel kept, shared by all channels) for inpainting, else None; ``kernel``
+    is the (1, 1, k, k) blur kernel for blur, else None."""
+
+    name: str
+    clean: torch.Tensor
+    observed: torch.Tensor
+    image_index: torch.Tensor
+    degradation: dict[str, Any]
+    mask: torch.Tensor | None = None
+    kernel: torch.Tensor | None = None
+    images: list[str] = field(default_factory=list)
+    _shared_physics: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])
+
+    @property
+    def img_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.clean.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def physics(
+        self, index: torch.Tensor | slice | None = None, rng: torch.Generator | None = None
+    ) -> Any:
+        """The deepinv physics of the patches ``index`` (all if None): for inpainting it carries
+        their mask rows, so it applies to ``self.clean[index]`` batch-wise."""
+        from pipeline.core.physics import build_physics
+
+        shareable = self.mask is None and rng is None  # same operator for every batch
+        if shareable and self._shared_physics is not None:
+            return self._shared_physics
+        mask = None
+        if self.mask is not None:
+            mask = self.mask if index is None else self.mask[index]
+        physics = build_physics(
+            self.degradation["kind"],
+            self.img_shape,
+            noise_sigma=float(self.degradation["noise_sigma"]),
+            blur_kernel=self.kernel,
+            mask=mask,
+            device=self.clean.device,
+            rng=rng,
+        )
+        if shareable:
+            self._shared_physics = physics
+        return physics
+
+
+def read_manifest(prepared_dir: Path) -> dict[str, Any]:
+    """The manifest of a prepared folder; DataError if missing or unreadable."""
+    prepared_dir = Path(prepared_dir)
+    path = prepared_dir / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{prepared_dir}: not prepared (run `dvc repro prepare`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: unreadable manifest ({err}); rerun `dvc repro prepare`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        raise DataError(
+            f"{path}: not a format-{FORMAT_VERSION} manifest; rerun `dvc repro prepare`"
+        )
+    return manifest
+
+
+def load_split(prepared_dir: Path, split: SplitName, device: Any = "cpu") -> Split:
+    """Load one split of a prepared folder, checking it against its manifest."""
+    import torch
+
+    prepared_dir = Path(prepared_dir)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    manifest = read_manifest(prepared_dir)
+    stale = "; rerun `dvc repro prepare`"
+    try:
+        info = manifest["splits"][split]
+        deg = manifest["degradation"]
+        kind = deg["kind"]
+        channels, p = int(manifest["channels"]), int(manifest["patch_size"])
+        n = int(info["patches"])
+        files = manifest["files"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{prepared_dir / MANIFEST}: incomplete manifest ({err}){stale}") from None
+
+    path = prepared_dir / f"{split}.npz"
+    _check_file(path, files.get(path.name), stale)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: unreadable ({err}){stale}") from None
+    expected = {"clean", "observed", "image_index"} | ({"mask"} if kind == "inpainting" else set())
+    if set(arrays) != expected:
+        raise DataError(
+            f"{path}: holds arrays {sorted(arrays)}, expected {sorted(expected)}{stale}"
+        )
+    shapes = {
+        "clean": (n, channels, p, p),
+        "observed": (n, channels, p, p),
+        "image_index": (n,),
+        "mask": (n, 1, p, p),
+    }
+    for key, arr in arrays.items():
+        if arr.shape != shapes[key]:
+            raise DataError(
+                f"{path}: array {key!r} has shape {arr.shape}, manifest says {shapes[key]}{stale}"
+            )
+    allowed = set(info.get("image_indices", []))
+    if not set(np.unique(arrays["image_index"]).tolist()) <= allowed:
+        raise DataError(f"{path}: patches from images outside the {split} split{stale}")
+
+    kernel = None
+    if kind == "blur":
+        kpath = prepared_dir / KERNEL
+        _check_file(kpath, files.get(KERNEL), stale)
+        kernel = torch.from_numpy(np.load(kpath, allow_pickle=False)).to(device)
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
+    return Split(
+        name=split,
+        clean=t(arrays["clean"]),
+        observed=t(arrays["observed"]),
+        image_index=t(arrays["image_index"]),
+        degradation=dict(deg),
+        mask=t(arrays["mask"]) if "mask" in arrays else None,
+        kernel=kernel,
+        images=list(info.get("images", [])),
+    )
+
+
+def _check_file(path: Path, sha: str | None, stale: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: missing from the prepared folder{stale}")
+    if sha is None:
+        raise DataError(f"{path}: not listed in {MANIFEST}{stale}")
+    if sha256_file(path) != sha:
+        raise DataError(f"{path}: checksum differs from {MANIFEST} (file changed){stale}")
+
+
+def degrade(
+    clean: torch.Tensor,
+    d: Degradation,
+    kernel: torch.Tensor | None,
+    mask_gen: torch.Generator,
+    noise_gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(A clean + noise, mask)`` for a batch of clean patches: the one place a degradation is
+    applied, by ``prepare`` (one image's patches at a time) and by :func:`observe`. The mask
+    (inpainting) is drawn from ``mask_gen``, the noise from ``noise_gen``."""
+    import torch
+
+    from pipeline.core.physics import build_physics
+
+    n, c, h, w = clean.shape
+    mask = None
+    if d.kind == "inpainting":
+        mask = (torch.rand((n, 1, h, w), generator=mask_gen) < d.mask_rate).float()
+    physics = build_physics(
+        d.kind, (c, h, w), noise_sigma=d.noise_sigma, blur_kernel=kernel, mask=mask, rng=noise_gen
+    )
+    with torch.no_grad():
+        observed = physics(clean).to(torch.float32)
+    return observed, mask
+
+
+def observe(split: Split, degradation: Degradation, seed: int) -> Split:
+    """``split`` observed through another degradation: a prior's own ``degradation``.
+
+    The clean patches are the prepared ones; blur kernel, inpainting masks and noise are drawn
+    here on the CPU from ``seed`` (``data.seed``) and the split's name, so every trial of the
+    prior (every estimator, every seed of the sweep) sees the same observations.
+    """
+    import torch
+
+    d = degradation
+    streams = np.random.SeedSequence([seed % 2**32, SPLITS.index(split.name), 0x0B5]).spawn(2)
+    mask_gen, noise_gen = (
+        torch.Generator().manual_seed(int(s.generate_state(1, dtype=np.uint64)[0] >> 1))
+        for s in streams
+    )
+    kernel = torch.from_numpy(make_kernel(d)) if d.kind == "blur" else None
+    observed, mask = degrade(split.clean.cpu(), d, kernel, mask_gen, noise_gen)
+    device = split.clean.device
+    return Split(
+        name=split.name,
+        clean=split.clean,
+        observed=observed.to(device),
+        image_index=split.image_index,
+        degradation=d.model_dump(mode="json"),
+        mask=None if mask is None else mask.to(device),
+        kernel=None if kernel is None else kernel.to(device),
+        images=list(split.images),
+    )

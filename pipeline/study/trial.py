@@ -1,0 +1,409 @@
+"""One trial: learn θ of a scheme with one gradient estimator, evaluate it, report as it goes.
+
+``run_trial`` is a plain function of (study config, trial spec, prepared data, seed): Ray, MLflow
+and DVC sit around it (``pipeline.sweep``), so it can be tested and benchmarked alone. Progress
+goes through a ``report(metrics, state)`` callback once per epoch; ``state`` is the checkpoint
+payload (tensors and plain containers only, loadable with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pipeline.core.estimators import Estimator, block
+from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad
+from pipeline.core.probes import psnr
+from pipeline.core.solvers import anderson
+from pipeline.study.build import build_estimator, build_scheme, resolve_device
+from pipeline.study.config import PnPPrior, StudyConfig, TrialSpec
+from pipeline.study.data import observe
+
+Report = Callable[[dict[str, float], dict[str, Any]], None]
+
+
+class Diverged(RuntimeError):
+    """The loss, the iterate or the gradient stopped being finite."""
+
+
+@dataclass
+class TrialResult:
+    """What a trial produced: final metrics, per-epoch history, learned θ and artifacts."""
+
+    status: str  # finished | diverged
+    reason: str
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    theta: dict[str, Any]
+    per_image_psnr: list[float] = field(default_factory=list)
+    artifacts: list[Path] = field(default_factory=list)
+
+
+def iterations_at_depth(spec: TrialSpec) -> int | None:
+    """Scheme applications the trained network uses at inference: (T+1)·K, N, or None (solve)."""
+    if spec.estimator == "rjfb":
+        return (spec.restarts + 1) * spec.depth
+    if spec.estimator == "unrolled":
+        return spec.iterations
+    return None
+
+
+class Trial:
+    """State of one training run; ``run_trial`` drives it."""
+
+    def __init__(self, study: StudyConfig, spec: TrialSpec, prepared: Path) -> None:
+        from pipeline.study.data import load_split
+
+        self.study, self.spec = study, spec
+        self.cfg = study.train_for(spec.prior)
+        self.device = resolve_device(study.train.device)
+        torch.manual_seed(spec.seed)
+        self.prior = study.priors[spec.prior]
+        own = getattr(self.prior, "degradation", None)
+        splits = []
+        for name in ("train", "val", "test"):
+            split = load_split(prepared, name, device=self.device)
+            splits.append(split if own is None else observe(split, own, study.data.seed))
+        self.train, self.val, self.test = splits
+        channels = self.train.clean.shape[1]
+        arch = study.denoiser_arch(spec.prior) if isinstance(self.prior, PnPPrior) else None
+        try:
+            scheme = build_scheme(self.prior, spec, channels, study.root, arch)
+        except ValueError as err:
+            from pipeline.util.errors import ConfigError
+
+            raise ConfigError(f"priors.{spec.prior}: {err}") from None
+        self.scheme = scheme.to(self.device)
+        self.estimator = build_estimator(study, spec)
+        self.autocast = AUTOCAST_DTYPES.get(self.cfg.restart_autocast or "")
+        self.optimizer = self._optimizer()
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        # Warm starts: each training sample's last iterate (the paper's implicit truncation).
+        self.bank = self.train.observed.clone() if spec.start == "warm" else None
+        probe = min(self.cfg.probe_batch_size, len(self.val))
+        self.probe_index = torch.arange(probe)
+        self.epoch = 0
+        self.train_residual = float("nan")  # largest fixed-point residual of the last epoch
+        # DEQ: largest residual of the last epoch's implicit backward solves (None: the
+        # estimator has no implicit backward, or none of its solves ended at a finite residual)
+        self.train_backward_residual: float | None = None
+        self.solve_residual = 0.0  # of the last evaluate()'s equilibrium solves
+        self.history: list[dict[str, float]] = []
+        self.elapsed = 0.0
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """Adam / SGD over θ at ``train.lr``; a trained denoiser's weights form a second group
+        at the prior's ``denoiser_lr``."""
+        denoiser = getattr(self.scheme, "denoiser", None)
+        inner = {id(p) for p in denoiser.parameters()} if denoiser is not None else set()
+        theta = [p for p in self.scheme.parameters() if p.requires_grad and id(p) not in inner]
+        weights = [p for p in self.scheme.parameters() if p.requires_grad and id(p) in inner]
+        groups: list[dict[str, Any]] = []
+        if theta:
+            groups.append({"params": theta, "lr": self.cfg.lr})
+        if weights:
+            groups.append({"params": weights, "lr": self.prior.denoiser_lr})  # type: ignore[union-attr]
+        if not groups:
+            raise ValueError(f"prior {self.spec.prior!r} has nothing to learn")
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(groups)
+        return torch.optim.SGD(groups)
+
+    def train_step_fn(self, split, index: Tensor):
+        """``step_fn`` for training: its no-grad calls under ``train.restart_autocast`` (solves
+        to a tolerance finish in full precision: DEQ, JFB, adaptive restarts)."""
+        step, y = self.step_fn(split, index)
+        spec = self.spec
+        refine = spec.estimator in ("deq", "jfb") or spec.restart_tol is not None
+        return autocast_no_grad(step, self.autocast, refine=refine), y
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "elapsed": self.elapsed,
+            "scheme": self.scheme.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "bank": self.bank,
+            "history": json.dumps(self.history),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.elapsed = float(state["elapsed"])
+        self.scheme.load_state_dict(state["scheme"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        if state["bank"] is not None:
+            self.bank = state["bank"].to(self.device)
+        self.history = json.loads(state["history"])
+
+    # ------------------------------------------------------------------ pieces
+    def step_fn(self, split, index: Tensor):
+        y = split.observed[index]
+        return self.scheme.bind(y, split.physics(index)), y
+
+    def train_epoch(self) -> tuple[float, float]:
+        cfg = self.cfg
+        n = len(self.train)
+        order = torch.randperm(n, generator=self.generator)
+        batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        if cfg.steps_per_epoch is not None:
+            batches = batches[: cfg.steps_per_epoch]
+        losses, seconds, residuals, backward = [], [], [], []
+        for index in batches:
+            start = time.perf_counter()
+            step, y = self.train_step_fn(self.train, index)
+            x0 = self.bank[index] if self.bank is not None else y
+            x = self.estimator(step, x0)
+            loss = ((x - self.train.clean[index]) ** 2).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _check_finite(loss, x, self.scheme)
+            self.optimizer.step()
+            if self.bank is not None:
+                self.bank[index] = x.detach()
+            seconds.append(time.perf_counter() - start)
+            losses.append(float(loss.detach()))
+            residuals.append(self.estimator.last.residual)
+            backward.append(self.estimator.last.backward_residual)  # NaN: no implicit backward
+        finite = [r for r in residuals if math.isfinite(r)]
+        self.train_residual = max(finite) if finite else float("nan")
+        finite = [r for r in backward if math.isfinite(r)]
+        self.train_backward_residual = max(finite) if finite else None
+        return sum(losses) / len(losses), sum(seconds) / len(seconds)
+
+    @torch.no_grad()
+    def solve(self, split, index: Tensor, iterations: int | None = None) -> Tensor:
+        """Reconstruct: ``iterations`` steps from y, or the fixed point solved to eval_tol."""
+        step, y = self.step_fn(split, index)
+        phi = block(step, self.scheme_layers())
+        if iterations is not None:
+            x = y
+            for _ in range(max(1, iterations // self.scheme_layers())):
+                x = phi(x)
+            return x
+        cfg = self.cfg
+        x, info = anderson(phi, y, max_iter=cfg.eval_max_iter, tol=cfg.eval_tol)
+        self.solve_residual = max(self.solve_residual, info.residual)
+        return x
+
+    def scheme_layers(self) -> int:
+        return int(getattr(self.scheme, "layers", 1))
+
+    def evaluate(self, split, iterations: int | None = None) -> Tensor:
+        """Per-image PSNR on a whole split (batched); ``self.solve_residual`` is then the
+        largest relative residual its equilibrium solves ended at."""
+        self.solve_residual = 0.0
+        out = []
+        bs = self.cfg.batch_size
+        for i in range(0, len(split), bs):
+            index = torch.arange(i, min(i + bs, len(split)))
+            x = self.solve(split, index, iterations)
+            out.append(psnr(x.clamp(0, 1), split.clean[index]))
+        return torch.cat(out)
+
+    def probes(self) -> dict[str, float]:
+        """Gradient fidelity vs DEQ and the contraction estimate on a fixed probe batch."""
+        from pipeline.core import probes
+
+        index = self.probe_index
+        params = [p for p in self.scheme.parameters() if p.requires_grad]
+        clean = self.val.clean[index]
+
+        def grad_of(est: Estimator, training: bool) -> list[Tensor]:
+            # the trial's estimator as it trains (autocast option); DEQ in full precision
+            step, y = (self.train_step_fn if training else self.step_fn)(self.val, index)
+            loss = ((est(step, y) - clean) ** 2).mean()
+            return list(torch.autograd.grad(loss, params, allow_unused=True))
+
+        reference = build_estimator(self.study, self.spec.model_copy(update={"estimator": "deq"}))
+        g = grad_of(self.estimator, True)
+        g_ref = grad_of(reference, False)
+        cosine, rel_err = probes.compare(g, g_ref)
+        step, _ = self.step_fn(self.val, index)
+        x_star = self.solve(self.val, index)
+        gamma = probes.contraction(block(step, 1), x_star, iters=20, seed=0)
+        return {"grad_cos_vs_deq": cosine, "grad_rel_err_vs_deq": rel_err, "gamma_hat": gamma}
+
+    def theta_metrics(self) -> dict[str, float]:
+        return flatten_theta(self.scheme.theta())
+
+    def saved_mib(self) -> float:
+        """MiB autograd saves for one training step: the estimator's training memory.
+
+        On CUDA: the peak allocated memory of one training step (forward and backward)."""
+        index = torch.arange(min(self.cfg.batch_size, len(self.train)))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            step, y = self.train_step_fn(self.train, index)
+            x = self.estimator(step, y)
+            ((x - self.train.clean[index]) ** 2).mean().backward()
+            self.optimizer.zero_grad(set_to_none=True)
+            del x
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        total = 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        step, y = self.train_step_fn(self.train, index)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            x = self.estimator(step, y)
+            loss = ((x - self.train.clean[index]) ** 2).mean()
+        del loss, x
+        return total / 2**20
+
+
+def flatten_theta(theta: dict[str, Any]) -> dict[str, float]:
+    """``{"lambda": 0.1, "weights": [1, 2]}`` -> ``{"theta.lambda": 0.1, "theta.weights.0": 1, ...}``."""
+    out: dict[str, float] = {}
+    for key, value in theta.items():
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                out[f"theta.{key}.{i}"] = float(v)
+        else:
+            out[f"theta.{key}"] = float(value)
+    return out
+
+
+def _check_finite(loss: Tensor, x: Tensor, scheme: torch.nn.Module) -> None:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise Diverged(f"loss is {value}")
+    if not torch.isfinite(x).all():
+        raise Diverged("the iterate has non-finite values")
+    for name, p in scheme.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            raise Diverged(f"the gradient of {name} is not finite")
+
+
+def run_trial(
+    study: StudyConfig,
+    spec: TrialSpec,
+    prepared: Path,
+    *,
+    report: Report | None = None,
+    resume: dict[str, Any] | None = None,
+    artifacts_dir: Path | None = None,
+    threads: int | None = None,
+) -> TrialResult:
+    """Train, evaluate and report one trial. Divergence ends it with status ``diverged``."""
+    if threads:
+        torch.set_num_threads(threads)
+    trial = Trial(study, spec, prepared)
+    if resume is not None:
+        trial.restore(resume)
+    status, reason = "finished", ""
+    while trial.epoch < trial.cfg.epochs:
+        start = time.perf_counter()
+        try:
+            loss, sec_per_step = trial.train_epoch()
+        except Diverged as err:
+            status, reason = "diverged", f"epoch {trial.epoch + 1}: {err}"
+            break
+        trial.elapsed += time.perf_counter() - start
+        val = trial.evaluate(trial.val)
+        trial.epoch += 1
+        row = {
+            "epoch": float(trial.epoch),
+            "elapsed_seconds": trial.elapsed,
+            "train_loss": loss,
+            "val_psnr": float(val.mean()),
+            "seconds_per_step": sec_per_step,
+            # the largest relative fixed-point residual an estimator call of this epoch ended
+            # at (DEQ/JFB: of the forward solve, to compare with sweep.deq.tol)
+            "train_residual": trial.train_residual,
+            # DEQ only: the same for its implicit backward solves (compare with
+            # sweep.deq.backward_tol); other estimators leave the key out (no NaN in a row)
+            **(
+                {"train_backward_residual": trial.train_backward_residual}
+                if trial.train_backward_residual is not None
+                else {}
+            ),
+            **trial.probes(),
+            **trial.theta_metrics(),
+        }
+        if not all(math.isfinite(v) for v in row.values()):
+            status, reason = "diverged", f"epoch {trial.epoch}: non-finite metrics"
+            break
+        trial.history.append(row)
+        if report is not None:
+            report(row, trial.state())
+
+    theta = trial.scheme.theta()
+    if status != "finished":
+        last = trial.history[-1] if trial.history else {}
+        return TrialResult(status, reason, dict(last), trial.history, theta)
+
+    per_image = trial.evaluate(trial.test)
+    eq_residual = trial.solve_residual
+    at_depth_iters = iterations_at_depth(spec)
+    at_depth = per_image if at_depth_iters is None else trial.evaluate(trial.test, at_depth_iters)
+    metrics = {
+        **trial.history[-1],
+        "test_psnr": float(per_image.mean()),
+        "test_psnr_at_depth": float(at_depth.mean()),
+        "test_psnr_input": float(psnr(trial.test.observed, trial.test.clean).mean()),
+        # did the test solve reach equilibrium? (compare with train.eval_tol)
+        "test_eq_residual": eq_residual,
+        "train_seconds": trial.elapsed,
+        "peak_mem_mib": trial.saved_mib(),
+        "final_val_psnr": trial.history[-1]["val_psnr"],
+    }
+    artifacts: list[Path] = []
+    if artifacts_dir is not None:
+        artifacts = write_artifacts(trial, theta, artifacts_dir, study.report.images)
+    return TrialResult(status, reason, metrics, trial.history, theta, per_image.tolist(), artifacts)
+
+
+def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int) -> list[Path]:
+    """A PNG grid (truth / observation / at equilibrium / at depth) and θ as JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    theta_path = out / "theta.json"
+    theta_path.write_text(json.dumps(theta, indent=2))
+    n = min(images, len(trial.test))
+    index = torch.arange(n)
+    rows = [("ground truth", trial.test.clean[index]), ("observation", trial.test.observed[index])]
+    rows.append(("at equilibrium", trial.solve(trial.test, index)))
+    depth_iters = iterations_at_depth(trial.spec)
+    if depth_iters is not None:
+        rows.append((f"at depth ({depth_iters} it.)", trial.solve(trial.test, index, depth_iters)))
+    fig, axes = plt.subplots(len(rows), n, figsize=(2.0 * n, 2.0 * len(rows)), squeeze=False)
+    for r, (label, batch) in enumerate(rows):
+        values = psnr(batch.clamp(0, 1), trial.test.clean[index])
+        for c in range(n):
+            img = batch[c].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+            ax = axes[r][c]
+            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{values[c]:.2f} dB", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(trial.spec.name, fontsize=9)
+    fig.tight_layout()
+    grid = out / "reconstructions.png"
+    fig.savefig(grid, dpi=110)
+    plt.close(fig)
+    return [grid, theta_path]

@@ -1,0 +1,114 @@
+"""Results collection: the trials and history tables from Tune's results and MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.study.config import StudyConfig, TrialSpec
+from pipeline.study.families import prior_family
+from pipeline.study.tables import HISTORY_COLUMNS, TRIAL_COLUMNS
+
+
+def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
+    """One row per trial (whatever its fate) and one row per (trial, epoch)."""
+    import pandas as pd
+
+    rows, hist = [], []
+    for result in grid:
+        point = result.config["point"]
+        spec = TrialSpec.model_validate(point["trial"])
+        metrics = dict(result.metrics or {})
+        family = prior_family(cfg.priors[spec.prior])
+        train = cfg.train_for(spec.prior)
+        row: dict[str, Any] = {
+            "trial_id": point["key"],
+            "name": point["name"],
+            "prior": spec.prior,
+            "prior_type": cfg.priors[spec.prior].type,
+            "estimator": spec.estimator,
+            "depth": spec.depth,
+            "restarts": spec.restarts,
+            "restart_tol": math.nan if spec.restart_tol is None else spec.restart_tol,
+            "start": spec.start,
+            "iterations": spec.iterations,
+            "seed": spec.seed,
+            "prior_family": family.key,
+            "prior_label": family.label,
+            "deq_tol": cfg.sweep.deq.tol,
+            "deq_max_iter": cfg.sweep.deq.max_iter,
+            "deq_backward_tol": cfg.sweep.deq.backward_tol,
+            "deq_backward_max_iter": cfg.sweep.deq.backward_max_iter,
+            "eval_tol": train.eval_tol,
+            "eval_max_iter": train.eval_max_iter,
+        }
+        finished = result.error is None and metrics.get("final") == 1
+        if not finished:
+            reason = _error_line(result.error) if result.error else "did not finish"
+            row.update(status="failed", status_reason=reason)
+        else:
+            row.update(status=metrics["status"], status_reason=metrics.get("status_reason", ""))
+        for col in TRIAL_COLUMNS:
+            if col not in row:
+                row[col] = metrics.get(col, math.nan)
+        row["test_psnr_per_image"] = json.loads(metrics.get("test_psnr_per_image", "[]"))
+        row["theta_json"] = metrics.get("theta_json", "{}")
+        row["mlflow_run_id"] = metrics.get("mlflow_run_id", "")
+        row["node_id"] = metrics.get("node_id", "")
+        rows.append(row)
+        part = _history(result, metrics if finished else None)
+        if part is not None:
+            part.insert(0, "name", point["name"])
+            part.insert(0, "trial_id", point["key"])
+            hist.append(part)
+    trials = pd.DataFrame(rows)
+    trials = trials[TRIAL_COLUMNS]
+    order = {t.name: i for i, t in enumerate(cfg.trials())}
+    trials = trials.sort_values("name", key=lambda s: s.map(order)).reset_index(drop=True)
+    history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame()
+    if len(history):  # grid order, then epochs: the same table however trials were scheduled
+        for col in HISTORY_COLUMNS:  # every column, whichever estimators the sweep ran
+            if col not in history.columns:
+                history[col] = math.nan
+        rank = history["name"].map(order)
+        history = history.assign(_rank=rank).sort_values(["_rank", "epoch"], kind="stable")
+        history = history.drop(columns="_rank").reset_index(drop=True)
+    return trials, history
+
+
+def _history(result: Any, final: Mapping[str, Any] | None) -> Any:
+    """A trial's epochs: from its final result (exact, whatever restarts it went through), else
+    from what Tune recorded (a failed trial; the last report of each epoch wins)."""
+    import pandas as pd
+
+    if final is not None and "history_json" in final:
+        df = pd.DataFrame(json.loads(final["history_json"]))
+    else:
+        df = result.metrics_dataframe
+        if df is None or not len(df) or "epoch" not in df:
+            return None
+        if "final" in df:
+            df = df[df["final"] == 0]
+        df = df.drop_duplicates("epoch", keep="last")
+    if not len(df) or "epoch" not in df:
+        return None
+    keep = [c for c in df.columns if c in HISTORY_COLUMNS or c.startswith("theta.")]
+    return df[keep].reset_index(drop=True).copy()
+
+
+def _error_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    cause = [line for line in text if "Error" in line or "Exception" in line]
+    return (cause[-1] if cause else (text[-1] if text else type(error).__name__))[:500]
+
+
+def write_tables(trials: Any, history: Any, out_dir: Path) -> None:
+    """Write ``trials.parquet`` and ``history.parquet`` atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, df in (("trials.parquet", trials), ("history.parquet", history)):
+        tmp = out_dir / f".{name}.tmp"
+        df.to_parquet(tmp, index=False)
+        tmp.replace(out_dir / name)

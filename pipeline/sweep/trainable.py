@@ -1,0 +1,205 @@
+"""The Ray Tune trainable: one trial with its MLflow child run, checkpoints and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.study.config import StudyConfig, TrialSpec
+from pipeline.sweep import tracking
+from pipeline.sweep.grid import TrialContext, trial_params
+from pipeline.sweep.shipping import PreparedBundle, WeightsBundle, localize_weights, materialize
+
+
+def train_trial(
+    point: dict[str, Any],
+    context: TrialContext,
+    bundle: PreparedBundle | None = None,
+    weights: WeightsBundle | None = None,
+) -> None:
+    """The Tune trainable: one trial, its MLflow child run, checkpoints for resume."""
+    import ray
+    from ray import tune
+
+    from pipeline.study.trial import run_trial
+
+    study = StudyConfig.model_validate(context.study).with_root(Path(context.root))
+    spec = TrialSpec.model_validate(point["trial"])
+    uri = context.tracking_uri
+    c = tracking.client(uri)
+    node_id = ray.get_runtime_context().get_node_id()
+    params = trial_params(study, point, spec.prior, weights)
+    where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
+    run = tracking.open_child(
+        uri,
+        context.experiment_id,
+        context.parent_run_id,
+        point["key"],
+        point["name"],
+        params,
+        where,
+    )
+    if run.finished:
+        # An earlier attempt finished this trial but the driver died before Tune recorded it:
+        # hand Tune the kept result instead of training again.
+        kept = tracking.load_result(c, run.run_id)
+        if kept is not None:
+            tune.report(kept)
+            return
+        c.update_run(run.run_id, status="RUNNING")
+    run_id = run.run_id
+
+    resume = load_checkpoint(tune.get_checkpoint())
+    logged = tracking.logged_steps(c, run_id, "epoch") if run.reopened else set()
+    if run.reopened:
+        c.set_tag(run_id, "rjfb.resumed_from_epoch", str(int(resume["epoch"]) if resume else 0))
+
+    progress = _Progress(c, run_id, logged, context.checkpoint_every_s)
+    artifacts = Path(tune.get_context().get_trial_dir()) / "artifacts"
+    try:
+        prepared = materialize(bundle) if bundle is not None else Path(context.prepared)
+        study = localize_weights(study, weights)
+        result = run_trial(
+            study,
+            spec,
+            prepared,
+            report=progress,
+            resume=resume,
+            artifacts_dir=artifacts,
+            threads=context.threads,
+        )
+    except KeyboardInterrupt:
+        tracking.finish(c, run_id, "interrupted", "interrupted", "KILLED")
+        raise
+    except BaseException as err:
+        with contextlib.suppress(Exception):
+            progress.log_pending()  # the epochs it did run
+        tracking.finish(c, run_id, "failed", f"{type(err).__name__}: {err}", "FAILED")
+        raise
+    progress.log_pending()
+    final = {k: v for k, v in result.metrics.items() if k != "epoch"}
+    last_epoch = result.history[-1] if result.history else {}
+    summary = {k: v for k, v in final.items() if k not in last_epoch}  # epochs already logged
+    summary.update(progress.cost)
+    if run.reopened:  # a retried finish: log what the run does not hold yet
+        have = set(c.get_run(run_id).data.metrics)
+        summary = {k: v for k, v in summary.items() if tracking._metric_name(k) not in have}
+    tracking.log_metrics(c, run_id, summary, step=len(result.history))
+    tracking.log_artifacts(c, run_id, result.artifacts)
+    payload = {
+        **final,
+        "final": 1,
+        "status": result.status,
+        "status_reason": result.reason,
+        "test_psnr_per_image": json.dumps(result.per_image_psnr),
+        "theta_json": json.dumps(result.theta),
+        "history_json": json.dumps(result.history),
+        "mlflow_run_id": run_id,
+        "node_id": node_id,
+    }
+    tracking.log_result(c, run_id, payload)
+    tracking.finish(c, run_id, result.status, result.reason)
+    tune.report(payload)
+
+
+class _Progress:
+    """A trial's ``report`` callback: epoch rows go to MLflow and a checkpoint to Tune together,
+    at most every ``every_s`` seconds (0: every epoch), so tracking costs little per trial however
+    short its epochs; rows still pending when training ends go to MLflow in ``log_pending``.
+    ``cost`` adds up the seconds spent on MLflow and on Tune (checkpoint + report)."""
+
+    def __init__(self, c: Any, run_id: str, logged: set[int], every_s: float) -> None:
+        self.c, self.run_id, self.logged, self.every_s = c, run_id, logged, every_s
+        self.pending: list[dict[str, float]] = []
+        self.last = time.monotonic()
+        self.cost = {"overhead_mlflow_s": 0.0, "overhead_tune_s": 0.0}
+
+    def __call__(self, row: dict[str, float], state: dict[str, Any]) -> None:
+        self.pending.append(row)
+        if time.monotonic() - self.last >= self.every_s:
+            self.checkpoint(row, state)
+
+    def log_pending(self) -> None:
+        start = time.perf_counter()
+        # a resumed trial redoes epochs its run may already hold: log each epoch once
+        rows = [r for r in self.pending if int(r["epoch"]) not in self.logged]
+        if rows:
+            tracking.log_rows(self.c, self.run_id, rows)
+            self.logged.update(int(r["epoch"]) for r in rows)
+        self.pending = []
+        self.cost["overhead_mlflow_s"] += time.perf_counter() - start
+
+    def checkpoint(self, row: dict[str, float], state: dict[str, Any]) -> None:
+        import torch
+        from ray import tune
+
+        self.log_pending()
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / "state.pt")
+            tune.report({**row, "final": 0}, checkpoint=tune.Checkpoint.from_directory(d))
+        self.cost["overhead_tune_s"] += time.perf_counter() - start
+        self.last = time.monotonic()
+
+
+def load_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
+    """The state a trial resumes from: Tune's checkpoint, or the newest readable one beside it.
+
+    Tune records checkpoints in its experiment state every few seconds; a driver killed in
+    between leaves a record naming a checkpoint that ``num_to_keep`` has since deleted. The trial
+    then falls back to the newest readable checkpoint in its folder, else starts over.
+    """
+    if checkpoint is None:
+        return None
+    import torch
+    from ray import tune
+
+    def load(cp: Any) -> dict[str, Any]:
+        with cp.as_directory() as d:
+            return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+
+    try:
+        return load(checkpoint)
+    except Exception as err:
+        first = err
+    import pyarrow.fs as pafs
+
+    fs, path = checkpoint.filesystem, checkpoint.path
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent))
+    except Exception:
+        infos = []
+    dirs = sorted(
+        (i.path for i in infos if i.type == pafs.FileType.Directory and "checkpoint_" in i.path),
+        reverse=True,
+    )
+    for d in dirs:
+        try:
+            state = load(tune.Checkpoint(d, filesystem=fs))
+        except Exception:
+            continue
+        print(f"rjfb: checkpoint {path} unreadable ({first}); resuming from {d}", file=sys.stderr)
+        return state
+    print(f"rjfb: checkpoint {path} unreadable ({first}); starting over", file=sys.stderr)
+    return None
+
+
+def tune_trainable(
+    config: dict[str, Any],
+    context: TrialContext,
+    bundle: PreparedBundle | None = None,
+    weights: WeightsBundle | None = None,
+) -> None:
+    train_trial(config["point"], context, bundle, weights)
+
+
+def trial_name(trial: Any) -> str:
+    return str(trial.config["point"]["name"])

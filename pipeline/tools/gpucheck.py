@@ -1,0 +1,372 @@
+"""One prepared device check: GPU against CPU gradients, the GPU benchmark, bf16 restarts.
+
+``python -m pipeline.tools.gpucheck --out DIR [--parts grads,bench,quality]`` runs, in order:
+
+``grads``    a small PnP-FB deblurring case (a seeded DRUNet, RGB 32², B = 2, learned log τ,
+             log σ — shared and one per layer — and relaxation): the gradients of DEQ, rJFB
+             and unrolling on the device against the same computation on the CPU, in float64
+             (the arithmetic is the same, so they agree to rounding) and in float32 (TF32 off,
+             then on); and bf16 restarts against float32 ones on the device.
+``bench``    ``rjfb bench --suite gpu`` (:mod:`pipeline.bench`), with its issue-4 targets: the
+             rJFB step against the sum of its denoiser calls, its peak memory against K tracked
+             steps, bf16 restarts against TF32 ones.
+``quality``  the test PSNR cost of bf16 restarts in training: the default study's data and
+             pretrained denoiser (prepare and pretrain stages, run here on the device), then the
+             ``pnp`` and ``drunet_fb`` priors trained with rJFB (K = 5, T = 3) with
+             ``train.restart_autocast`` unset and ``bfloat16``, same seed.
+
+Every part writes ``DIR/<part>.json`` as soon as it ends (and ``bench.md``), so a run cut short
+keeps what it finished. ``--device cpu --tiny`` runs everything in seconds on a CPU (the tests
+do); on a GPU machine the defaults are the sizes docs/benchmarks.md reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+PARTS = ("grads", "bench", "quality")
+# DEQ tolerances of the gradient check, forward and backward (relative residuals)
+SOLVE_TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------------------
+# grads: the device against the CPU
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def _pnp_case(
+    device: torch.device, dtype: torch.dtype, per_layer: bool, size: int, width: int
+) -> tuple[Any, Any, Tensor, Tensor, Tensor]:
+    """(scheme, physics, y, x0, clean): identical on every device (built on the CPU, seeded)."""
+    from pipeline.core.denoisers import build_denoiser
+    from pipeline.core.physics import build_physics, gaussian_kernel
+    from pipeline.core.schemes import PnPFB
+    from pipeline.tools.bench import crops, noise
+
+    clean, _ = crops("rgb", 2, size, 0, torch.device("cpu"))
+    kernel = gaussian_kernel(5, 1.0)
+    physics = build_physics(
+        "blur", (3, size, size), noise_sigma=0.03, blur_kernel=kernel, device=device
+    )
+    torch.manual_seed(0)
+    denoiser = build_denoiser("drunet", 3, nc=width, nb=1)
+    layers = 3 if per_layer else 1
+    scheme = PnPFB(
+        denoiser,
+        sigma_init=[0.04, 0.05, 0.06] if per_layer else 0.05,
+        step_size=0.8,
+        relaxation_init=0.7,
+        layers=layers,
+        per_layer_sigma=per_layer,
+    )
+    scheme = scheme.to(device=device, dtype=dtype)
+    clean = clean.to(device=device, dtype=dtype)
+    y = physics.A(clean) + 0.03 * noise(clean.shape, 1, device).to(dtype)
+    return scheme, physics, y, physics.A_adjoint(y), clean
+
+
+def _gradient(
+    estimator: str,
+    options: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+    per_layer: bool,
+    size: int,
+    width: int,
+    autocast: torch.dtype | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    from pipeline.core.estimators import make_estimator
+    from pipeline.core.precision import autocast_no_grad
+
+    scheme, physics, y, x0, clean = _pnp_case(device, dtype, per_layer, size, width)
+    if estimator == "deq":  # solve to what the dtype resolves: float32 cannot reach 1e-10
+        tol = SOLVE_TOL[dtype]
+        options = {**options, "tol": tol, "backward_tol": tol}
+    est = make_estimator(estimator, **options)
+    step = autocast_no_grad(scheme.bind(y, physics), autocast)
+    loss = ((est(step, x0) - clean) ** 2).mean()
+    theta = [p for n, p in scheme.named_parameters() if not n.startswith("denoiser.")]
+    grads = torch.autograd.grad(loss, theta)
+    info = {k: v for k, v in vars(est.last).items() if isinstance(v, (int, float, bool))}
+    return torch.cat([g.reshape(-1) for g in grads]), info
+
+
+def check_gradients(device: torch.device, size: int = 32, width: int = 8) -> dict[str, Any]:
+    """Relative differences of θ-gradients, device against CPU (and bf16 against float32)."""
+    cases: dict[str, tuple[str, dict[str, Any], bool]] = {
+        "deq": ("deq", {"max_iter": 500}, False),
+        "rjfb K=3 T=2": ("rjfb", {"depth": 3, "restarts": 2}, False),
+        "unrolled N=4": ("unrolled", {"iterations": 4}, False),
+        "deq per-layer sigma (K=3 block)": (
+            "deq",
+            {"max_iter": 500, "depth": 3},
+            True,
+        ),
+    }
+    cpu = torch.device("cpu")
+    out: dict[str, Any] = {"size": size, "width": width, "batch": 2, "rows": []}
+    tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        for label, (name, opts, per_layer) in cases.items():
+            ref64, info = _gradient(name, opts, cpu, torch.float64, per_layer, size, width)
+            dev64, _ = _gradient(name, opts, device, torch.float64, per_layer, size, width)
+            torch.backends.cudnn.allow_tf32 = False
+            dev32, _ = _gradient(name, opts, device, torch.float32, per_layer, size, width)
+            torch.backends.cudnn.allow_tf32 = True
+            dev32_tf32, _ = _gradient(name, opts, device, torch.float32, per_layer, size, width)
+            torch.backends.cudnn.allow_tf32 = tf32
+            row = {
+                "case": label,
+                "grad_norm": float(ref64.norm()),
+                "cpu_info": info,
+                "float64_device_vs_cpu": _rel(dev64, ref64),
+                "float32_device_vs_cpu_float64": _rel(dev32, ref64),
+                "float32_tf32_device_vs_cpu_float64": _rel(dev32_tf32, ref64),
+            }
+            if name == "rjfb":
+                low, _ = _gradient(
+                    name, opts, device, torch.float32, per_layer, size, width, torch.bfloat16
+                )
+                row["bf16_restarts_vs_float32_device"] = _rel(low, dev32_tf32)
+            out["rows"].append(row)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# quality: bf16 restarts in training
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+TINY_QUALITY = {
+    "data": {"patch_size": 32, "patches_per_image": 2, "train_images": 2, "val_images": 1},
+    "data_test_images": 1,
+    "pretrain": {"nc": 4, "steps": 3, "batch_size": 4, "crop": 16, "val_sigmas": [0.1]},
+    "train": {"epochs": 1, "batch_size": 2, "probe_batch_size": 2},
+    "prior_train": {"epochs": 1, "eval_max_iter": 20},
+}
+
+
+def check_quality(
+    device: torch.device,
+    params: Path,
+    workdir: Path,
+    priors: Sequence[str] = ("pnp", "drunet_fb"),
+    tiny: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train each prior with rJFB (K=5, T=3) with and without bf16 restarts; test PSNRs."""
+    from pipeline.study.config import TrialSpec, load_params
+    from pipeline.study.data import prepare
+    from pipeline.study.pretrain import pretrain
+    from pipeline.study.trial import run_trial
+
+    raw = yaml.safe_load(params.read_text())
+    device_name = "cuda" if device.type == "cuda" else "cpu"
+    overrides: dict[str, Any] = {"train": {"device": device_name}}
+    if device.type == "cuda":  # the schema asks trials on CUDA to request a GPU from Ray
+        overrides["ray"] = {"gpus_per_trial": 1}
+    if tiny:
+        overrides = _merge(
+            overrides,
+            {
+                "data": {**TINY_QUALITY["data"], "test_images": TINY_QUALITY["data_test_images"]},
+                "pretrain": TINY_QUALITY["pretrain"],
+                "train": TINY_QUALITY["train"],
+            },
+        )
+        for name in priors:
+            overrides.setdefault("priors", {})[name] = {"train": TINY_QUALITY["prior_train"]}
+    raw = _merge(raw, overrides)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    study = load_params(workdir / "params.yaml")
+    prepared = workdir / "data" / "prepared"
+    started = time.perf_counter()
+    prepare(study, prepared, progress=progress)
+    prepare_s = time.perf_counter() - started
+    weights = study.resolve("models/denoiser.pt")
+    started = time.perf_counter()
+    metrics = pretrain(study, prepared, weights, progress=progress, device=device)
+    pretrain_s = time.perf_counter() - started
+    out: dict[str, Any] = {
+        "prepare_seconds": prepare_s,
+        "pretrain_seconds": pretrain_s,
+        "pretrain_val": metrics["val"],
+        "rows": [],
+    }
+    for prior in priors:
+        spec = TrialSpec(prior=prior, estimator="rjfb", depth=5, restarts=3, seed=0)
+        results = {}
+        for autocast in (None, "bfloat16"):
+            layered = _merge(raw, {"train": {"restart_autocast": autocast}})
+            (workdir / "params.yaml").write_text(yaml.safe_dump(layered, sort_keys=False))
+            trial_study = load_params(workdir / "params.yaml")
+            started = time.perf_counter()
+            result = run_trial(trial_study, spec, prepared)
+            wall = time.perf_counter() - started
+            m = result.metrics
+            results[autocast or "float32"] = {
+                "status": result.status,
+                "test_psnr": m.get("test_psnr", math.nan),
+                "test_psnr_at_depth": m.get("test_psnr_at_depth", math.nan),
+                "train_seconds": m.get("train_seconds", math.nan),
+                "seconds_per_step": m.get("seconds_per_step", math.nan),
+                "wall_seconds": wall,
+            }
+        full, low = results["float32"], results["bfloat16"]
+        out["rows"].append(
+            {
+                "prior": prior,
+                "trial": spec.name,
+                "float32": full,
+                "bfloat16": low,
+                "delta_test_psnr": low["test_psnr"] - full["test_psnr"],
+                "delta_test_psnr_at_depth": low["test_psnr_at_depth"] - full["test_psnr_at_depth"],
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# driver
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return info
+
+
+def _write(out: Path, name: str, result: dict[str, Any]) -> None:
+    from pipeline.util import jsonio
+
+    jsonio.write(out / f"{name}.json", result)
+
+
+def run(
+    out: Path,
+    device: torch.device,
+    parts: Sequence[str] = PARTS,
+    tiny: bool = False,
+    repeats: int = 7,
+    params: Path = REPO / "params.yaml",
+    log: Callable[[str], None] = print,
+    tf32: bool = True,
+) -> dict[str, Any]:
+    """Run ``parts`` in order; ``tf32=False`` turns cuDNN's TF32 convolutions off for the
+    benchmark (PyTorch's default is on), which then writes ``bench-fp32.json``/``.md``."""
+    from pipeline.tools import bench
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"environment": _environment(device), "seconds": {}}
+    _write(out, "environment", summary["environment"])
+    for part in parts:
+        started = time.perf_counter()
+        log(f"[gpucheck] {part} ...")
+        if part == "grads":
+            result = check_gradients(device, size=16 if tiny else 32, width=2 if tiny else 8)
+        elif part == "bench":
+            settings = bench.Settings(
+                suite="gpu",
+                device=str(device),
+                repeats=1 if tiny else repeats,
+                warmup=0 if tiny else 1,
+                batch=1 if tiny else None,
+                size=32 if tiny else None,
+                width=4 if tiny else None,
+                quick=tiny,
+            )
+            previous = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            try:
+                result = bench.run_suite(settings)
+            finally:
+                torch.backends.cudnn.allow_tf32 = previous
+            name = "bench" if tf32 else "bench-fp32"
+            (out / f"{name}.md").write_text(bench.markdown(result) + "\n")
+        elif part == "quality":
+            work = Path(tempfile.mkdtemp(prefix="rjfb-quality-"))
+            try:
+                result = check_quality(device, params, work, tiny=tiny, progress=not tiny)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        else:
+            raise ValueError(f"unknown part {part!r}; expected some of {PARTS}")
+        result["seconds"] = time.perf_counter() - started
+        summary["seconds"][part] = result["seconds"]
+        summary[part] = result
+        _write(out, "bench-fp32" if part == "bench" and not tf32 else part, result)
+        log(f"[gpucheck] {part}: {result['seconds']:.1f} s")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.gpucheck", description=__doc__)
+    parser.add_argument("--out", required=True, help="folder for <part>.json and bench.md")
+    parser.add_argument("--device", default="cuda", help="torch device (default: %(default)s)")
+    parser.add_argument("--parts", default=",".join(PARTS), help="(default: %(default)s)")
+    parser.add_argument("--tiny", action="store_true", help="seconds-long sizes, for CPU tests")
+    parser.add_argument("--repeats", type=int, default=7, help="bench repetitions (%(default)s)")
+    parser.add_argument("--params", default=str(REPO / "params.yaml"), help="study params")
+    parser.add_argument(
+        "--no-tf32", action="store_true", help="bench with cuDNN TF32 convolutions off"
+    )
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"--parts: unknown {unknown}; expected some of {list(PARTS)}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available (use --device cpu --tiny)")
+    run(
+        Path(args.out),
+        device,
+        parts,
+        args.tiny,
+        args.repeats,
+        Path(args.params),
+        tf32=not args.no_tf32,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
