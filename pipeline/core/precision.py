@@ -11,6 +11,10 @@ import torch
 from torch import Tensor
 
 from pipeline.core.schemes import StepFn
+from pipeline.util.names import AUTOCAST_NAMES
+
+# params name (``train.restart_autocast``) -> torch dtype
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in AUTOCAST_NAMES}
 
 
 def autocast_no_grad(step: StepFn, dtype: torch.dtype | None, refine: bool = False) -> StepFn:
@@ -48,6 +52,3 @@ def autocast_no_grad(step: StepFn, dtype: torch.dtype | None, refine: bool = Fal
             return step(x, layer).to(x.dtype)
 
     return step_autocast
-
-
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -76,7 +76,7 @@ def build_estimator(study: StudyConfig, spec: TrialSpec) -> Estimator:
     if spec.estimator == "deq":
         return make_estimator("deq", depth=spec.depth, **deq)
     if spec.estimator == "jfb":
-        keep = ("tol", "max_iter", "anderson", "anderson_memory", "anderson_damping")
+        keep = ("tol", "max_iter", "solver", "anderson_memory", "anderson_damping")
         return make_estimator("jfb", depth=spec.depth, **{k: deq[k] for k in keep})
     if spec.estimator == "unrolled":
         return make_estimator("unrolled", iterations=spec.iterations, depth=spec.depth)

@@ -35,11 +35,14 @@ from pydantic import (
 )
 
 from pipeline.util.errors import ConfigError, did_you_mean
+from pipeline.util.hashing import sha256_file
+from pipeline.util.names import AUTOCAST_NAMES, DENOISER_ARCH, SOLVER_NAMES, WAVELET_NAMES
 
 EstimatorName = Literal["deq", "rjfb", "jfb", "unrolled"]
 Start = Literal["y", "warm"]
-Autocast = Literal["bfloat16", "float16"]
-DenoiserName = Literal["drunet", "dncnn"]
+Autocast = Literal[AUTOCAST_NAMES]  # type: ignore[valid-type]
+DenoiserName = Literal[tuple(DENOISER_ARCH)]  # type: ignore[valid-type]
+SolverName = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -47,8 +50,6 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 # Prior names name trials, Tune trial folders and MLflow runs: keep them path- and tag-safe.
 PRIOR_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-# Wavelets pipeline.wavelets implements (kept here so validating needs neither torch nor pywt).
-WAVELET_NAMES = ("haar", *(f"db{i}" for i in range(1, 39)))
 # MLflow tracking-URI schemes (a plain path is a file store).
 TRACKING_SCHEMES = (
     "http",
@@ -223,8 +224,8 @@ class PnPPrior(_Strict):
 
     @model_validator(mode="after")
     def _arch_keys(self) -> PnPPrior:
-        other = ("depth", "nf") if self.denoiser == "drunet" else ("nc", "nb")
-        for key in other:
+        own = DENOISER_ARCH[self.denoiser]
+        for key in (k for keys in DENOISER_ARCH.values() for k in keys if k not in own):
             if getattr(self, key) is not None:
                 raise _Located((key,), f"is not an option of denoiser {self.denoiser!r}")
         return self
@@ -287,15 +288,7 @@ class PretrainConfig(_Strict):
 
     def arch(self, kind: str | None = None) -> dict[str, int]:
         """Architecture options of ``kind`` (default: this section's denoiser)."""
-        kind = kind or self.denoiser
-        return (
-            {"nc": self.nc, "nb": self.nb}
-            if kind == "drunet"
-            else {
-                "depth": self.depth,
-                "nf": self.nf,
-            }
-        )
+        return {key: getattr(self, key) for key in DENOISER_ARCH[kind or self.denoiser]}
 
 
 class DEQOptions(_Strict):
@@ -303,7 +296,7 @@ class DEQOptions(_Strict):
     max_iter: PositiveInt = 300
     backward_tol: PositiveFloat = 1e-4
     backward_max_iter: PositiveInt = 300
-    anderson: bool = True
+    solver: SolverName = "anderson"
     anderson_memory: PositiveInt = 5
     anderson_damping: float = Field(1.0, gt=0, le=1)
 
@@ -627,31 +620,15 @@ class StudyConfig(_Strict):
         if isinstance(p, PnPPrior):
             context["denoiser_arch"] = self.denoiser_arch(prior)
             if p.weights is not None:
-                context["weights_sha256"] = _file_sha256(self.resolve(p.weights))
+                path = self.resolve(p.weights)  # a missing file is reported when trials load it
+                context["weights_sha256"] = (
+                    sha256_file(path, cached=True) if path.exists() else None
+                )
         return context
 
     def with_root(self, root: Path) -> StudyConfig:
         self._root = Path(root).resolve()
         return self
-
-
-def _file_sha256(path: Path) -> str | None:
-    """sha256 of a file (None if absent), cached by (path, size, mtime)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 class _Located(ValueError):

@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.core.precision import AUTOCAST_DTYPES
+
 COLUMNS = (
     "impl",
     "method",
@@ -89,7 +91,6 @@ STEP_MEMORY_SLACK = 1.10
 BF16_SPEEDUP_TARGET = 1.15
 
 AUTOCAST_LABELS = {"bfloat16": "bf16", "float16": "fp16"}
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ------------------------------------------------------------------------------------------
@@ -791,9 +792,8 @@ def project_case(problem: Problem, cfg: Config) -> Case:
         tol = UNREACHABLE_TOL if cfg.tol is None else cfg.tol
         opts: dict[str, Any] = dict(tol=tol, max_iter=cfg.forward_iter)
         if cfg.method == "deq":
-            opts.update(
-                backward_tol=tol, backward_max_iter=cfg.backward_iter, anderson=cfg.anderson
-            )
+            solver = "anderson" if cfg.anderson else "fixed_point"
+            opts.update(backward_tol=tol, backward_max_iter=cfg.backward_iter, solver=solver)
         est = make_estimator(cfg.method, **opts)
     scheme, physics = problem.scheme, problem.physics
     low = AUTOCAST_DTYPES[cfg.autocast] if cfg.autocast else None
