@@ -1,17 +1,42 @@
 """The one place that turns the study's config into core objects: device, scheme, estimator.
 
-scheme = build_scheme(study, prior_name, physics, channels)
-est = build_estimator(study, spec)
+    scheme = build_scheme(study, "wl1", spec, channels=1)     # the prior's scheme module
+    est = build_estimator(study, spec)
+
+Each prior type of ``pipeline.study.config`` registers its scheme builder here::
+
+    @scheme_builder(MyPrior)
+    def my_scheme(prior: MyPrior, study: StudyConfig, spec: TrialSpec, channels: int) -> Scheme:
+        ...
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from pipeline.core.denoisers import build_denoiser
 from pipeline.core.estimators import Estimator, make_estimator
-from pipeline.study.config import PnPPrior, StudyConfig, TrialSpec, WaveletPrior
+from pipeline.core.schemes import PnPFB, Scheme, WaveletFB
+from pipeline.study.config import PnPPrior, PriorConfig, StudyConfig, TrialSpec, WaveletPrior
+
+SchemeBuilder = Callable[[Any, StudyConfig, TrialSpec, int], Scheme]
+
+# prior config class -> the function that builds its scheme; filled by @scheme_builder
+SCHEME_BUILDERS: dict[type[PriorConfig], SchemeBuilder] = {}
+
+
+def scheme_builder(prior_type: type[PriorConfig]) -> Callable[[SchemeBuilder], SchemeBuilder]:
+    """Register the scheme builder of a prior config class (a decorator)."""
+
+    def register(builder: SchemeBuilder) -> SchemeBuilder:
+        SCHEME_BUILDERS[prior_type] = builder
+        return builder
+
+    return register
 
 
 def resolve_device(name: str) -> torch.device:
@@ -24,49 +49,52 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_scheme(
-    prior: WaveletPrior | PnPPrior,
-    spec: TrialSpec,
-    channels: int,
-    root: Path,
-    arch: dict[str, int] | None = None,
-):
-    """The scheme module for a prior config (per-layer parameters get ``spec.depth`` layers).
-
-    ``arch``: the denoiser architecture of a PnP prior (``StudyConfig.denoiser_arch``); without
-    it the prior's own keys are used (deepinv's defaults for those left out). The denoiser is
-    frozen unless ``prior.train_denoiser``.
-    """
-    from pipeline.core import denoisers, schemes
-
-    if isinstance(prior, WaveletPrior):
-        return schemes.WaveletFB(
-            wavelet=prior.wavelet,
-            levels=prior.levels,
-            prior=prior.norm,
-            reg_init=prior.reg_init,
-            step_size=prior.step_size,
-            learn_step_size=prior.learn_step_size,
-            weights_init=prior.weights_init,
-            per_subband=prior.per_subband,
+def build_scheme(study: StudyConfig, prior: str, spec: TrialSpec, channels: int) -> Scheme:
+    """The scheme module of prior ``prior`` for ``channels``-channel images (per-layer
+    parameters get ``spec.depth`` layers); ``ValueError`` when the config cannot be built."""
+    cfg = study.priors[prior]
+    builder = SCHEME_BUILDERS.get(type(cfg))
+    if builder is None:
+        raise TypeError(
+            f"prior type {type(cfg).__name__} has no scheme builder "
+            "(register one with @scheme_builder in pipeline.study.build)"
         )
-    weights = None if prior.weights is None else Path(root) / prior.weights
-    if arch is None:
-        keys = ("nc", "nb") if prior.denoiser == "drunet" else ("depth", "nf")
-        arch = {k: getattr(prior, k) for k in keys if getattr(prior, k) is not None}
-    denoiser = denoisers.build_denoiser(
-        prior.denoiser, channels=channels, weights=weights, **dict(arch)
+    return builder(cfg, study, spec, channels)
+
+
+@scheme_builder(WaveletPrior)
+def wavelet_scheme(
+    prior: WaveletPrior, study: StudyConfig, spec: TrialSpec, channels: int
+) -> Scheme:
+    return WaveletFB(
+        wavelet=prior.wavelet,
+        levels=prior.levels,
+        prior=prior.norm,
+        reg_init=prior.reg_init,
+        step_size=prior.step_size,
+        learn_step_size=prior.learn_step_size,
+        weights_init=prior.weights_init,
+        per_subband=prior.per_subband,
+    )
+
+
+@scheme_builder(PnPPrior)
+def pnp_scheme(prior: PnPPrior, study: StudyConfig, spec: TrialSpec, channels: int) -> Scheme:
+    """The denoiser (architecture: ``PnPPrior.arch``) loads the prior's weights and stays
+    frozen unless ``train_denoiser``."""
+    weights = None if prior.weights is None else Path(study.root) / prior.weights
+    denoiser = build_denoiser(
+        prior.denoiser, channels=channels, weights=weights, **prior.arch(study.pretrain)
     )
     denoiser.requires_grad_(prior.train_denoiser)
-    layers = spec.depth if prior.per_layer_sigma else 1
-    return schemes.PnPFB(
+    return PnPFB(
         denoiser,
         sigma_init=prior.sigma_init,
         step_size=prior.step_size,
         learn_step_size=prior.learn_step_size,
         relaxation_init=prior.relaxation_init,
         learn_relaxation=prior.learn_relaxation,
-        layers=layers,
+        layers=spec.depth if prior.per_layer_sigma else 1,
         per_layer_sigma=prior.per_layer_sigma,
     )
 
@@ -98,6 +126,6 @@ def check_denoisers(study: StudyConfig, channels: int, priors: list[str] | None 
             continue
         spec = TrialSpec(prior=name, estimator="deq")
         try:
-            build_scheme(prior, spec, channels, study.root, study.denoiser_arch(name))
+            build_scheme(study, name, spec, channels)
         except ValueError as err:
             raise ConfigError(f"priors.{name}: {err}") from None

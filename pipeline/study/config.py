@@ -20,8 +20,9 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -34,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.study.families import FAMILIES, PriorFamily
 from pipeline.util.errors import ConfigError, did_you_mean
 from pipeline.util.hashing import sha256_file
 from pipeline.util.names import AUTOCAST_NAMES, DENOISER_ARCH, SOLVER_NAMES, WAVELET_NAMES
@@ -154,7 +156,54 @@ class TrainOverrides(_Strict):
         return {k: getattr(self, k) for k in sorted(self.model_fields_set)}
 
 
-class WaveletPrior(_Strict):
+# prior type (the ``type:`` tag in params.yaml) -> its config class; filled by PriorConfig
+PRIOR_TYPES: dict[str, type[PriorConfig]] = {}
+
+
+class PriorConfig(_Strict):
+    """Base of the prior types of ``params.yaml``.
+
+    A new prior type is one subclass here, with a ``type: Literal["name"]`` field (subclassing
+    registers it in :data:`PRIOR_TYPES`; the ``Prior`` union and every message listing the
+    types come from there), plus one scheme builder registered in ``pipeline.study.build``
+    (``@scheme_builder(NewPrior)``): the schema stays free of the math.
+    """
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        (tag,) = typing.get_args(cls.model_fields["type"].annotation)
+        PRIOR_TYPES[tag] = cls
+
+    def min_side(self) -> int:
+        """The patch side must be a multiple of this (the transform's or the network's)."""
+        return 1
+
+    def family(self) -> PriorFamily:
+        """The family this prior belongs to, and its label (what is learned)."""
+        raise NotImplementedError
+
+    def trial_context(self, study: StudyConfig) -> dict[str, Any]:
+        """What, besides this config, changes what its trials compute (for ``TrialSpec.key``)."""
+        return {}
+
+
+def prior_types_text(join: str = "or") -> str:
+    """The registered prior types for messages: ``'wavelet' or 'pnp'``."""
+    names = [repr(t) for t in PRIOR_TYPES]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {join} {names[-1]}"
+
+
+def parse_prior(raw: Mapping[str, Any]) -> PriorConfig:
+    """A prior config from its mapping (a ``priors`` entry, or a config's ``model_dump()``)."""
+    tag = raw.get("type")
+    cls = PRIOR_TYPES.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise ValueError(did_you_mean("prior type", str(tag), PRIOR_TYPES))
+    return cls.model_validate(raw)
+
+
+class WaveletPrior(PriorConfig):
     """Forward-backward with a (weighted) wavelet norm."""
 
     type: Literal["wavelet"]
@@ -193,8 +242,18 @@ class WaveletPrior(_Strict):
     def min_side(self) -> int:
         return 2**self.levels
 
+    def family(self) -> PriorFamily:
+        """Wavelet FB learns λ (and weights, and τ when ``learn_step_size``)."""
+        learned = ["lambda"]
+        if self.norm == "weighted_l1":
+            learned.append("per-subband weights" if self.per_subband else "per-scale weights")
+        if self.learn_step_size:
+            learned.append("tau")
+        name = FAMILIES["wavelet"]
+        return PriorFamily("wavelet", name, f"{name} ({self.norm}): learn {', '.join(learned)}")
 
-class PnPPrior(_Strict):
+
+class PnPPrior(PriorConfig):
     """Plug-and-Play forward-backward with a denoiser network.
 
     Architecture keys left out (``nc``, ``nb`` for DRUNet; ``depth``, ``nf`` for DnCNN) take the
@@ -233,8 +292,40 @@ class PnPPrior(_Strict):
     def min_side(self) -> int:
         return 8 if self.denoiser == "drunet" else 1
 
+    def arch(self, pretrain: PretrainConfig) -> dict[str, int]:
+        """The denoiser architecture: this prior's own keys, else the ``pretrain`` section's."""
+        arch = pretrain.arch(self.denoiser)
+        return {k: v if getattr(self, k) is None else getattr(self, k) for k, v in arch.items()}
 
-Prior = Annotated[WaveletPrior | PnPPrior, Field(discriminator="type")]
+    def family(self) -> PriorFamily:
+        """A frozen denoiser learns τ, σ and the relaxation; ``train_denoiser: true`` trains
+        every denoiser weight inside FB as well (family named after the network)."""
+        learned = ["tau"] if self.learn_step_size else []
+        learned.append("sigma (one per layer)" if self.per_layer_sigma else "sigma")
+        if self.learn_relaxation:
+            learned.append("relaxation")
+        if self.train_denoiser:
+            net = {"drunet": "DRUNet", "dncnn": "DnCNN"}.get(self.denoiser, "denoiser")
+            return PriorFamily(
+                "pnp_trained",
+                f"{net} inside FB, trained",
+                f"{net} inside FB, trained: all denoiser weights (lr {self.denoiser_lr:g}), "
+                f"{', '.join(learned)}",
+            )
+        name = FAMILIES["pnp_frozen"]
+        return PriorFamily("pnp_frozen", name, f"{name}: learn {', '.join(learned)}")
+
+    def trial_context(self, study: StudyConfig) -> dict[str, Any]:
+        """The resolved architecture and the sha256 of the weights file (None if absent)."""
+        context: dict[str, Any] = {"denoiser_arch": self.arch(study.pretrain)}
+        if self.weights is not None:
+            path = study.resolve(self.weights)  # a missing file is reported when trials load it
+            context["weights_sha256"] = sha256_file(path, cached=True) if path.exists() else None
+        return context
+
+
+# one member per registered prior type, told apart by ``type:``
+Prior = Annotated[Union[tuple(PRIOR_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 # --------------------------------------------------------------------------- training
@@ -604,8 +695,7 @@ class StudyConfig(_Strict):
         p = self.priors[prior]
         if not isinstance(p, PnPPrior):
             raise TypeError(f"prior {prior!r} is not a PnP prior")
-        arch = self.pretrain.arch(p.denoiser)
-        return {k: v if getattr(p, k) is None else getattr(p, k) for k, v in arch.items()}
+        return p.arch(self.pretrain)
 
     def trial_context(self, prior: str) -> dict[str, Any]:
         """Everything outside a TrialSpec that changes what that trial computes (for a PnP
@@ -616,14 +706,7 @@ class StudyConfig(_Strict):
             "train": self.train_for(prior).model_dump(mode="json"),
             "deq": self.sweep.deq.model_dump(mode="json"),
         }
-        p = self.priors[prior]
-        if isinstance(p, PnPPrior):
-            context["denoiser_arch"] = self.denoiser_arch(prior)
-            if p.weights is not None:
-                path = self.resolve(p.weights)  # a missing file is reported when trials load it
-                context["weights_sha256"] = (
-                    sha256_file(path, cached=True) if path.exists() else None
-                )
+        context.update(self.priors[prior].trial_context(self))
         return context
 
     def with_root(self, root: Path) -> StudyConfig:
@@ -790,10 +873,10 @@ def _describe(err: ValidationError, raw: Any) -> str:
         tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
         tag = _tag_value(raw, loc)
         if not isinstance(tag, str):
-            return f"{_loc(loc)}.type: expected 'wavelet' or 'pnp', got {_short(tag)}"
+            return f"{_loc(loc)}.type: expected {prior_types_text()}, got {_short(tag)}"
         return f"{_loc(loc)}.type: " + did_you_mean("prior type", tag, tags)
     if typ == "union_tag_not_found":
-        return f"{_loc(loc)}: missing key 'type' (expected 'wavelet' or 'pnp')"
+        return f"{_loc(loc)}: missing key 'type' (expected {prior_types_text()})"
     if typ == "missing":
         return f"{_loc(loc)}: missing required key"
     if typ == "literal_error":
@@ -954,7 +1037,7 @@ def _resolve(ann: Any, node: Any) -> Any:
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    if len(loc) > 2 and loc[0] == "priors" and loc[2] in ("wavelet", "pnp"):
+    if len(loc) > 2 and loc[0] == "priors" and loc[2] in PRIOR_TYPES:
         loc = loc[:2] + loc[3:]  # pydantic's discriminator tag, not a key of the file
     out = ""
     for part in loc:

@@ -24,7 +24,7 @@ from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad
 from pipeline.core.probes import psnr
 from pipeline.core.solvers import anderson
 from pipeline.study.build import build_estimator, build_scheme, resolve_device
-from pipeline.study.config import PnPPrior, StudyConfig, TrialSpec
+from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.data import observe
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -74,9 +74,8 @@ class Trial:
             splits.append(split if own is None else observe(split, own, study.data.seed))
         self.train, self.val, self.test = splits
         channels = self.train.clean.shape[1]
-        arch = study.denoiser_arch(spec.prior) if isinstance(self.prior, PnPPrior) else None
         try:
-            scheme = build_scheme(self.prior, spec, channels, study.root, arch)
+            scheme = build_scheme(study, spec.prior, spec, channels)
         except ValueError as err:
             from pipeline.util.errors import ConfigError
 
