@@ -22,6 +22,7 @@ from pipeline.core.denoisers import build_denoiser
 from pipeline.core.estimators import Estimator, make_estimator
 from pipeline.core.schemes import PnPFB, Scheme, WaveletFB
 from pipeline.study.config import PnPPrior, PriorConfig, StudyConfig, TrialSpec, WaveletPrior
+from pipeline.util.errors import ConfigError, UserError
 
 SchemeBuilder = Callable[[Any, StudyConfig, TrialSpec, int], Scheme]
 
@@ -39,14 +40,22 @@ def scheme_builder(prior_type: type[PriorConfig]) -> Callable[[SchemeBuilder], S
     return register
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(
+    name: str, key: str = "train.device", error: type[UserError] = ConfigError
+) -> torch.device:
+    """``name`` ("auto", "cpu", "cuda", "cuda:1") as a usable torch device (auto: CUDA when one
+    is visible); otherwise ``error`` in one line naming ``key`` (the setting or the flag)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from pipeline.util.errors import ConfigError
-
-        raise ConfigError("train.device: 'cuda' requested but no CUDA device is visible")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise error(f"{key}: {name!r} is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"{key}: {name!r} requested but no CUDA device is visible")
+    if device.type not in ("cpu", "cuda"):
+        raise error(f"{key}: {name!r}: only cpu and cuda are supported")
+    return device
 
 
 def build_scheme(study: StudyConfig, prior: str, spec: TrialSpec, channels: int) -> Scheme:
@@ -117,8 +126,6 @@ def check_denoisers(study: StudyConfig, channels: int, priors: list[str] | None 
     """Build every PnP prior's denoiser (of the sweep, or ``priors``) and load its weights once,
     so a missing or mismatched weights file fails before any trial starts (``ConfigError``
     naming the prior)."""
-    from pipeline.util.errors import ConfigError
-
     names = priors if priors is not None else sorted({t.prior for t in study.trials()})
     for name in names:
         prior = study.priors[name]

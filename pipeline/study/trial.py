@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from pipeline.core.estimators import Estimator, block
-from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad
+from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad, step_memory
 from pipeline.core.probes import psnr
 from pipeline.core.solvers import anderson
 from pipeline.study.build import build_estimator, build_scheme, resolve_device
@@ -239,33 +239,19 @@ class Trial:
         return flatten_theta(self.scheme.theta())
 
     def saved_mib(self) -> float:
-        """MiB autograd saves for one training step: the estimator's training memory.
-
-        On CUDA: the peak allocated memory of one training step (forward and backward)."""
+        """MiB one training step needs (``core.precision.step_memory``): what autograd saves on
+        CPU, the peak allocated memory of forward and backward on CUDA."""
         index = torch.arange(min(self.cfg.batch_size, len(self.train)))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+
+        def forward() -> Tensor:
             step, y = self.train_step_fn(self.train, index)
-            x = self.estimator(step, y)
-            ((x - self.train.clean[index]) ** 2).mean().backward()
+            return ((self.estimator(step, y) - self.train.clean[index]) ** 2).mean()
+
+        def backward(loss: Tensor) -> None:
+            loss.backward()
             self.optimizer.zero_grad(set_to_none=True)
-            del x
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        total = 0
 
-        def pack(t: Tensor) -> Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        step, y = self.train_step_fn(self.train, index)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            x = self.estimator(step, y)
-            loss = ((x - self.train.clean[index]) ** 2).mean()
-        del loss, x
-        return total / 2**20
+        return step_memory(forward, backward, self.device).peak_bytes / 2**20
 
 
 def flatten_theta(theta: dict[str, Any]) -> dict[str, float]:
