@@ -1,6 +1,7 @@
 """Denoisers for Plug-and-Play: construction, safe weights loading, and the one table of architecture keys.
 
-    model = build_denoiser("drunet", channels=1, arch={"nc": [8, 16, 32, 64], "nb": 1}, weights=path)
+    model = build_denoiser("drunet", channels=1, weights=path, nc=8, nb=1)   # widths 8/16/32/64
+    x_hat = model(y, torch.full((y.shape[0],), 0.05))                      # D(y, σ)
 
 Weights are loaded with ``torch.load(weights_only=True)``; a file that is not a state dict of the
 requested architecture is refused with one line naming it.

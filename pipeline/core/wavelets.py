@@ -1,8 +1,11 @@
 """Orthonormal 2-D discrete wavelet transform with periodization, batched and differentiable.
 
-``W = Wavelet("db4", levels=4)``; ``coeffs = W(x)``; ``x = W.inverse(coeffs)``. Works on
-``(B, C, H, W)`` tensors in float32 or float64, under autograd and ``torch.func`` (jvp/vjp).
-W is orthonormal, so ``W.inverse`` is both its inverse and its adjoint.
+    W = Wavelet("db4", levels=4)
+    coeffs = W(x)                       # [approx_4, details_4, ..., details_1]
+    x = W.inverse(coeffs)               # exact: W is orthonormal
+
+Works on ``(B, C, H, W)`` tensors in float32 or float64, under autograd and ``torch.func``
+(jvp/vjp). W is orthonormal, so ``W.inverse`` is both its inverse and its adjoint.
 
 Coefficient layout (:data:`Coeffs`)::
 

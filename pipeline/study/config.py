@@ -2,7 +2,7 @@
 
 ``load_params(path)`` reads the file and returns a frozen :class:`StudyConfig`; any mistake
 (missing file, invalid YAML, a non-mapping, unknown keys, wrong types, out-of-range values,
-unknown names, an empty grid) raises :class:`~pipeline.errors.ConfigError` with one line naming
+unknown names, an empty grid) raises :class:`~pipeline.util.errors.ConfigError` with one line naming
 the file, the key and what is expected, e.g.::
 
     params.yaml: data.sed: unknown key (did you mean 'seed'?)
