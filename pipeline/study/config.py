@@ -14,9 +14,7 @@ sections to the library.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import re
 import types
 import typing
@@ -353,14 +351,6 @@ class TrialSpec(_Strict):
         parts.append(f"s{self.seed}")
         return "-".join(parts)
 
-    def key(self, study: StudyConfig | None = None) -> str:
-        """A stable hash of this trial and (if given) everything in the study that shapes it."""
-        payload: dict[str, Any] = {"trial": self.model_dump(mode="json")}
-        if study is not None:
-            payload["study"] = study.trial_context(self.prior)
-        blob = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
 
 class SweepConfig(_Strict):
     """The grid. ``deq``/``jfb`` run once per prior and seed; ``rjfb`` over depths × restarts ×
@@ -614,44 +604,9 @@ class StudyConfig(_Strict):
         arch = self.pretrain.arch(p.denoiser)
         return {k: v if getattr(p, k) is None else getattr(p, k) for k, v in arch.items()}
 
-    def trial_context(self, prior: str) -> dict[str, Any]:
-        """Everything outside a TrialSpec that changes what that trial computes (for a PnP
-        prior also its resolved architecture and the sha256 of its weights file)."""
-        context: dict[str, Any] = {
-            "data": self.data.model_dump(mode="json"),
-            "prior": self.priors[prior].model_dump(mode="json"),
-            "train": self.train_for(prior).model_dump(mode="json"),
-            "deq": self.sweep.deq.model_dump(mode="json"),
-        }
-        p = self.priors[prior]
-        if isinstance(p, PnPPrior):
-            context["denoiser_arch"] = self.denoiser_arch(prior)
-            if p.weights is not None:
-                context["weights_sha256"] = _file_sha256(self.resolve(p.weights))
-        return context
-
     def with_root(self, root: Path) -> StudyConfig:
         self._root = Path(root).resolve()
         return self
-
-
-def _file_sha256(path: Path) -> str | None:
-    """sha256 of a file (None if absent), cached by (path, size, mtime)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 class _Located(ValueError):

@@ -9,13 +9,28 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.sweep import tracking
-from pipeline.sweep.grid import TrialContext, trial_params
+from pipeline.sweep.grid import trial_params
 from pipeline.sweep.shipping import PreparedBundle, WeightsBundle, localize_weights, materialize
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its grid point (plain, serialisable values)."""
+
+    study: dict[str, Any]
+    root: str
+    prepared: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    threads: int
+    checkpoint_every_s: float = 0.0
 
 
 def train_trial(
@@ -90,7 +105,7 @@ def train_trial(
     summary.update(progress.cost)
     if run.reopened:  # a retried finish: log what the run does not hold yet
         have = set(c.get_run(run_id).data.metrics)
-        summary = {k: v for k, v in summary.items() if tracking._metric_name(k) not in have}
+        summary = {k: v for k, v in summary.items() if tracking.metric_name(k) not in have}
     tracking.log_metrics(c, run_id, summary, step=len(result.history))
     tracking.log_artifacts(c, run_id, result.artifacts)
     payload = {
