@@ -43,24 +43,11 @@ def train_trial(
     import ray
     from ray import tune
 
-    from pipeline.study.trial import run_trial
-
     study = StudyConfig.model_validate(context.study).with_root(Path(context.root))
     spec = TrialSpec.model_validate(point["trial"])
-    uri = context.tracking_uri
-    c = tracking.client(uri)
+    c = tracking.client(context.tracking_uri)
     node_id = ray.get_runtime_context().get_node_id()
-    params = trial_params(study, point, spec.prior, weights)
-    where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
-    run = tracking.open_child(
-        uri,
-        context.experiment_id,
-        context.parent_run_id,
-        point["key"],
-        point["name"],
-        params,
-        where,
-    )
+    run = _open_run(study, spec, point, context, weights, node_id)
     if run.finished:
         # An earlier attempt finished this trial but the driver died before Tune recorded it:
         # hand Tune the kept result instead of training again.
@@ -69,8 +56,47 @@ def train_trial(
             tune.report(kept)
             return
         c.update_run(run.run_id, status="RUNNING")
-    run_id = run.run_id
+    result, progress = _train(study, spec, context, c, run, bundle, weights)
+    tune.report(_log_final(c, run, result, progress, node_id))
 
+
+def _open_run(
+    study: StudyConfig,
+    spec: TrialSpec,
+    point: dict[str, Any],
+    context: TrialContext,
+    weights: WeightsBundle | None,
+    node_id: str,
+) -> tracking.ChildRun:
+    """The trial's child run (an earlier attempt's, if any), tagged with where it runs."""
+    params = trial_params(study, point, spec.prior, weights)
+    where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
+    return tracking.open_child(
+        context.tracking_uri,
+        context.experiment_id,
+        context.parent_run_id,
+        point["key"],
+        point["name"],
+        params,
+        where,
+    )
+
+
+def _train(
+    study: StudyConfig,
+    spec: TrialSpec,
+    context: TrialContext,
+    c: Any,
+    run: tracking.ChildRun,
+    bundle: PreparedBundle | None,
+    weights: WeightsBundle | None,
+) -> tuple[Any, _Progress]:
+    """Train from Tune's checkpoint, if any; the run ends KILLED or FAILED when training does."""
+    from ray import tune
+
+    from pipeline.study.trial import run_trial
+
+    run_id = run.run_id
     resume = load_checkpoint(tune.get_checkpoint())
     logged = tracking.logged_steps(c, run_id, "epoch") if run.reopened else set()
     if run.reopened:
@@ -98,6 +124,15 @@ def train_trial(
             progress.log_pending()  # the epochs it did run
         tracking.finish(c, run_id, "failed", f"{type(err).__name__}: {err}", "FAILED")
         raise
+    return result, progress
+
+
+def _log_final(
+    c: Any, run: tracking.ChildRun, result: Any, progress: _Progress, node_id: str
+) -> dict[str, Any]:
+    """Log the trial's last epochs, final metrics and artifacts, keep its result with the run
+    and end it; return that result (what Tune is told)."""
+    run_id = run.run_id
     progress.log_pending()
     final = {k: v for k, v in result.metrics.items() if k != "epoch"}
     last_epoch = result.history[-1] if result.history else {}
@@ -121,7 +156,7 @@ def train_trial(
     }
     tracking.log_result(c, run_id, payload)
     tracking.finish(c, run_id, result.status, result.reason)
-    tune.report(payload)
+    return payload
 
 
 class _Progress:
