@@ -52,14 +52,14 @@ from pipeline.util.errors import DataError
 
 
 def _check_prepared(prepared: Path) -> None:
-    from pipeline.study.data import load_split
+    from pipeline.study.data import verify_prepared
 
     if not prepared.exists() and in_ray_job() and not prepared.is_absolute():
         raise DataError(
             f"{prepared}: not in the job's working dir (Ray does not upload .gitignore'd "
             "paths): pass --prepared with a path on shared storage, or see docs/cluster.md"
         )
-    load_split(prepared, "train")  # fails fast with a clear message when not prepared
+    verify_prepared(prepared)  # every split, file and field, before Ray starts
 
 
 def run_sweep(
