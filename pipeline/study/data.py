@@ -123,6 +123,15 @@ def list_image_files(folder: Path) -> list[Path]:
                 f"{entry}: not an image file (the data.source folder may hold only "
                 f"{'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} files)"
             )
+        try:
+            mode = entry.stat().st_mode  # through a link: what would be read
+        except OSError as err:
+            raise DataError(f"{entry}: cannot be read ({err.strerror or err})") from None
+        if not stat.S_ISREG(mode):
+            raise DataError(
+                f"{entry}: not a regular file (a FIFO, socket or device); the data.source folder "
+                "may hold only image files"
+            )
         files.append(entry)
     if not files:
         raise DataError(f"{folder}: no images found (expected PNG/JPEG/TIFF files)")
@@ -151,6 +160,7 @@ def _read_image(path: Path) -> np.ndarray:
 
     import skimage.io
 
+    _check_decoded_size(path)
     try:
         with warnings.catch_warnings():  # imageio warns while probing its plugins on junk
             warnings.simplefilter("ignore")
@@ -161,6 +171,42 @@ def _read_image(path: Path) -> np.ndarray:
     if arr.dtype == object or arr.size == 0:
         raise DataError(f"{path}: cannot be read as an image (no pixel data)")
     return arr
+
+
+MAX_IMAGE_PIXELS = 1 << 26  # 64 Mpx (8192x8192) per image file, all frames together
+
+
+def _check_decoded_size(path: Path) -> None:
+    """Refuse an image whose header says it decodes to more than :data:`MAX_IMAGE_PIXELS`
+    pixels, before decoding it (a small compressed file can decode to gigabytes). TIFF is read
+    by tifffile, everything else by PIL: each header is read the way the file will be."""
+    import warnings
+
+    pixels = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.suffix.lower() in (".tif", ".tiff"):
+                import tifffile
+
+                with tifffile.TiffFile(path) as tf:
+                    pixels = sum(
+                        int(page.imagewidth) * int(page.imagelength) * int(page.imagedepth or 1)
+                        for page in tf.pages
+                    )
+            else:
+                from PIL import Image
+
+                with Image.open(path) as im:
+                    w, h = im.size
+                    pixels = w * h * int(getattr(im, "n_frames", 1))
+    except Exception:  # an unreadable header is reported by the reader itself
+        return
+    if pixels is not None and pixels > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"{path}: decodes to {pixels} pixels, more than the limit of {MAX_IMAGE_PIXELS} "
+            "per image (did you mean a smaller image? crop or downscale it first)"
+        )
 
 
 def _convert(arr: np.ndarray, color: Literal["gray", "rgb"], label: str) -> np.ndarray:
@@ -253,7 +299,7 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
         tmp.mkdir(parents=True)
         files: dict[str, str] = {}
         for split in SPLITS:
-            files[f"{split}.npz"] = _write_npz(tmp / f"{split}.npz", arrays[split])
+            files[f"{split}.npz"] = write_npz(tmp / f"{split}.npz", arrays[split])
         if kernel is not None:
             files[KERNEL] = _write_npy(tmp / KERNEL, kernel)
         manifest = {
@@ -426,7 +472,7 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _host_tag() -> str:
+def host_tag() -> str:
     import hashlib
     import socket
 
@@ -436,7 +482,7 @@ def _host_tag() -> str:
 def _scratch_name(out_dir: Path, kind: str) -> str:
     """``.<out>.tmp-<host>-<pid>-<random>``: whose it is, so a later run can tell a dead
     run's leftover from a live run's folder."""
-    return f".{out_dir.name}.{kind}-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return f".{out_dir.name}.{kind}-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 STALE_SCRATCH_S = 24 * 3600  # another host's (or an old-style) leftover: removed after a day
@@ -468,7 +514,7 @@ def remove_stale_scratch(out_dir: Path) -> list[Path]:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             continue
         host, pid = m.group(1), m.group(2)
-        if host == _host_tag() and pid is not None:
+        if host == host_tag() and pid is not None:
             if int(pid) == os.getpid() or _pid_alive(int(pid)):
                 continue
         elif time.time() - st.st_mtime < STALE_SCRATCH_S:
@@ -491,7 +537,7 @@ def _pid_alive(pid: int) -> bool:
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
     """Like ``np.savez`` (uncompressed, loadable by ``np.load``) but byte-reproducible:
     ``np.savez`` stamps the current time into the zip entries. Returns the file's sha256."""
     with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -627,7 +673,7 @@ def _check_manifest(m: dict[str, Any], path: Path) -> None:
     if not isinstance(files, dict):
         raise bad("files", "a mapping of file names to sha256", files)
     for name, sha in files.items():
-        if not _plain_name(name):
+        if not plain_name(name):
             raise DataError(
                 f"{path}: files: {str(name)[:80]!r} is not a plain file name inside the "
                 f"prepared folder (refused: a manifest may only list its own files){stale}"
@@ -690,7 +736,7 @@ def _check_manifest(m: dict[str, Any], path: Path) -> None:
             integer(key, m[key], 0, 2**64)
 
 
-def _plain_name(name: Any) -> bool:
+def plain_name(name: Any) -> bool:
     """A file name that stays inside its folder: no separators, not '.' / '..', not absolute."""
     return (
         isinstance(name, str)
@@ -727,8 +773,10 @@ def _npy_header(f: Any, label: str, stale: str) -> tuple[tuple[int, ...], np.dty
             raise ValueError(f"unsupported .npy version {version}")
     except (ValueError, OSError, EOFError) as err:
         raise DataError(f"{label}: unreadable ({err}){stale}") from None
-    if fortran or dtype.hasobject:
-        raise DataError(f"{label}: unexpected array layout (object or Fortran order){stale}")
+    if dtype.hasobject:
+        raise DataError(f"{label}: holds pickled Python objects (refused, never unpickled){stale}")
+    if fortran:
+        raise DataError(f"{label}: unexpected array layout (Fortran order){stale}")
     return tuple(shape), dtype, f.tell()
 
 
@@ -820,6 +868,13 @@ def load_split(prepared_dir: Path, split: SplitName, device: Any = "cpu") -> Spl
     allowed = set(info.get("image_indices", []))
     if not set(np.unique(arrays["image_index"]).tolist()) <= allowed:
         raise DataError(f"{path}: patches from images outside the {split} split{stale}")
+    for key in ("clean", "observed"):
+        arr = arrays[key]
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: array {key!r} holds NaN or infinite values{stale}")
+    clean = arrays["clean"]
+    if clean.size and (float(clean.min()) < 0.0 or float(clean.max()) > 1.0):
+        raise DataError(f"{path}: clean patches outside [0, 1]{stale}")
 
     kernel = None
     if kind == "blur":

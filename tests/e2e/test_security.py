@@ -281,11 +281,14 @@ def test_prepared_data_with_pickled_objects_is_refused(tmp_path: Path) -> None:
         "channels": 1,
         "patch_size": 8,
         "degradation": {"kind": "denoising", "noise_sigma": 0.1},
-        "splits": {"train": {"patches": 2, "image_indices": [0], "images": ["a"]}},
-        "files": {"train.npz": sha256_file(folder / "train.npz")},
+        "splits": {
+            s: {"patches": 2, "image_indices": [0], "images": ["a"]}
+            for s in ("train", "val", "test")
+        },
+        "files": {f"{s}.npz": sha256_file(folder / "train.npz") for s in ("train", "val", "test")},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"train\.npz: unreadable .*pickle"):
+    with pytest.raises(DataError, match=r"train\.npz: array 'observed': holds pickled Python"):
         load_split(folder, "train")
     assert not marker.exists()
 
