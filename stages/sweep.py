@@ -44,16 +44,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "does not upload .gitignore'd folders)",
     )
     parser.add_argument("--out", default="reports")
+    parser.add_argument(
+        "--allow-stale-data",
+        action="store_true",
+        help="sweep prepared data made with a data section other than params.yaml's (refused "
+        "otherwise); the prepared data's own data parameters are then the trials' parameters",
+    )
     args = parser.parse_args(argv)
 
     from pipeline.study.config import load_params
     from pipeline.sweep.cluster import in_ray_job
     from pipeline.sweep.driver import run_sweep
+    from pipeline.sweep.preflight import all_failed, stale_checked
     from pipeline.sweep.results import write_tables
+    from pipeline.util.paths import check_output_dir
 
     cfg = load_params(args.params)
+    check_output_dir(Path(args.out), "--out")
+    cfg = stale_checked(cfg, Path(args.prepared), allow_stale=args.allow_stale_data)
     _terminate_gracefully()
     trials, history = run_sweep(cfg, Path(args.prepared), check_pnp_weights=True)
+    verdict = all_failed(trials)
+    if verdict:  # no results to write: the tables stay as the last useful sweep left them
+        print(f"error: {verdict}", file=sys.stderr)
+        return 1
     write_tables(trials, history, Path(args.out))
     counts = trials["status"].value_counts().to_dict()
     print(f"sweep: {len(trials)} trials {counts}; tables in {args.out}/")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.study.config import StudyConfig
-from pipeline.sweep import tracking
+from pipeline.sweep import preflight, tracking
 from pipeline.sweep.cluster import (
     alive_nodes,
     autoscaling_node_types,
@@ -75,6 +75,7 @@ def run_sweep(
     _check_prepared(prepared)
     uri = cfg.tracking_uri
     tracking.check_reachable(uri)
+    preflight.check_services(cfg)  # tracking store and storage path usable, before Ray
     check_ray_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     check_job_paths(cfg)
     if check_pnp_weights:
