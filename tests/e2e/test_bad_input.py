@@ -697,6 +697,15 @@ SWEEP_CASES: dict[str, tuple[dict[str, Any], Callable[[Path], Any] | None, list[
         r"ray\.storage_path: .*params\.yaml/results cannot be created \(.*params\.yaml is not a "
         r"folder\)",
     ),
+    "weights-is-a-folder": (
+        {
+            "priors": {"pnp": {"type": "pnp", "denoiser": "dncnn", "weights": "models"}},
+            "sweep": {**VALID["sweep"], "priors": ["pnp"]},
+        },
+        lambda cwd: (cwd / "models").mkdir(),
+        [],
+        r"priors\.pnp: denoiser weights '.*models' is a folder, not a weights file$",
+    ),
     "out-is-a-file": (
         {},
         lambda cwd: (cwd / "results.txt").write_text("x"),

@@ -467,3 +467,98 @@ def test_prepare_never_replaces_a_folder_it_did_not_make(
     assert_one_line_error(result, pattern)
     after = {p: (tmp_path / p).read_bytes() for p in tree(tmp_path) if (tmp_path / p).is_file()}
     assert after == before  # nothing deleted, changed or added
+
+
+# --------------------------------------------------------------------------- weights and trials tables
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda p: p.mkdir(), r"is a folder, not a weights file"),
+        (
+            lambda p: p.symlink_to("/dev/null"),
+            r"is not a regular file \(a device, FIFO or socket\)",
+        ),
+        (lambda p: p.write_text("state = {}\n"), r"is not a PyTorch weights file .* starts with"),
+        (
+            "sparse",
+            r"do not match the dncnn asked for \(a DnCNN with depth=3, nf=4, 1 image "
+            r"channel\(s\)\): missing keys out_conv\.weight$",
+        ),
+    ],
+    ids=["folder", "device", "text", "sparse"],
+)
+def test_unusable_weights_files_are_named_for_what_they_are(tmp_path: Path, make, pattern) -> None:
+    import torch
+
+    from pipeline.core.denoisers import build_denoiser
+
+    path = tmp_path / "denoiser.pt"
+    if make == "sparse":
+        state = build_denoiser("dncnn", channels=1, depth=3, nf=4).state_dict()
+        torch.save({k: v for k, v in state.items() if k != "out_conv.weight"}, path)
+    else:
+        make(path)
+    with pytest.raises(ValueError, match=pattern) as info:
+        build_denoiser("dncnn", channels=1, weights=path, depth=3, nf=4)
+    assert "does not exist" not in str(info.value)
+
+
+def test_report_over_a_hostile_trials_table(tmp_path: Path) -> None:
+    """Names and reasons from a trials table cannot add markup, HTML or headings to
+    ablation.md, and a DEQ row marked finished without a PSNR is not a baseline anywhere."""
+    import math
+
+    import pandas as pd
+    from profiles import tree
+
+    from pipeline.report import write_report
+    from pipeline.study.config import ReportConfig
+    from pipeline.study.tables import TRIAL_COLUMNS
+
+    def row(name: str, estimator: str, **kw) -> dict:
+        r = {c: math.nan for c in TRIAL_COLUMNS}
+        r.update(
+            trial_id=name,
+            name=name,
+            prior="l1",
+            prior_type="wavelet",
+            estimator=estimator,
+            depth=1,
+            restarts=0,
+            start="y",
+            seed=0,
+            status="finished",
+            status_reason="",
+            test_psnr_per_image="[]",
+            theta_json="{}",
+            mlflow_run_id="",
+            node_id="",
+        )
+        r.update(kw)
+        return r
+
+    trials = pd.DataFrame(
+        [
+            row("l1-deq-s0", "deq", test_psnr=math.nan),
+            row("x\n# Owned <script>alert(1)</script>", "rjfb", test_psnr=25.0, depth=5),
+            row("y", "rjfb", status="failed", status_reason="<img src=x onerror=alert(1)>\n## H"),
+            row("z", "rjfb", prior="p`\n# Heading <b>", test_psnr=24.0),
+        ]
+    )
+    out = tmp_path / "reports"
+    write_report(trials, None, out, ReportConfig())
+    md = (out / "ablation.md").read_text()
+    assert "<script" not in md and "<img" not in md and "<b>" not in md
+    assert not [
+        line for line in md.splitlines() if line.startswith(("# Owned", "## H", "# Heading"))
+    ]
+    if "No finished DEQ baseline" in md:
+        assert "DEQ baseline `" not in md
+    assert set(tree(tmp_path)) <= {
+        "reports",
+        "reports/ablation.md",
+        "reports/metrics.json",
+        "reports/plots",
+    } | {f"reports/plots/{p.name}" for p in (out / "plots").iterdir()}
