@@ -7,7 +7,10 @@ Runs on a local Ray, or on an existing cluster when ``RAY_ADDRESS`` / ``ray.addr
 as a Ray job (docs/cluster.md). Before Ray or MLflow start it checks the prepared data, the
 services it will use and every PnP prior's weights file (loaded once on the driver for the
 prepared data's channels): a missing or mismatched file is one line naming the prior and the
-file, exit code 2, and nothing written. Interrupted (Ctrl-C, SIGTERM, or the driver killed), it
+file, exit code 2, and nothing written. Prepared data made with another ``data`` section than
+params.yaml's is refused unless ``--allow-stale-data`` (the trials then record the prepared
+data's own parameters, from its manifest). A sweep whose every trial failed exits 1 with one line
+and leaves the previous tables in place. Interrupted (Ctrl-C, SIGTERM, or the driver killed), it
 exits without writing tables; running it again resumes the sweep where it stopped.
 """
 
