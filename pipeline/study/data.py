@@ -421,6 +421,9 @@ def _check_out_dir(out_dir: Path) -> None:
             f"{out_dir}: exists and is not a folder (expected the prepared-data folder)"
         )
     if not out_dir.is_dir():
+        from pipeline.util.paths import check_output_dir
+
+        check_output_dir(out_dir, "prepared-data folder")  # found now, not after the work
         return
     entries = list(out_dir.iterdir())
     if not entries:

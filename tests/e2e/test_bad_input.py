@@ -835,6 +835,12 @@ def pretrain_params(cwd: Path, **pretrain: Any) -> None:
         ),
         ("pretrain", ["--threads", "-1"], None, r"--threads: .*expected a positive integer"),
         (
+            "prepare",
+            ["--out", "notes.txt/prepared"],
+            lambda cwd: (cwd / "notes.txt").write_text("x"),
+            r"prepared-data folder notes\.txt/prepared: cannot be created \(notes\.txt is not a",
+        ),
+        (
             "report",
             ["--out", "notes.txt"],
             lambda cwd: (cwd / "notes.txt").write_text("x"),
@@ -846,6 +852,7 @@ def pretrain_params(cwd: Path, **pretrain: Any) -> None:
         "pretrain-out-under-file",
         "pretrain-out-folder",
         "threads",
+        "prepare-out-under-file",
         "report",
     ],
 )
