@@ -903,6 +903,8 @@ def load_split(prepared_dir: Path, split: SplitName, device: Any = "cpu") -> Spl
 
 def _check_file(path: Path, sha: str | None, stale: str) -> None:
     if not path.is_file():
+        if path.exists():
+            raise DataError(f"{path}: not a regular file (a folder, FIFO or device){stale}")
         raise DataError(f"{path}: missing from the prepared folder{stale}")
     if sha is None:
         raise DataError(f"{path}: not listed in {MANIFEST}{stale}")

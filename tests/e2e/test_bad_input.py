@@ -628,6 +628,15 @@ SWEEP_CASES: dict[str, tuple[dict[str, Any], Callable[[Path], Any] | None, list[
         [],
         r"test\.npz: array 'observed' is float32 \(1, ",
     ),
+    "fifo-as-split": (
+        {},
+        lambda cwd: (
+            (cwd / "data" / "prepared" / "val.npz").unlink(),
+            __import__("os").mkfifo(cwd / "data" / "prepared" / "val.npz"),
+        ),
+        [],
+        r"val\.npz: not a regular file \(a folder, FIFO or device\)",
+    ),
     "huge-npz-header": ({}, huge_header, [], r"test\.npz: (holds arrays|array 'clean' is)"),
     "manifest-channels-string": (
         {},
