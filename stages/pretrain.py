@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.util.cli import run_cli
+from pipeline.util.cli import positive_int, run_cli
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -28,13 +28,22 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="models/denoiser.pt", help="weights file (%(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice)",
     )
     args = parser.parse_args(argv)
 
     from pipeline.study.config import load_params
 
     cfg = load_params(args.params)  # before torch is imported: a typo costs a second
+    from pipeline.util.paths import check_output_file
+
+    out = Path(args.out)
+    metrics_file = out.with_suffix(".json")  # pretrain.metrics_path (imports torch)
+    check_output_file(out, "--out", not_same_as={"metrics file (--out with .json)": metrics_file})
+    check_output_file(metrics_file, "metrics file of --out")
 
     import torch
 
@@ -45,7 +54,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from pipeline.study.pretrain import metrics_path, pretrain
 
     device = resolve_device(cfg.train.device)
-    out = Path(args.out)
+    assert metrics_path(out) == metrics_file
     metrics = pretrain(cfg, Path(args.prepared), out, progress=not args.quiet, device=device)
     gains = ", ".join(
         f"σ={s}: {v['input_psnr']:.2f} -> {v['denoised_psnr']:.2f} dB"

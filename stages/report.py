@@ -41,6 +41,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from pipeline.study.config import load_params
 
     cfg = load_params(args.params)  # first: a mistake costs a second, before pandas loads
+    from pipeline.util.paths import check_output_dir
+
+    check_output_dir(Path(args.out), "--out")
+    check_output_dir(Path(args.out) / "plots", "--out")
 
     from pipeline.report import write_report
 

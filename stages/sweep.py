@@ -7,7 +7,10 @@ Runs on a local Ray, or on an existing cluster when ``RAY_ADDRESS`` / ``ray.addr
 as a Ray job (docs/cluster.md). Before Ray or MLflow start it checks the prepared data, the
 services it will use and every PnP prior's weights file (loaded once on the driver for the
 prepared data's channels): a missing or mismatched file is one line naming the prior and the
-file, exit code 2, and nothing written. Interrupted (Ctrl-C, SIGTERM, or the driver killed), it
+file, exit code 2, and nothing written. Prepared data made with another ``data`` section than
+params.yaml's is refused unless ``--allow-stale-data`` (the trials then record the prepared
+data's own parameters, from its manifest). A sweep whose every trial failed exits 1 with one line
+and leaves the previous tables in place. Interrupted (Ctrl-C, SIGTERM, or the driver killed), it
 exits without writing tables; running it again resumes the sweep where it stopped.
 """
 
@@ -44,16 +47,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "does not upload .gitignore'd folders)",
     )
     parser.add_argument("--out", default="reports")
+    parser.add_argument(
+        "--allow-stale-data",
+        action="store_true",
+        help="sweep prepared data made with a data section other than params.yaml's (refused "
+        "otherwise); the prepared data's own data parameters are then the trials' parameters",
+    )
     args = parser.parse_args(argv)
 
     from pipeline.study.config import load_params
     from pipeline.sweep.cluster import in_ray_job
     from pipeline.sweep.driver import run_sweep
+    from pipeline.sweep.preflight import all_failed, stale_checked
     from pipeline.sweep.results import write_tables
+    from pipeline.util.paths import check_output_dir
 
     cfg = load_params(args.params)
+    check_output_dir(Path(args.out), "--out")
+    cfg = stale_checked(cfg, Path(args.prepared), allow_stale=args.allow_stale_data)
     _terminate_gracefully()
     trials, history = run_sweep(cfg, Path(args.prepared), check_pnp_weights=True)
+    verdict = all_failed(trials)
+    if verdict:  # no results to write: the tables stay as the last useful sweep left them
+        print(f"error: {verdict}", file=sys.stderr)
+        return 1
     write_tables(trials, history, Path(args.out))
     counts = trials["status"].value_counts().to_dict()
     print(f"sweep: {len(trials)} trials {counts}; tables in {args.out}/")

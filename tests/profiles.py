@@ -43,6 +43,22 @@ def tiny_data(**changes: Any) -> dict[str, Any]:
     }
 
 
+def prepare_tiny(dest: Path, **data_changes: Any) -> Path:
+    """A real prepared folder at ``dest`` of :func:`tiny_data` (2 patches per image unless
+    changed), made in this process (a few seconds)."""
+    from pipeline.study.config import parse_params
+    from pipeline.study.data import prepare
+
+    cfg = parse_params(
+        {
+            "data": tiny_data(**{"patches_per_image": 2, **data_changes}),
+            "priors": {"l1": {"type": "wavelet", "levels": 2}},
+            "sweep": {"priors": ["l1"], "estimators": ["deq"]},
+        }
+    ).with_root(dest.parent)
+    return prepare(cfg, dest, progress=False)
+
+
 TINY = {
     "data": tiny_data(),
     "priors": {

@@ -71,7 +71,21 @@ def build_denoiser(
 
 def _load_weights(model: nn.Module, path: Path, kind: str) -> None:
     if not path.is_file():
+        if path.is_dir():
+            raise ValueError(f"denoiser weights {str(path)!r} is a folder, not a weights file")
+        if path.exists():
+            raise ValueError(
+                f"denoiser weights {str(path)!r} is not a regular file (a device, FIFO or socket)"
+            )
         raise ValueError(f"denoiser weights file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: zip / pickle
+        raise ValueError(
+            f"denoiser weights {str(path)!r} is not a PyTorch weights file (expected a state dict "
+            "written by torch.save; this file starts with "
+            f"{head!r})"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -98,15 +112,35 @@ def _load_weights(model: nn.Module, path: Path, kind: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        if len(detail) > 300:
-            detail = detail[:297] + "..."
+        want, have = describe_denoiser(model.state_dict(), kind), describe_denoiser(state)
+        holds = f"; the file holds {have}" if have != want else ""
         raise ValueError(
-            f"denoiser weights {str(path)!r} do not match the {kind} asked for "
-            f"({describe_denoiser(model.state_dict(), kind)}); the file holds "
-            f"{describe_denoiser(state)}. {detail}"
+            f"denoiser weights {str(path)!r} do not match the {kind} asked for ({want}){holds}: "
+            f"{_state_diff(model.state_dict(), state)}"
         ) from exc
+
+
+def _state_diff(want: Mapping[str, Tensor], have: Mapping[str, Tensor]) -> str:
+    """Which keys are missing, unexpected or of another shape (a few named, then counts)."""
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f", ... ({len(keys)} in all)" if len(keys) > 3 else "")
+
+    missing = [k for k in want if k not in have]
+    extra = [k for k in have if k not in want]
+    shapes = [
+        f"{k} {tuple(have[k].shape)} vs {tuple(want[k].shape)}"
+        for k in want
+        if k in have and tuple(have[k].shape) != tuple(want[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {listed(missing)}")
+    if extra:
+        parts.append(f"unexpected keys {listed(extra)}")
+    if shapes:
+        parts.append(f"other shapes (file vs model) {listed(shapes)}")
+    return "; ".join(parts) or "the state dict does not load"
 
 
 def describe_denoiser(state: Mapping[str, Tensor], kind: str | None = None) -> str:

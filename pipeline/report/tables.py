@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,39 @@ def _seed_key(v: Any) -> str:
     except (TypeError, ValueError):
         return str(v)
     return str(int(f)) if f.is_integer() else repr(f)
+
+
+# A trials table is untrusted input: its strings end up in ablation.md (headings, code spans,
+# table cells) and in plot titles. Names the sweep writes only ever use these characters.
+_NAME_COLUMNS = (
+    "name",
+    "trial_id",
+    "prior",
+    "estimator",
+    "status",
+    "start",
+    "prior_type",
+    "prior_family",
+)
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.=+:,-]")
+_TEXT_COLUMNS = ("status_reason", "prior_label")
+
+
+def _defuse_text(t: pd.DataFrame) -> None:
+    """Names: any character the sweep never writes becomes ``_`` (no markup, no HTML, no line
+    breaks); free text: one line, without ``<``/``>`` (no HTML) and at most 500 characters."""
+    for c in _NAME_COLUMNS:
+        if c in t.columns:
+            t[c] = t[c].map(lambda v: _NAME_CHARS.sub("_", v)[:200] if isinstance(v, str) else v)
+    for c in _TEXT_COLUMNS:
+        if c in t.columns:
+            t[c] = t[c].map(
+                lambda v: (
+                    " ".join(v.split()).replace("<", "‹").replace(">", "›")[:500]
+                    if isinstance(v, str)
+                    else v
+                )
+            )
 
 
 def normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
@@ -74,6 +108,15 @@ def normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     if "seed" not in t.columns:
         t["seed"] = 0
     t["seed_key"] = t["seed"].map(_seed_key).astype(object)
+    _defuse_text(t)
+    # "finished" without a finite test PSNR is no result: treated as failed everywhere (tables,
+    # summary, metrics), so no part of the report counts it as a DEQ baseline and another not
+    # (a table without the column at all, such as a hand-made one, is taken as it is)
+    psnr = t["test_psnr"].to_numpy(dtype=float)
+    hollow = (t["status"] == "finished").to_numpy() & ~np.isfinite(psnr)
+    if "test_psnr" in trials.columns and hollow.any():
+        t.loc[hollow, "status"] = "failed"
+        t.loc[hollow, "status_reason"] = "marked finished, but its test PSNR is missing or NaN"
     t["finished"] = t["status"] == "finished"
     t["label"] = [_config_label(r) for r in t.itertuples(index=False)]
     return t

@@ -899,12 +899,16 @@ def parse_params(raw: Any, label: str = "params.yaml") -> StudyConfig:
             f"{label}: more than {MAX_PARAMS_VALUES} values once YAML aliases are expanded "
             "(expected a small mapping of sections)"
         )
+    from pipeline.study.limits import check_maxima
+
     try:
-        return StudyConfig.model_validate(raw)
+        cfg = StudyConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_one_line(f"{label}: {_describe(err, raw)}")) from None
     except _Located as err:  # pragma: no cover - pydantic wraps these; kept for safety
         raise ConfigError(_one_line(f"{label}: {_loc(err.loc)}: {err.message}")) from None
+    check_maxima(cfg, label)  # sizes that allocate: one table of upper bounds
+    return cfg
 
 
 class _Loader(yaml.SafeLoader):
@@ -997,6 +1001,11 @@ def _describe(err: ValidationError, raw: Any) -> str:
     inner = ctx.get("error")
     if isinstance(inner, _Located):
         return f"{_loc(loc + tuple(inner.loc))}: {inner.message}"
+    if len(loc) >= 2 and loc[-1] == "[key]":  # a mapping key of the wrong type (priors: {1: ...})
+        key = loc[-2]
+        kinds = {bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}
+        kind = kinds.get(type(key), type(key).__name__)
+        return f"{_loc(loc[:-2])}: key {_short(key)} is {kind}, not a name (quote it: '{key}')"
     if typ == "extra_forbidden":
         known = _known_keys(StudyConfig, loc[:-1], raw)
         return f"{_loc(loc)}: " + did_you_mean("key", str(loc[-1]), known, show_name=False)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
+import stat
 import uuid
 import zipfile
 from dataclasses import dataclass, field
@@ -121,6 +123,15 @@ def list_image_files(folder: Path) -> list[Path]:
                 f"{entry}: not an image file (the data.source folder may hold only "
                 f"{'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} files)"
             )
+        try:
+            mode = entry.stat().st_mode  # through a link: what would be read
+        except OSError as err:
+            raise DataError(f"{entry}: cannot be read ({err.strerror or err})") from None
+        if not stat.S_ISREG(mode):
+            raise DataError(
+                f"{entry}: not a regular file (a FIFO, socket or device); the data.source folder "
+                "may hold only image files"
+            )
         files.append(entry)
     if not files:
         raise DataError(f"{folder}: no images found (expected PNG/JPEG/TIFF files)")
@@ -149,6 +160,7 @@ def _read_image(path: Path) -> np.ndarray:
 
     import skimage.io
 
+    _check_decoded_size(path)
     try:
         with warnings.catch_warnings():  # imageio warns while probing its plugins on junk
             warnings.simplefilter("ignore")
@@ -159,6 +171,42 @@ def _read_image(path: Path) -> np.ndarray:
     if arr.dtype == object or arr.size == 0:
         raise DataError(f"{path}: cannot be read as an image (no pixel data)")
     return arr
+
+
+MAX_IMAGE_PIXELS = 1 << 26  # 64 Mpx (8192x8192) per image file, all frames together
+
+
+def _check_decoded_size(path: Path) -> None:
+    """Refuse an image whose header says it decodes to more than :data:`MAX_IMAGE_PIXELS`
+    pixels, before decoding it (a small compressed file can decode to gigabytes). TIFF is read
+    by tifffile, everything else by PIL: each header is read the way the file will be."""
+    import warnings
+
+    pixels = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.suffix.lower() in (".tif", ".tiff"):
+                import tifffile
+
+                with tifffile.TiffFile(path) as tf:
+                    pixels = sum(
+                        int(page.imagewidth) * int(page.imagelength) * int(page.imagedepth or 1)
+                        for page in tf.pages
+                    )
+            else:
+                from PIL import Image
+
+                with Image.open(path) as im:
+                    w, h = im.size
+                    pixels = w * h * int(getattr(im, "n_frames", 1))
+    except Exception:  # an unreadable header is reported by the reader itself
+        return
+    if pixels is not None and pixels > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"{path}: decodes to {pixels} pixels, more than the limit of {MAX_IMAGE_PIXELS} "
+            "per image (did you mean a smaller image? crop or downscale it first)"
+        )
 
 
 def _convert(arr: np.ndarray, color: Literal["gray", "rgb"], label: str) -> np.ndarray:
@@ -205,6 +253,7 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
     out_dir = Path(out_dir)
     source = data.source if data.source == "bundled" else str(cfg.resolve(data.source))
     _check_out_dir(out_dir)
+    remove_stale_scratch(out_dir)
 
     images = load_images(source, data.color)
     label = "bundled images" if source == "bundled" else source
@@ -245,12 +294,12 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
     finally:
         bar.close()
 
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = out_dir.parent / _scratch_name(out_dir, "tmp")
     try:
         tmp.mkdir(parents=True)
         files: dict[str, str] = {}
         for split in SPLITS:
-            files[f"{split}.npz"] = _write_npz(tmp / f"{split}.npz", arrays[split])
+            files[f"{split}.npz"] = write_npz(tmp / f"{split}.npz", arrays[split])
         if kernel is not None:
             files[KERNEL] = _write_npy(tmp / KERNEL, kernel)
         manifest = {
@@ -360,22 +409,61 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    """``out_dir`` may be replaced only if it is absent, empty, or a prepared-data folder this
+    project made: a format manifest that passes :func:`read_manifest` and nothing but the files
+    it lists. Anything else (a folder that merely holds a ``manifest.json``) is refused."""
+    if out_dir.is_symlink():
+        raise DataError(
+            f"{out_dir}: is a symbolic link; refusing to replace it (pass the real folder as --out)"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(
             f"{out_dir}: exists and is not a folder (expected the prepared-data folder)"
         )
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+    if not out_dir.is_dir():
+        from pipeline.util.paths import check_output_dir
+
+        check_output_dir(out_dir, "prepared-data folder")  # found now, not after the work
+        return
+    entries = list(out_dir.iterdir())
+    if not entries:
+        return
+    refuse = f"{out_dir}: exists, is not empty and"
+    if not (out_dir / MANIFEST).is_file():
         raise DataError(
-            f"{out_dir}: exists, is not empty and holds no {MANIFEST}: refusing to replace a "
-            "folder that is not a prepared data set"
+            f"{refuse} holds no {MANIFEST}: refusing to replace a folder that is not a prepared "
+            "data set"
+        )
+    try:
+        manifest = read_manifest(out_dir)
+    except DataError as err:
+        reason = (
+            str(err)
+            .removeprefix(f"{out_dir / MANIFEST}: ")
+            .removesuffix("; rerun `dvc repro prepare`")
+        )
+        raise DataError(
+            f"{refuse} its {MANIFEST} is not a prepared-data manifest ({reason[:120]}): refusing "
+            "to replace it (choose another --out, or remove the folder yourself)"
+        ) from None
+    listed = {MANIFEST, *manifest["files"]}
+    foreign = sorted(
+        e.name for e in entries if e.name not in listed or e.is_symlink() or not e.is_file()
+    )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise DataError(
+            f"{refuse} holds files its {MANIFEST} does not list ({shown}): refusing to replace a "
+            "folder that is not only a prepared data set (choose another --out, or remove them)"
         )
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     """Swap the finished ``tmp`` folder in for ``out_dir`` (keeps the old one on failure)."""
+    _check_out_dir(out_dir)  # again: the folder may have changed while the data was made
     old = None
     if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        old = out_dir.parent / _scratch_name(out_dir, "old")
         os.replace(out_dir, old)
     try:
         os.replace(tmp, out_dir)
@@ -387,10 +475,72 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def host_tag() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _scratch_name(out_dir: Path, kind: str) -> str:
+    """``.<out>.tmp-<host>-<pid>-<random>``: whose it is, so a later run can tell a dead
+    run's leftover from a live run's folder."""
+    return f".{out_dir.name}.{kind}-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+STALE_SCRATCH_S = 24 * 3600  # another host's (or an old-style) leftover: removed after a day
+
+
+def remove_stale_scratch(out_dir: Path) -> list[Path]:
+    """Remove the scratch folders (``.<out>.tmp-*`` / ``.<out>.old-*``) that killed runs of
+    :func:`prepare` left beside ``out_dir``; return them. Only this project's naming pattern,
+    only real folders owned by this user, and only when their run is gone: a dead process of
+    this host, or (another host, or the old naming without a pid) older than a day."""
+    import time
+
+    pattern = re.compile(
+        rf"\.{re.escape(out_dir.name)}\.(?:tmp|old)-(?:([0-9a-f]{{6}})-(\d+)-)?[0-9a-f]{{8}}"
+    )
+    removed: list[Path] = []
+    try:
+        siblings = list(out_dir.parent.iterdir()) if out_dir.parent.is_dir() else []
+    except OSError:
+        return removed
+    for entry in siblings:
+        m = pattern.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            st = entry.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        host, pid = m.group(1), m.group(2)
+        if host == host_tag() and pid is not None:
+            if int(pid) == os.getpid() or _pid_alive(int(pid)):
+                continue
+        elif time.time() - st.st_mtime < STALE_SCRATCH_S:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process (or unknowable): leave its folder alone
+    return True
+
+
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
     """Like ``np.savez`` (uncompressed, loadable by ``np.load``) but byte-reproducible:
     ``np.savez`` stamps the current time into the zip entries. Returns the file's sha256."""
     with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -462,19 +612,237 @@ class Split:
 
 
 def read_manifest(prepared_dir: Path) -> dict[str, Any]:
-    """The manifest of a prepared folder; DataError if missing or unreadable."""
+    """The manifest of a prepared folder, checked field by field; DataError if missing,
+    unreadable or malformed.
+
+    A prepared folder is untrusted input (it is downloaded and shared): every field the project
+    reads is checked for its type and range here, the one place a manifest is read, and the
+    ``files`` it lists may only be the project's own plain file names (:data:`PREPARED_FILES`),
+    so nothing that trusts the manifest (loading, packing, unpacking on nodes) can reach a path
+    outside the folder."""
     prepared_dir = Path(prepared_dir)
     path = prepared_dir / MANIFEST
     if not path.is_file():
+        if path.exists() or path.is_symlink():
+            raise DataError(f"{path}: not a regular file; rerun `dvc repro prepare`")
         raise DataError(f"{prepared_dir}: not prepared (run `dvc repro prepare`)")
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise DataError(
+                f"{path}: {path.stat().st_size} bytes is too large for a manifest "
+                f"(limit {MAX_MANIFEST_BYTES}); rerun `dvc repro prepare`"
+            )
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise DataError(f"{path}: unreadable manifest ({err}); rerun `dvc repro prepare`") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+    if (
+        not isinstance(manifest, dict)
+        or type(manifest.get("format")) is not int
+        or manifest.get("format") != FORMAT_VERSION
+    ):
         raise DataError(
             f"{path}: not a format-{FORMAT_VERSION} manifest; rerun `dvc repro prepare`"
         )
+    _check_manifest(manifest, path)
+    return manifest
+
+
+# The only files a prepared folder holds besides its manifest: plain names, never paths.
+PREPARED_FILES = (*(f"{s}.npz" for s in SPLITS), KERNEL)
+
+MAX_MANIFEST_BYTES = 16 << 20
+# The largest array a prepared split may hold (bytes): a header or manifest claiming more is
+# refused before anything is allocated.
+MAX_ARRAY_BYTES = 16 << 30
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_manifest(m: dict[str, Any], path: Path) -> None:
+    """Types and ranges of every manifest field the project reads (DataError naming the field)."""
+    stale = "; rerun `dvc repro prepare`"
+
+    def bad(field: str, expected: str, got: Any) -> DataError:
+        shown = repr(got)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return DataError(f"{path}: {field}: expected {expected}, got {shown}{stale}")
+
+    def integer(field: str, value: Any, lo: int, hi: int) -> int:
+        if type(value) is not int or not lo <= value <= hi:
+            raise bad(field, f"an integer in [{lo}, {hi}]", value)
+        return value
+
+    files = m.get("files")
+    if not isinstance(files, dict):
+        raise bad("files", "a mapping of file names to sha256", files)
+    for name, sha in files.items():
+        if not plain_name(name):
+            raise DataError(
+                f"{path}: files: {str(name)[:80]!r} is not a plain file name inside the "
+                f"prepared folder (refused: a manifest may only list its own files){stale}"
+            )
+        if name not in PREPARED_FILES:
+            raise DataError(
+                f"{path}: files: unknown file {name!r}; expected only "
+                f"{', '.join(PREPARED_FILES)}{stale}"
+            )
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise bad(f"files.{name}", "a sha256 hex digest", sha)
+    channels = m.get("channels")
+    if type(channels) is not int or channels not in (1, 3):
+        raise bad("channels", "1 or 3", channels)
+    p = integer("patch_size", m.get("patch_size"), 8, 1024)
+    deg = m.get("degradation")
+    if not isinstance(deg, dict):
+        raise bad("degradation", "a mapping", deg)
+    from pydantic import ValidationError
+
+    from pipeline.study.config import Degradation
+
+    try:
+        d = Degradation.model_validate(deg)
+    except (ValidationError, ValueError) as err:
+        errors = err.errors() if isinstance(err, ValidationError) else []
+        first = errors[0] if errors else {"loc": (), "msg": str(err)}
+        where = ".".join(map(str, ("degradation", *first.get("loc", ()))))
+        what = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise DataError(f"{path}: {where}: {what}{stale}") from None
+    splits = m.get("splits")
+    if not isinstance(splits, dict):
+        raise bad("splits", "a mapping of train/val/test", splits)
+    for split in SPLITS:
+        info = splits.get(split)
+        if not isinstance(info, dict):
+            raise bad(f"splits.{split}", "a mapping", info)
+        n = integer(f"splits.{split}.patches", info.get("patches"), 1, 2**40)
+        if n * channels * p * p * 4 > MAX_ARRAY_BYTES:
+            raise DataError(
+                f"{path}: splits.{split}.patches: {n} patches of {channels}x{p}x{p} exceed the "
+                f"{MAX_ARRAY_BYTES >> 30} GiB limit of a prepared split{stale}"
+            )
+        images = info.get("images", [])
+        if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+            raise bad(f"splits.{split}.images", "a list of image names", images)
+        indices = info.get("image_indices", [])
+        if not isinstance(indices, list) or not all(type(i) is int for i in indices):
+            raise bad(f"splits.{split}.image_indices", "a list of integers", indices)
+        if f"{split}.npz" not in files:
+            raise DataError(f"{path}: files: {split}.npz is not listed{stale}")
+    if (d.kind == "blur") != (KERNEL in files):
+        need = "lists no" if d.kind == "blur" else f"lists {KERNEL} but the degradation is not"
+        raise DataError(f"{path}: files: {need} {KERNEL if d.kind == 'blur' else 'blur'}{stale}")
+    for key in ("source", "color"):
+        if key in m and not isinstance(m[key], str):
+            raise bad(key, "a string", m[key])
+    for key in ("seed", "patches_per_image"):
+        if key in m:
+            integer(key, m[key], 0, 2**64)
+
+
+def plain_name(name: Any) -> bool:
+    """A file name that stays inside its folder: no separators, not '.' / '..', not absolute."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and name not in (".", "..")
+        and not any(ch in name for ch in ("/", "\\", "\0", ":"))
+        and not Path(name).is_absolute()
+    )
+
+
+def _expected_arrays(manifest: dict[str, Any], split: SplitName) -> dict[str, tuple[Any, ...]]:
+    """Each array of a split's .npz -> (shape, dtype) as the (checked) manifest says."""
+    n = manifest["splits"][split]["patches"]
+    c, p = manifest["channels"], manifest["patch_size"]
+    out: dict[str, tuple[Any, ...]] = {
+        "clean": ((n, c, p, p), np.dtype(np.float32)),
+        "observed": ((n, c, p, p), np.dtype(np.float32)),
+        "image_index": ((n,), np.dtype(np.int64)),
+    }
+    if manifest["degradation"]["kind"] == "inpainting":
+        out["mask"] = ((n, 1, p, p), np.dtype(np.float32))
+    return out
+
+
+def _npy_header(f: Any, label: str, stale: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of an .npy stream, read without reading its data."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=10000)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=10000)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{label}: unreadable ({err}){stale}") from None
+    if dtype.hasobject:
+        raise DataError(f"{label}: holds pickled Python objects (refused, never unpickled){stale}")
+    if fortran:
+        raise DataError(f"{label}: unexpected array layout (Fortran order){stale}")
+    return tuple(shape), dtype, f.tell()
+
+
+def _check_arrays(path: Path, expected: dict[str, tuple[Any, ...]], stale: str) -> None:
+    """The .npz at ``path`` holds exactly ``expected`` (shapes, dtypes, stored uncompressed with
+    the sizes its headers claim), read from the headers: nothing is allocated."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            names = sorted(n.removesuffix(".npy") for n in infos)
+            if sorted(infos) != sorted(f"{k}.npy" for k in expected):
+                raise DataError(
+                    f"{path}: holds arrays {names[:8]}, expected {sorted(expected)}{stale}"
+                )
+            for key, (shape, dtype) in expected.items():
+                info = infos[f"{key}.npy"]
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise DataError(
+                        f"{path}: array {key!r} is compressed (never written so){stale}"
+                    )
+                with zf.open(info) as f:
+                    got_shape, got_dtype, header = _npy_header(f, f"{path}: array {key!r}", stale)
+                if got_shape != shape or got_dtype != dtype:
+                    raise DataError(
+                        f"{path}: array {key!r} is {got_dtype} {got_shape}, manifest says "
+                        f"{dtype} {shape}{stale}"
+                    )
+                if info.file_size != header + int(np.prod(shape)) * dtype.itemsize:
+                    raise DataError(f"{path}: array {key!r} is truncated or padded{stale}")
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError) as err:
+        raise DataError(f"{path}: unreadable ({err}){stale}") from None
+
+
+def _check_kernel(path: Path, manifest: dict[str, Any], stale: str) -> None:
+    k = manifest["degradation"].get("blur_size", 9)
+    try:
+        with open(path, "rb") as f:
+            shape, dtype, header = _npy_header(f, str(path), stale)
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err}){stale}") from None
+    if shape != (1, 1, k, k) or dtype != np.float32:
+        raise DataError(
+            f"{path}: kernel is {dtype} {shape}, expected float32 (1, 1, {k}, {k}){stale}"
+        )
+    if path.stat().st_size != header + k * k * 4:
+        raise DataError(f"{path}: truncated or padded{stale}")
+
+
+def verify_prepared(prepared_dir: Path) -> dict[str, Any]:
+    """Check a whole prepared folder without loading it: the manifest's fields, every listed
+    file's checksum, every array's shape and dtype from its header. Returns the manifest.
+
+    The sweep runs this before Ray starts, so a damaged split fails once, here, not in every
+    trial."""
+    prepared_dir = Path(prepared_dir)
+    manifest = read_manifest(prepared_dir)
+    stale = "; rerun `dvc repro prepare`"
+    for name in sorted(manifest["files"]):
+        _check_file(prepared_dir / name, manifest["files"][name], stale)
+    for split in SPLITS:
+        _check_arrays(prepared_dir / f"{split}.npz", _expected_arrays(manifest, split), stale)
+    if KERNEL in manifest["files"]:
+        _check_kernel(prepared_dir / KERNEL, manifest, stale)
     return manifest
 
 
@@ -487,47 +855,35 @@ def load_split(prepared_dir: Path, split: SplitName, device: Any = "cpu") -> Spl
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     manifest = read_manifest(prepared_dir)
     stale = "; rerun `dvc repro prepare`"
-    try:
-        info = manifest["splits"][split]
-        deg = manifest["degradation"]
-        kind = deg["kind"]
-        channels, p = int(manifest["channels"]), int(manifest["patch_size"])
-        n = int(info["patches"])
-        files = manifest["files"]
-    except (KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{prepared_dir / MANIFEST}: incomplete manifest ({err}){stale}") from None
+    info = manifest["splits"][split]
+    deg = manifest["degradation"]
+    kind = deg["kind"]
+    files = manifest["files"]
 
     path = prepared_dir / f"{split}.npz"
     _check_file(path, files.get(path.name), stale)
+    _check_arrays(path, _expected_arrays(manifest, split), stale)  # before anything is allocated
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: unreadable ({err}){stale}") from None
-    expected = {"clean", "observed", "image_index"} | ({"mask"} if kind == "inpainting" else set())
-    if set(arrays) != expected:
-        raise DataError(
-            f"{path}: holds arrays {sorted(arrays)}, expected {sorted(expected)}{stale}"
-        )
-    shapes = {
-        "clean": (n, channels, p, p),
-        "observed": (n, channels, p, p),
-        "image_index": (n,),
-        "mask": (n, 1, p, p),
-    }
-    for key, arr in arrays.items():
-        if arr.shape != shapes[key]:
-            raise DataError(
-                f"{path}: array {key!r} has shape {arr.shape}, manifest says {shapes[key]}{stale}"
-            )
     allowed = set(info.get("image_indices", []))
     if not set(np.unique(arrays["image_index"]).tolist()) <= allowed:
         raise DataError(f"{path}: patches from images outside the {split} split{stale}")
+    for key in ("clean", "observed"):
+        arr = arrays[key]
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: array {key!r} holds NaN or infinite values{stale}")
+    clean = arrays["clean"]
+    if clean.size and (float(clean.min()) < 0.0 or float(clean.max()) > 1.0):
+        raise DataError(f"{path}: clean patches outside [0, 1]{stale}")
 
     kernel = None
     if kind == "blur":
         kpath = prepared_dir / KERNEL
         _check_file(kpath, files.get(KERNEL), stale)
+        _check_kernel(kpath, manifest, stale)
         kernel = torch.from_numpy(np.load(kpath, allow_pickle=False)).to(device)
 
     def t(a: np.ndarray) -> torch.Tensor:
@@ -547,6 +903,8 @@ def load_split(prepared_dir: Path, split: SplitName, device: Any = "cpu") -> Spl
 
 def _check_file(path: Path, sha: str | None, stale: str) -> None:
     if not path.is_file():
+        if path.exists():
+            raise DataError(f"{path}: not a regular file (a folder, FIFO or device){stale}")
         raise DataError(f"{path}: missing from the prepared folder{stale}")
     if sha is None:
         raise DataError(f"{path}: not listed in {MANIFEST}{stale}")

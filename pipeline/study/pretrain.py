@@ -115,6 +115,22 @@ def build(cfg: PretrainConfig, channels: int) -> nn.Module:
     return build_denoiser(cfg.denoiser, channels, **cfg.arch())
 
 
+def _non_finite(value: float, step: int, cfg: PretrainConfig) -> Exception:
+    """The one-line error for a non-finite loss, blaming what can cause it at that step (the
+    prepared data was checked finite and in [0, 1] when loaded)."""
+    from pipeline.util.errors import ConfigError
+
+    if step == 0:  # no update yet: not the learning rate
+        return ConfigError(
+            f"pretrain: the loss is {value} before any update (pretrain.denoiser {cfg.denoiser} "
+            f"with {cfg.arch()} overflows on these patches); try a smaller architecture"
+        )
+    return ConfigError(
+        f"pretrain.lr: the loss became {value} at step {step + 1} of {cfg.steps}; "
+        f"did you mean a smaller pretrain.lr (now {cfg.lr:g})?"
+    )
+
+
 def pretrain(
     study: StudyConfig,
     prepared: Path,
@@ -142,7 +158,7 @@ def pretrain(
     start = time.perf_counter()
     running = float("nan")
     bar = tqdm(range(cfg.steps), desc="pretrain", unit="step", disable=not progress, leave=False)
-    for _ in bar:
+    for step in bar:
         index = torch.randperm(len(train), generator=gen)[:batch]
         x = _crop(_augment(train[index.to(device)], gen), cfg.crop, gen)
         sigma = cfg.sigma_min + (cfg.sigma_max - cfg.sigma_min) * torch.rand(batch, generator=gen)
@@ -154,7 +170,7 @@ def pretrain(
         loss.backward()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise RuntimeError(f"pretrain: the loss became {value}; lower pretrain.lr")
+            raise _non_finite(value, step, cfg)
         opt.step()
         sched.step()
         running = value if math.isnan(running) else 0.9 * running + 0.1 * value

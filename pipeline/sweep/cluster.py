@@ -178,10 +178,37 @@ def sweep_lock(cfg: StudyConfig, key: str, poll_s: float = 2.0) -> Iterator[None
     else:
         digest = hashlib.sha256(cfg.storage_path.encode()).hexdigest()[:12]
         folder = Path(tempfile.gettempdir()) / "rjfb-locks" / digest
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f".sweep-{key}.lock"
-    with open(path, "a+") as fh:
-        waiting = False
+    fh = _acquire(path, key, poll_s)
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        yield
+    finally:
+        # Removed while still held: a driver waiting on this file finds it unlinked once it gets
+        # the lock, and takes a fresh one (_acquire); nothing is left behind by any run, refused
+        # or finished (a killed run's file is removed by the next one).
+        with contextlib.suppress(OSError):
+            path.unlink()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+        if created:
+            with contextlib.suppress(OSError):  # only when empty: a refused sweep's folder
+                folder.rmdir()
+
+
+def _acquire(path: Path, key: str, poll_s: float) -> Any:
+    """The open lock file at ``path``, exclusively flocked (waiting for the holder)."""
+    import fcntl
+
+    waiting = False
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)  # an ending holder may remove it
+        fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -198,17 +225,16 @@ def sweep_lock(cfg: StudyConfig, key: str, poll_s: float = 2.0) -> Iterator[None
                     )
                     waiting = True
                 time.sleep(poll_s)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        fh.flush()
+            except BaseException:
+                fh.close()
+                raise
         try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fh.flush()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fh.fileno()).st_ino:
+            return fh
+        fh.close()  # the holder removed this file when it ended: lock the path afresh
 
 
 def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:

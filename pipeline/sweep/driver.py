@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.study.config import StudyConfig
-from pipeline.sweep import tracking
+from pipeline.sweep import preflight, tracking
 from pipeline.sweep.cluster import (
     alive_nodes,
     autoscaling_node_types,
@@ -83,6 +83,7 @@ def _check_before_ray(cfg: StudyConfig, prepared: Path, check_pnp_weights: bool)
     """Everything that can be checked before Ray or MLflow start, cheapest first."""
     _check_prepared(prepared)
     tracking.check_reachable(cfg.tracking_uri)
+    preflight.check_services(cfg)  # tracking store and storage path usable
     check_ray_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     check_job_paths(cfg)
     if check_pnp_weights:
@@ -90,14 +91,14 @@ def _check_before_ray(cfg: StudyConfig, prepared: Path, check_pnp_weights: bool)
 
 
 def _check_prepared(prepared: Path) -> None:
-    from pipeline.study.data import load_split
+    from pipeline.study.data import verify_prepared
 
     if not prepared.exists() and in_ray_job() and not prepared.is_absolute():
         raise DataError(
             f"{prepared}: not in the job's working dir (Ray does not upload .gitignore'd "
             "paths): pass --prepared with a path on shared storage, or see docs/cluster.md"
         )
-    load_split(prepared, "train")  # fails fast with a clear message when not prepared
+    verify_prepared(prepared)  # every split, file and field, before Ray starts
 
 
 # --------------------------------------------------------------------------- start services

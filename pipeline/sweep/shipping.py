@@ -70,6 +70,11 @@ def materialize(bundle: PreparedBundle, cache: Path | None = None) -> Path:
 
 def _unpack(cache: Path, digest: str, files: Mapping[str, bytes]) -> Path:
     """``files`` in ``cache/digest``, written once: a folder appears there only complete."""
+    from pipeline.study.data import plain_name
+
+    for name in (digest, *files):  # read_manifest confines the names; never trust a bundle blindly
+        if not plain_name(name):
+            raise DataError(f"{str(name)[:80]!r}: not a plain file name; refusing to unpack it")
     dest = cache / digest
     if all((dest / name).is_file() for name in files):
         return dest

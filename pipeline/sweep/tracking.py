@@ -52,22 +52,62 @@ def client(uri: str):
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast, before any trial starts, when an HTTP tracking server does not answer."""
+    """Fail fast, before any trial starts, when an HTTP tracking server does not answer, or
+    answers but is not an MLflow tracking server, or the URI is malformed."""
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
+    import urllib.parse
     import urllib.request
 
-    url = uri.rstrip("/") + "/health"
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
+    except ValueError as err:
+        raise TrackingError(f"mlflow.tracking_uri: malformed URL {uri!r} ({err})") from None
+    if not parts.hostname:
+        raise TrackingError(f"mlflow.tracking_uri: malformed URL {uri!r} (no host)")
+    base = uri.rstrip("/")
+    url = base + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             if resp.status >= 400:
                 raise TrackingError(f"mlflow.tracking_uri: {uri} answered HTTP {resp.status}")
     except urllib.error.HTTPError as err:
         raise TrackingError(f"mlflow.tracking_uri: {uri} answered HTTP {err.code}") from None
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         raise TrackingError(f"mlflow.tracking_uri: cannot reach {uri} ({reason})") from None
+    _check_is_mlflow(base, timeout_s)
+
+
+def _check_is_mlflow(base: str, timeout_s: float) -> None:
+    """Ask the MLflow REST API something harmless: an MLflow server answers JSON (an
+    experiment, or an ``error_code``); anything else answering ``/health`` is not MLflow."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=rjfb-probe"
+    status, body = 0, b""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            status, body = resp.status, resp.read(1 << 16)
+    except urllib.error.HTTPError as err:
+        status, body = err.code, err.read(1 << 16) if err.fp is not None else b""
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"mlflow.tracking_uri: cannot reach {base} ({reason})") from None
+    if status in (401, 403):
+        return  # a protected server: MLflow's client brings the credentials
+    try:
+        answer = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        answer = None
+    if not (isinstance(answer, dict) and ("experiment" in answer or "error_code" in answer)):
+        raise TrackingError(
+            f"mlflow.tracking_uri: {base} answers /health but is not an MLflow tracking server "
+            f"(its REST API answered HTTP {status}); point mlflow.tracking_uri at `mlflow server`"
+        )
 
 
 def ensure_experiment(uri: str, name: str) -> str:

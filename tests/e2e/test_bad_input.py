@@ -17,13 +17,15 @@ too-small / too-few image folders; the cases here add the other stages and the o
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from profiles import STAGES, assert_refused, run_stage, tiny_data, tree
+from profiles import HEAVY, STAGES, assert_refused, poison, run_module, run_stage, tiny_data, tree
 
 VALID: dict[str, Any] = {
     "data": tiny_data(source="imgs", patches_per_image=2),
@@ -231,6 +233,39 @@ CONFIG_CASES: dict[str, tuple[str, Any, str]] = {
         edit(("sweep.extra_trials", [{"prior": "l1", "estimator": "deq", "restarts": 3}])),
         r"sweep\.extra_trials\[0\]\.restarts: applies to rjfb trials only",
     ),
+    # sizes that allocate: upper bounds (pipeline/study/limits.py)
+    "anderson-memory-huge": (
+        "sweep",
+        edit(("sweep.deq", {"anderson_memory": 100000})),
+        r"sweep\.deq\.anderson_memory: expected an integer <= 100, got 100000 \(did you mean a "
+        r"smaller value\?\)",
+    ),
+    "pretrain-nc-huge": (
+        "pretrain" if "pretrain" in STAGES else "sweep",
+        edit(("pretrain", {"nc": 65536})),
+        r"pretrain\.nc: expected an integer <= 256, got 65536 \(did you mean a smaller value\?\)",
+    ),
+    "prior-nc-huge": (
+        "sweep",
+        edit(("priors.pnp", {"type": "pnp", "nc": 10**6})),
+        r"priors\.pnp\.nc: expected an integer <= 256, got 1000000 \(did you mean a smaller",
+    ),
+    "patches-per-image-huge": (
+        "prepare",
+        edit(("data.patches_per_image", 10**9)),
+        r"data\.patches_per_image: expected an integer <= 4096, got 1000000000",
+    ),
+    "prepared-data-too-large": (
+        "prepare",
+        edit(("data.patches_per_image", 4096), ("data.patch_size", 256)),
+        r"data: 5 images x 4096 patches of 1x256x256 take 10\.0 GiB, more than the 8 GiB limit "
+        r"\(did you mean a smaller data\.patches_per_image or data\.patch_size\?\)",
+    ),
+    "integer-prior-key": (
+        "sweep",
+        edit(("priors", {1: {"type": "wavelet"}})),
+        r"params\.yaml: priors: key 1 is an integer, not a name \(quote it: '1'\)$",
+    ),
     "prior-name-with-slash": (
         "sweep",
         edit(("priors", {"a/b": {"type": "wavelet"}}), ("sweep.priors", ["a/b"])),
@@ -326,6 +361,30 @@ def corrupt_manifest(cwd: Path) -> None:
     (cwd / "data" / "prepared" / "manifest.json").write_text("{not json")
 
 
+def fifo_image(cwd: Path) -> None:
+    import os
+
+    os.mkfifo(images(cwd) / "pipe.png")  # read, it blocks forever
+
+
+def device_image(cwd: Path) -> None:
+    (images(cwd) / "zero.png").symlink_to("/dev/zero")  # read, it never ends
+
+
+def tiff_bomb(cwd: Path) -> None:
+    """A small compressed TIFF that decodes to 81 Mpx (about 350 kB on disk)."""
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(images(cwd) / "bomb.tif", np.zeros((9000, 9000), np.uint8), compression="zlib")
+
+
+def png_bomb(cwd: Path) -> None:
+    from PIL import Image
+
+    Image.new("L", (9000, 9000)).save(images(cwd) / "bomb.png", optimize=False, compress_level=9)
+
+
 # name: (stage, setup, regex, heavy modules the stage may import before failing)
 DATA_CASES: dict[str, tuple[str, Callable[[Path], None], str, tuple[str, ...]]] = {
     "source-is-a-file": ("prepare", source_is_a_file, r"imgs: not a folder", ()),
@@ -340,6 +399,30 @@ DATA_CASES: dict[str, tuple[str, Callable[[Path], None], str, tuple[str, ...]]] 
         "prepare",
         float_out_of_range,
         r"hdr\.tif: floating-point pixels must lie in \[0, 1\]",
+        (),
+    ),
+    "fifo-named-png": (
+        "prepare",
+        fifo_image,
+        r"pipe\.png: not a regular file \(a FIFO, socket or device\)",
+        (),
+    ),
+    "link-to-a-device": (
+        "prepare",
+        device_image,
+        r"zero\.png: not a regular file \(a FIFO, socket or device\)",
+        (),
+    ),
+    "tiff-decompression-bomb": (
+        "prepare",
+        tiff_bomb,
+        r"bomb\.tif: decodes to 81000000 pixels, more than the limit of 67108864 per image",
+        (),
+    ),
+    "png-decompression-bomb": (
+        "prepare",
+        png_bomb,
+        r"bomb\.png: decodes to 81000000 pixels, more than the limit",
         (),
     ),
     "foreign-output-folder": (
@@ -372,3 +455,489 @@ def test_data_mistake_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, c
     setup(cwd)
     before = tree(cwd)
     assert_refused(run_stage(stage, cwd, heavy_allowed=allowed), pattern, before, cwd)
+
+
+# --------------------------------------------------------------------------- prepared data, services
+
+SWEEP_VALID: dict[str, Any] = {**VALID, "data": tiny_data(patches_per_image=2)}
+ALL_HEAVY = HEAVY
+
+
+@pytest.fixture(scope="module")
+def prepared_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from profiles import prepare_tiny
+
+    return prepare_tiny(tmp_path_factory.mktemp("src") / "prepared")
+
+
+def with_prepared(src: Path, cwd: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(src, cwd / "data" / "prepared"))
+
+
+def manifest_edit(cwd: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    import json
+
+    path = cwd / "data" / "prepared" / "manifest.json"
+    m = json.loads(path.read_text())
+    change(m)
+    path.write_text(json.dumps(m))
+
+
+def truncate(name: str) -> Callable[[Path], None]:
+    def setup(cwd: Path) -> None:
+        path = cwd / "data" / "prepared" / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    return setup
+
+
+def rewrite_npz(name: str, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    """Rewrite a split with changed arrays and a matching checksum (a consistent hostile file)."""
+
+    def setup(cwd: Path) -> None:
+        import numpy as np
+
+        from pipeline.study.data import write_npz
+
+        folder = cwd / "data" / "prepared"
+        with np.load(folder / name, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        change(arrays)
+        sha = write_npz(folder / name, arrays)
+        manifest_edit(cwd, lambda m: m["files"].__setitem__(name, sha))
+
+    return setup
+
+
+def huge_header(cwd: Path) -> None:
+    """A split whose .npy header claims 10^12 elements (its checksum in the manifest is right)."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from pipeline.util.hashing import sha256_file
+
+    path = cwd / "data" / "prepared" / "test.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        for key, shape in (("clean", (10**12,)), ("observed", (1,)), ("image_index", (1,))):
+            buf = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                buf, {"descr": "<f4", "fortran_order": False, "shape": shape}
+            )
+            zf.writestr(f"{key}.npy", buf.getvalue() + b"\0" * 16)
+    manifest_edit(cwd, lambda m: m["files"].__setitem__("test.npz", sha256_file(path)))
+
+
+def start_fake_mlflow(cwd: Path) -> str:
+    """An HTTP server answering /health with 200 OK that is not MLflow (a static file server)."""
+    import sys
+
+    from profiles import wait_http
+
+    from pipeline.tools.procs import free_port
+
+    site = cwd.parent / "site"
+    site.mkdir()
+    (site / "health").write_text("OK")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=site,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    FAKE_SERVERS.append(proc)
+    wait_http(f"http://127.0.0.1:{port}/health", 20)
+    return f"http://127.0.0.1:{port}"
+
+
+FAKE_SERVERS: list[Any] = []
+
+
+def sqlite_not_mlflow(path: Path) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("create table notes (x text)")
+    con.commit()
+    con.close()
+
+
+# name: (params changes, setup after copying the prepared data, extra args, regex)
+SWEEP_CASES: dict[str, tuple[dict[str, Any], Callable[[Path], Any] | None, list[str], str]] = {
+    "truncated-test-split": ({}, truncate("test.npz"), [], r"test\.npz: checksum differs"),
+    "truncated-val-split": ({}, truncate("val.npz"), [], r"val\.npz: checksum differs"),
+    "val-wrong-dtype": (
+        {},
+        rewrite_npz("val.npz", lambda a: a.__setitem__("clean", a["clean"].astype("float64"))),
+        [],
+        r"val\.npz: array 'clean' is float64 .* manifest says float32",
+    ),
+    "test-wrong-shape": (
+        {},
+        rewrite_npz("test.npz", lambda a: a.__setitem__("observed", a["observed"][:1])),
+        [],
+        r"test\.npz: array 'observed' is float32 \(1, ",
+    ),
+    "fifo-as-split": (
+        {},
+        lambda cwd: (
+            (cwd / "data" / "prepared" / "val.npz").unlink(),
+            __import__("os").mkfifo(cwd / "data" / "prepared" / "val.npz"),
+        ),
+        [],
+        r"val\.npz: not a regular file \(a folder, FIFO or device\)",
+    ),
+    "huge-npz-header": ({}, huge_header, [], r"test\.npz: (holds arrays|array 'clean' is)"),
+    "manifest-channels-string": (
+        {},
+        lambda cwd: manifest_edit(cwd, lambda m: m.__setitem__("channels", "1")),
+        [],
+        r"manifest\.json: channels: expected 1 or 3, got '1'",
+    ),
+    "manifest-patches-float": (
+        {},
+        lambda cwd: manifest_edit(cwd, lambda m: m["splits"]["val"].__setitem__("patches", 2.5)),
+        [],
+        r"manifest\.json: splits\.val\.patches: expected an integer",
+    ),
+    "manifest-unknown-degradation": (
+        {},
+        lambda cwd: manifest_edit(cwd, lambda m: m["degradation"].__setitem__("kind", "deblur")),
+        [],
+        r"manifest\.json: degradation\.kind: ",
+    ),
+    "stale-prepared-data": (
+        {"data": tiny_data(patches_per_image=2, seed=7)},
+        None,
+        [],
+        r"prepared: made with a different data section than params\.yaml \(data\.seed: 0 "
+        r"prepared, 7 in params\.yaml\).*--allow-stale-data",
+    ),
+    "mlflow-db-is-a-folder": (
+        {},
+        lambda cwd: (cwd / "mlflow.db").mkdir(),
+        [],
+        r"mlflow\.tracking_uri: .*mlflow\.db is a folder, not an MLflow SQLite database",
+    ),
+    "mlflow-db-random-bytes": (
+        {},
+        lambda cwd: (cwd / "mlflow.db").write_bytes(bytes(range(256)) * 4),
+        [],
+        r"mlflow\.tracking_uri: .*mlflow\.db is not an SQLite database",
+    ),
+    "mlflow-db-not-mlflow": (
+        {},
+        lambda cwd: sqlite_not_mlflow(cwd / "mlflow.db"),
+        [],
+        r"mlflow\.db is an SQLite database but not an MLflow store",
+    ),
+    "tracking-not-mlflow": (
+        {"mlflow": "FAKE"},
+        None,
+        [],
+        r"mlflow\.tracking_uri: http://127\.0\.0\.1:\d+ answers /health but is not an MLflow",
+    ),
+    "tracking-bad-ipv6": (
+        {"mlflow": {"tracking_uri": "http://[::1"}},
+        None,
+        [],
+        r"mlflow\.tracking_uri: malformed URL 'http://\[::1'",
+    ),
+    "tracking-port-not-numeric": (
+        {"mlflow": {"tracking_uri": "http://127.0.0.1:abc"}},
+        None,
+        [],
+        r"mlflow\.tracking_uri: malformed URL 'http://127\.0\.0\.1:abc' \(Port could not",
+    ),
+    "storage-path-under-a-file": (
+        {"ray": {"num_cpus": 2, "storage_path": "params.yaml/results"}},
+        None,
+        [],
+        r"ray\.storage_path: .*params\.yaml/results cannot be created \(.*params\.yaml is not a "
+        r"folder\)",
+    ),
+    "weights-is-a-folder": (
+        {
+            "priors": {"pnp": {"type": "pnp", "denoiser": "dncnn", "weights": "models"}},
+            "sweep": {**VALID["sweep"], "priors": ["pnp"]},
+        },
+        lambda cwd: (cwd / "models").mkdir(),
+        [],
+        r"priors\.pnp: denoiser weights '.*models' is a folder, not a weights file$",
+    ),
+    "out-is-a-file": (
+        {},
+        lambda cwd: (cwd / "results.txt").write_text("x"),
+        ["--out", "results.txt"],
+        r"--out results\.txt: exists and is not a folder",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SWEEP_CASES))
+def test_sweep_refuses_before_ray_with_one_line(
+    tmp_path: Path, prepared_src: Path, case: str
+) -> None:
+    """Every prepared split, the manifest's fields, the tracking store, the storage path and the
+    output folder are checked before Ray starts: one line, exit 2, nothing written."""
+    changes, setup, extra, pattern = SWEEP_CASES[case]
+    cwd = tmp_path / "study"
+    cwd.mkdir()
+    with_prepared(prepared_src, cwd)
+    if changes.get("mlflow") == "FAKE":
+        changes = {**changes, "mlflow": {"tracking_uri": start_fake_mlflow(cwd)}}
+    write_params(cwd, {**SWEEP_VALID, **changes})
+    if setup is not None:
+        setup(cwd)
+    before = tree(cwd)
+    shadow = poison(cwd.parent / "poison", ("ray",))  # Ray must not even be imported
+    try:
+        result = run_module(
+            "stages.sweep", *extra, cwd=cwd, pythonpath=[shadow], env={"RAY_ADDRESS": ""}
+        )
+    finally:
+        while FAKE_SERVERS:
+            proc = FAKE_SERVERS.pop()
+            proc.terminate()
+            proc.wait(10)
+    assert_refused(result, pattern, before, cwd)
+
+
+def test_read_only_mlflow_db_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Tests run as root, where chmod cannot make a file read-only: os.access stands in.)"""
+    import os
+    import sqlite3
+
+    from pipeline.sweep.preflight import check_tracking_store
+    from pipeline.util.errors import ConfigError
+
+    db = tmp_path / "mlflow.db"
+    sqlite3.connect(db).close()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == db else real(p, m))
+    with pytest.raises(ConfigError, match=r"mlflow\.db is read-only"):
+        check_tracking_store(f"sqlite:///{db}")
+
+
+def test_stale_data_allowed_records_the_prepared_data(tmp_path: Path, prepared_src: Path) -> None:
+    """--allow-stale-data: the study the sweep runs with carries the prepared data's own data
+    section, so trial contexts, MLflow parameters and the sweep key name the data used."""
+    from pipeline.study.config import parse_params
+    from pipeline.study.data import read_manifest
+    from pipeline.sweep.grid import build_grid, trial_context
+    from pipeline.sweep.preflight import check_data_matches
+    from pipeline.util.errors import DataError
+
+    fresh = parse_params(SWEEP_VALID).with_root(tmp_path)
+    edited = parse_params({**SWEEP_VALID, "data": tiny_data(patch_size=64, seed=3)})
+    edited = edited.with_root(tmp_path)
+    manifest = read_manifest(prepared_src)
+    assert check_data_matches(fresh, prepared_src, manifest) is fresh
+    with pytest.raises(DataError, match=r"data\.seed: 0 prepared, 3 in params\.yaml"):
+        check_data_matches(edited, prepared_src, manifest)
+    used = check_data_matches(edited, prepared_src, manifest, allow_stale=True)
+    assert used.data == fresh.data
+    assert used.root == edited.root
+    assert trial_context(used, "l1")["data"]["patch_size"] == 32
+    assert build_grid(used).key == build_grid(fresh).key
+
+
+def test_a_sweep_whose_every_trial_failed_is_not_a_success() -> None:
+    import pandas as pd
+
+    from pipeline.sweep.preflight import all_failed
+
+    failed = pd.DataFrame(
+        {"name": ["a", "b"], "status": ["failed"] * 2, "status_reason": ["DataError: x", "y"]}
+    )
+    assert all_failed(failed) == (
+        "all 2 trials failed (first: a: DataError: x); see the sweep's MLflow runs or Ray's "
+        "trial logs"
+    )
+    mixed = failed.assign(status=["failed", "diverged"])
+    assert all_failed(mixed) is None
+
+
+# --------------------------------------------------------------------------- outputs and arguments
+
+
+def pretrain_params(cwd: Path, **pretrain: Any) -> None:
+    write_params(
+        cwd,
+        {
+            **SWEEP_VALID,
+            "pretrain": {"nc": 4, "steps": 2, "batch_size": 2, "val_sigmas": [0.1], **pretrain},
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "args", "setup", "pattern"),
+    [
+        (
+            "pretrain",
+            ["--out", "models/w.json"],
+            None,
+            r"--out models/w\.json: is also where the metrics file .* would go",
+        ),
+        (
+            "pretrain",
+            ["--out", "notes.txt/w.pt"],
+            lambda cwd: (cwd / "notes.txt").write_text("x"),
+            r"--out notes\.txt/w\.pt: cannot be created \(notes\.txt is not a folder\)",
+        ),
+        (
+            "pretrain",
+            ["--out", "models"],
+            lambda cwd: (cwd / "models").mkdir(),
+            r"--out models: is a folder",
+        ),
+        ("pretrain", ["--threads", "-1"], None, r"--threads: .*expected a positive integer"),
+        (
+            "prepare",
+            ["--out", "notes.txt/prepared"],
+            lambda cwd: (cwd / "notes.txt").write_text("x"),
+            r"prepared-data folder notes\.txt/prepared: cannot be created \(notes\.txt is not a",
+        ),
+        (
+            "report",
+            ["--out", "notes.txt"],
+            lambda cwd: (cwd / "notes.txt").write_text("x"),
+            r"--out notes\.txt: exists and is not a folder",
+        ),
+    ],
+    ids=[
+        "pretrain-out-json",
+        "pretrain-out-under-file",
+        "pretrain-out-folder",
+        "threads",
+        "prepare-out-under-file",
+        "report",
+    ],
+)
+def test_unusable_output_or_argument_is_refused_before_work(
+    tmp_path: Path, prepared_src: Path, stage: str, args: list[str], setup: Any, pattern: str
+) -> None:
+    cwd = tmp_path / "study"
+    cwd.mkdir()
+    with_prepared(prepared_src, cwd)
+    pretrain_params(cwd)
+    if setup is not None:
+        setup(cwd)
+    before = tree(cwd)
+    result = run_module(*STAGES[stage], *args, cwd=cwd)
+    if "--threads" in args:  # argparse's own usage error: exit 2, its usage line, then error
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert re.search(pattern, result.stderr.splitlines()[-1]), result.stderr
+        assert tree(cwd) == before
+        return
+    assert_refused(result, pattern, before, cwd)
+
+
+def test_pretrain_non_finite_loss_blames_the_learning_rate(
+    tmp_path: Path, prepared_src: Path
+) -> None:
+    cwd = tmp_path / "study"
+    cwd.mkdir()
+    with_prepared(prepared_src, cwd)
+    pretrain_params(cwd, lr=1e30, steps=5)
+    before = tree(cwd)
+    result = run_module(*STAGES["pretrain"], "--threads", "1", cwd=cwd)
+    assert_refused(result, r"pretrain\.lr: the loss became (nan|inf) at step \d+ of 5", before, cwd)
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        (lambda a: a.__setitem__("clean", a["clean"][:0]), r"train\.npz: array 'clean' is"),
+        (
+            lambda a: a.__setitem__("clean", a["clean"] * float("nan")),
+            r"train\.npz: array 'clean' holds NaN or infinite values",
+        ),
+    ],
+    ids=["empty", "nan"],
+)
+def test_pretrain_blames_the_data_not_the_learning_rate(
+    tmp_path: Path, prepared_src: Path, change: Any, pattern: str
+) -> None:
+    cwd = tmp_path / "study"
+    cwd.mkdir()
+    with_prepared(prepared_src, cwd)
+    pretrain_params(cwd)
+    rewrite_npz("train.npz", change)(cwd)
+    before = tree(cwd)
+    result = run_module(*STAGES["pretrain"], "--threads", "1", cwd=cwd)
+    assert_refused(result, pattern, before, cwd)
+
+
+# --------------------------------------------------------------------------- leftovers
+
+
+def test_prepare_removes_the_scratch_folders_of_dead_runs_only(tmp_path: Path) -> None:
+    """A prepare killed by SIGKILL leaves ``data/.prepared.tmp-<host>-<pid>-<id>``; the next
+    prepare removes it (its process is gone), and nothing else: not a live run's folder, not a
+    folder outside the naming pattern, not an old-style one younger than a day."""
+    import os
+    import sys
+    import time
+
+    from pipeline.study.data import host_tag
+
+    cwd = tmp_path / "study"
+    cwd.mkdir()
+    write_params(cwd, {**SWEEP_VALID, "data": tiny_data(patches_per_image=1)})
+    data = cwd / "data"
+    data.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    host = host_tag()
+    leftovers = {
+        f".prepared.tmp-{host}-{dead_pid}-0123abcd": False,  # killed run: removed
+        f".prepared.old-{host}-{dead_pid}-89abcdef": False,  # killed mid-swap: removed
+        ".prepared.tmp-deadbeef": False,  # old naming, two days old: removed
+        f".prepared.tmp-{host}-{os.getpid()}-0123abcd": True,  # a live process's: kept
+        ".prepared.tmp-0badc0de": True,  # old naming, recent: kept
+        f".prepared.tmp-ffffff-{dead_pid}-0123abcd": True,  # another host's, recent: kept
+        ".prepared.tmp-mine": True,  # not the pattern: kept
+        ".other.tmp-deadbeef": True,  # another output's: kept
+    }
+    for name in leftovers:
+        (data / name).mkdir()
+        (data / name / "train.npz").write_bytes(b"x" * 1000)
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(data / ".prepared.tmp-deadbeef", (two_days_ago, two_days_ago))
+    (data / "notes.tmp-deadbeef").write_text("keep")
+    result = run_module("stages.prepare", "--quiet", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept = {p.name for p in data.iterdir()}
+    assert kept == {"prepared", "notes.tmp-deadbeef"} | {n for n, keep in leftovers.items() if keep}
+
+
+def test_a_refused_sweep_leaves_no_lock_file_or_folder(tmp_path: Path) -> None:
+    from profiles import TINY
+
+    from pipeline.study.config import parse_params
+    from pipeline.sweep.cluster import sweep_lock
+    from pipeline.util.errors import UserError
+
+    storage = tmp_path / "ray_results"
+    cfg = parse_params({**TINY, "ray": {"storage_path": str(storage)}})
+    with pytest.raises(UserError), sweep_lock(cfg, "k", poll_s=0.05):
+        raise UserError("refused inside the lock (e.g. resources)")
+    assert not storage.exists()
+    # a killed driver's lock file (the kernel released its lock) is removed by the next run
+    storage.mkdir()
+    (storage / ".sweep-k.lock").write_text("pid 999999 on elsewhere\n")
+    (storage / "sweep-k").mkdir()  # Tune's results stay
+    with sweep_lock(cfg, "k", poll_s=0.05):
+        assert "pid" in (storage / ".sweep-k.lock").read_text()
+    assert {p.name for p in storage.iterdir()} == {"sweep-k"}

@@ -281,10 +281,284 @@ def test_prepared_data_with_pickled_objects_is_refused(tmp_path: Path) -> None:
         "channels": 1,
         "patch_size": 8,
         "degradation": {"kind": "denoising", "noise_sigma": 0.1},
-        "splits": {"train": {"patches": 2, "image_indices": [0], "images": ["a"]}},
-        "files": {"train.npz": sha256_file(folder / "train.npz")},
+        "splits": {
+            s: {"patches": 2, "image_indices": [0], "images": ["a"]}
+            for s in ("train", "val", "test")
+        },
+        "files": {f"{s}.npz": sha256_file(folder / "train.npz") for s in ("train", "val", "test")},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"train\.npz: unreadable .*pickle"):
+    with pytest.raises(DataError, match=r"train\.npz: array 'observed': holds pickled Python"):
         load_split(folder, "train")
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- hostile folders
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real prepared folder of the tiny study (bundled images), made once for the module."""
+    from profiles import tiny_data
+
+    from pipeline.study.config import parse_params
+    from pipeline.study.data import prepare
+
+    root = tmp_path_factory.mktemp("prepared-src")
+    cfg = parse_params(
+        {
+            "data": tiny_data(patches_per_image=2),
+            "priors": {"l1": {"type": "wavelet", "levels": 2}},
+            "sweep": {"priors": ["l1"], "estimators": ["deq"], "depths": [2], "restarts": [0]},
+        }
+    ).with_root(root)
+    return prepare(cfg, root / "prepared", progress=False)
+
+
+def copy_prepared(src: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dest)
+    return dest
+
+
+def edit_manifest(folder: Path, **changes) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+HOSTILE_NAMES = [
+    "../../../escape.npz",
+    "../escape.npz",
+    "sub/train.npz",
+    "/tmp/absolute.npz",
+    "..",
+    "..\\escape.npz",
+    "notes.txt",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_manifest_file_names_are_confined_to_the_folder(
+    tmp_path: Path, prepared: Path, name: str
+) -> None:
+    """A manifest listing a path (or any name but the project's own files) is refused where
+    it is read, so packing it for the nodes and unpacking it there never happen."""
+    from pipeline.study.data import read_manifest, verify_prepared
+    from pipeline.sweep.shipping import pack_prepared
+    from pipeline.util.errors import DataError
+
+    folder = copy_prepared(prepared, tmp_path / "a" / "b" / "c" / "prepared")
+    (tmp_path / "escape.npz").write_bytes(b"secret")  # what a traversal would read
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    edit_manifest(folder, files={**files, name: "0" * 64})
+    for fn in (read_manifest, verify_prepared, pack_prepared):
+        with pytest.raises(DataError, match=r"manifest\.json: files: .*(plain file name|unknown)"):
+            fn(folder)
+
+
+def test_node_side_unpack_writes_only_inside_the_cache(tmp_path: Path, prepared: Path) -> None:
+    """Even a hand-made bundle (not from read_manifest) cannot make a node write outside its
+    cache folder."""
+    from profiles import tree
+
+    from pipeline.sweep.shipping import PreparedBundle, materialize, pack_prepared
+    from pipeline.util.errors import DataError
+
+    cache = tmp_path / "cache" / "rjfb-prepared"
+    before = tree(tmp_path)
+    for name in ("../../outside.bin", "/tmp/rjfb-outside.bin", ".."):
+        with pytest.raises(DataError, match="not a plain file name"):
+            materialize(PreparedBundle("abcd", {name: b"x"}), cache)
+    with pytest.raises(DataError, match="not a plain file name"):
+        materialize(PreparedBundle("../up", {"train.npz": b"x"}), cache)
+    assert not Path("/tmp/rjfb-outside.bin").exists()
+    assert tree(tmp_path) - before <= {"cache", "cache/rjfb-prepared"}, tree(tmp_path) - before
+    # the real bundle still unpacks, inside the cache, and loads
+    dest = materialize(pack_prepared(prepared), cache)
+    assert dest.parent == cache and (dest / "train.npz").is_file()
+
+
+def test_sweep_refuses_a_traversing_manifest_before_anything_is_written(
+    tmp_path: Path, prepared: Path
+) -> None:
+    from profiles import assert_one_line_error, run_module, tree
+
+    cwd = tmp_path / "study"
+    cwd.mkdir()
+    folder = copy_prepared(prepared, cwd / "data" / "prepared")
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    edit_manifest(folder, files={**files, "../../../../outside.npz": "0" * 64})
+    (cwd / "params.yaml").write_text(
+        json.dumps(
+            {
+                "priors": {"l1": {"type": "wavelet", "levels": 2}},
+                "sweep": {"priors": ["l1"], "estimators": ["deq"], "depths": [2]},
+                "ray": {"num_cpus": 1, "ship_data": True},
+            }
+        )
+    )
+    before = tree(tmp_path)
+    result = run_module("stages.sweep", cwd=cwd, env={"RAY_ADDRESS": ""})
+    assert_one_line_error(result, r"manifest\.json: files: .*not a plain file name")
+    assert tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- prepare --out
+
+
+def foreign_with_manifest(out: Path) -> None:
+    """A web app: it has a manifest.json, but not the project's."""
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text('{"name": "my app", "start_url": "/"}')
+    (out / "index.html").write_text("<html></html>")
+
+
+def prepared_plus_thesis(out: Path, prepared: Path) -> None:
+    copy_prepared(prepared, out)
+    (out / "thesis.tex").write_text("precious")
+
+
+def manifest_format_only(out: Path) -> None:
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text('{"format": 1}')
+    (out / "app.js").write_text("precious")
+
+
+@pytest.mark.parametrize(
+    ("case", "pattern"),
+    [
+        ("web-app", r"manifest\.json is not a prepared-data manifest"),
+        ("format-only", r"manifest\.json is not a prepared-data manifest"),
+        ("prepared-plus-thesis", r"holds files its manifest\.json does not list \(thesis\.tex\)"),
+        ("symlink", r"is a symbolic link"),
+    ],
+)
+def test_prepare_never_replaces_a_folder_it_did_not_make(
+    tmp_path: Path, prepared: Path, case: str, pattern: str
+) -> None:
+    from profiles import assert_one_line_error, run_module, tree
+
+    cwd = tmp_path / "study"
+    cwd.mkdir()
+    out = cwd / "site"
+    if case == "web-app":
+        foreign_with_manifest(out)
+    elif case == "format-only":
+        manifest_format_only(out)
+    elif case == "prepared-plus-thesis":
+        prepared_plus_thesis(out, prepared)
+    else:
+        foreign_with_manifest(tmp_path / "real")
+        out.symlink_to(tmp_path / "real")
+    (cwd / "params.yaml").write_text(
+        json.dumps(
+            {
+                "data": {"source": "bundled", "patch_size": 32, "patches_per_image": 1},
+                "priors": {"l1": {"type": "wavelet", "levels": 2}},
+                "sweep": {"priors": ["l1"], "estimators": ["deq"]},
+            }
+        )
+    )
+    before = {p: (tmp_path / p).read_bytes() for p in tree(tmp_path) if (tmp_path / p).is_file()}
+    result = run_module("stages.prepare", "--out", "site", "--quiet", cwd=cwd)
+    assert_one_line_error(result, pattern)
+    after = {p: (tmp_path / p).read_bytes() for p in tree(tmp_path) if (tmp_path / p).is_file()}
+    assert after == before  # nothing deleted, changed or added
+
+
+# --------------------------------------------------------------------------- weights and trials tables
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda p: p.mkdir(), r"is a folder, not a weights file"),
+        (
+            lambda p: p.symlink_to("/dev/null"),
+            r"is not a regular file \(a device, FIFO or socket\)",
+        ),
+        (lambda p: p.write_text("state = {}\n"), r"is not a PyTorch weights file .* starts with"),
+        (
+            "sparse",
+            r"do not match the dncnn asked for \(a DnCNN with depth=3, nf=4, 1 image "
+            r"channel\(s\)\): missing keys out_conv\.weight$",
+        ),
+    ],
+    ids=["folder", "device", "text", "sparse"],
+)
+def test_unusable_weights_files_are_named_for_what_they_are(tmp_path: Path, make, pattern) -> None:
+    import torch
+
+    from pipeline.core.denoisers import build_denoiser
+
+    path = tmp_path / "denoiser.pt"
+    if make == "sparse":
+        state = build_denoiser("dncnn", channels=1, depth=3, nf=4).state_dict()
+        torch.save({k: v for k, v in state.items() if k != "out_conv.weight"}, path)
+    else:
+        make(path)
+    with pytest.raises(ValueError, match=pattern) as info:
+        build_denoiser("dncnn", channels=1, weights=path, depth=3, nf=4)
+    assert "does not exist" not in str(info.value)
+
+
+def test_report_over_a_hostile_trials_table(tmp_path: Path) -> None:
+    """Names and reasons from a trials table cannot add markup, HTML or headings to
+    ablation.md, and a DEQ row marked finished without a PSNR is not a baseline anywhere."""
+    import math
+
+    import pandas as pd
+    from profiles import tree
+
+    from pipeline.report import write_report
+    from pipeline.study.config import ReportConfig
+    from pipeline.study.tables import TRIAL_COLUMNS
+
+    def row(name: str, estimator: str, **kw) -> dict:
+        r = {c: math.nan for c in TRIAL_COLUMNS}
+        r.update(
+            trial_id=name,
+            name=name,
+            prior="l1",
+            prior_type="wavelet",
+            estimator=estimator,
+            depth=1,
+            restarts=0,
+            start="y",
+            seed=0,
+            status="finished",
+            status_reason="",
+            test_psnr_per_image="[]",
+            theta_json="{}",
+            mlflow_run_id="",
+            node_id="",
+        )
+        r.update(kw)
+        return r
+
+    trials = pd.DataFrame(
+        [
+            row("l1-deq-s0", "deq", test_psnr=math.nan),
+            row("x\n# Owned <script>alert(1)</script>", "rjfb", test_psnr=25.0, depth=5),
+            row("y", "rjfb", status="failed", status_reason="<img src=x onerror=alert(1)>\n## H"),
+            row("z", "rjfb", prior="p`\n# Heading <b>", test_psnr=24.0),
+        ]
+    )
+    out = tmp_path / "reports"
+    write_report(trials, None, out, ReportConfig())
+    md = (out / "ablation.md").read_text()
+    assert "<script" not in md and "<img" not in md and "<b>" not in md
+    assert not [
+        line for line in md.splitlines() if line.startswith(("# Owned", "## H", "# Heading"))
+    ]
+    if "No finished DEQ baseline" in md:
+        assert "DEQ baseline `" not in md
+    assert set(tree(tmp_path)) <= {
+        "reports",
+        "reports/ablation.md",
+        "reports/metrics.json",
+        "reports/plots",
+    } | {f"reports/plots/{p.name}" for p in (out / "plots").iterdir()}

@@ -9,6 +9,7 @@ need no cluster.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 import subprocess
@@ -41,7 +42,14 @@ def test_prepared_data_ships_as_a_bundle_and_unpacks_once(tmp_path: Path) -> Non
     files = {"train.npz": b"a" * 10, "val.npz": b"b", "test.npz": b"c"}
     for name, blob in files.items():
         (src / name).write_bytes(blob)
-    manifest = {"format": 1, "files": {k: "x" for k in files}}
+    manifest = {
+        "format": 1,
+        "channels": 1,
+        "patch_size": 8,
+        "degradation": {"kind": "denoising", "noise_sigma": 0.1},
+        "splits": {s: {"patches": 1} for s in ("train", "val", "test")},
+        "files": {k: hashlib.sha256(v).hexdigest() for k, v in files.items()},
+    }
     (src / MANIFEST).write_text(json.dumps(manifest))
     (src / "notes.txt").write_text("not listed: not shipped")
 

@@ -32,12 +32,22 @@ def _status(uri: str, run_id: str) -> str:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    """Answers like an MLflow server: /health "OK", its REST API JSON (``mlflow=False``: a web
+    server that answers /health but is not MLflow)."""
+
     code = 200
+    mlflow = True
 
     def do_GET(self) -> None:
-        self.send_response(self.code)
+        api = self.path.startswith("/api/2.0/mlflow/")
+        if api and self.mlflow:
+            self.send_response(404)
+            self.end_headers()
+            self.wfile.write(b'{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "none"}')
+            return
+        self.send_response(self.code if not api else 404)
         self.end_headers()
-        self.wfile.write(b"OK")
+        self.wfile.write(b"OK" if not api else b"<html>Not Found</html>")
 
     def log_message(self, *args) -> None:
         pass
@@ -60,6 +70,19 @@ def test_check_reachable_accepts_a_healthy_server(http_server) -> None:
     url, _ = http_server
     tracking.check_reachable(url)
     tracking.check_reachable(url + "/")
+
+
+def test_check_reachable_refuses_a_server_that_is_not_mlflow(http_server) -> None:
+    url, handler = http_server
+    handler.mlflow = False
+    with pytest.raises(tracking.TrackingError, match="answers /health but is not an MLflow"):
+        tracking.check_reachable(url)
+
+
+@pytest.mark.parametrize("uri", ["http://[::1", "http://127.0.0.1:abc", "http://:5000"])
+def test_check_reachable_refuses_a_malformed_url(uri: str) -> None:
+    with pytest.raises(tracking.TrackingError, match="malformed URL"):
+        tracking.check_reachable(uri)
 
 
 def test_check_reachable_names_an_erroring_server(http_server) -> None:
