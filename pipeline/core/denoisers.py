@@ -1,6 +1,7 @@
 """Denoisers for Plug-and-Play: construction, safe weights loading, and the one table of architecture keys.
 
-    model = build_denoiser("drunet", channels=1, arch={"nc": [8, 16, 32, 64], "nb": 1}, weights=path)
+    model = build_denoiser("drunet", channels=1, weights=path, nc=8, nb=1)   # widths 8/16/32/64
+    x_hat = model(y, torch.full((y.shape[0],), 0.05))                      # D(y, σ)
 
 Weights are loaded with ``torch.load(weights_only=True)``; a file that is not a state dict of the
 requested architecture is refused with one line naming it.
@@ -18,13 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.util.errors import did_you_mean
+from pipeline.util.names import DENOISER_ARCH
 
-DENOISERS = ("drunet", "dncnn")
+DENOISERS = tuple(DENOISER_ARCH)
 
-
-_DENOISER_ARCH = {
-    "drunet": ("nc", "nb", "act_mode", "downsample_mode", "upsample_mode"),
-    "dncnn": ("depth", "nf", "bias"),
+# denoiser -> every option build_denoiser passes on to deepinv: the architecture keys a params
+# file may set (``DENOISER_ARCH``), then options only code sets
+DENOISER_OPTIONS = {
+    "drunet": (*DENOISER_ARCH["drunet"], "act_mode", "downsample_mode", "upsample_mode"),
+    "dncnn": (*DENOISER_ARCH["dncnn"], "bias"),
 }
 
 
@@ -46,7 +49,7 @@ def build_denoiser(
     """
     if kind not in DENOISERS:
         raise ValueError(did_you_mean("denoiser", kind, DENOISERS))
-    allowed = _DENOISER_ARCH[kind]
+    allowed = DENOISER_OPTIONS[kind]
     for key in arch:
         if key not in allowed:
             raise ValueError(did_you_mean(f"{kind} option", key, allowed))

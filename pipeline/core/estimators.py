@@ -20,6 +20,9 @@ estimator's gradient for every parameter ``step`` depends on:
 ``deq``       the forward solved to ``tol`` without autograd, then implicit differentiation:
               v = J_xᵀ v + g solved by fixed-point iteration or Anderson, J_θᵀ v returned.
 
+``jfb`` and ``deq`` solve with a solver of ``pipeline.core.solvers`` named by ``solver``
+(``"fixed_point"`` or ``"anderson"``; ``anderson_memory`` / ``anderson_damping`` apply to Anderson).
+
 All of them treat the start x0 as a constant except ``unrolled`` (plain autograd).
 """
 
@@ -35,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pipeline.core.solvers import anderson, fixed_point, relative_residual
+from pipeline.core.solvers import SolverInfo, get_solver, relative_residual
 from pipeline.util.errors import did_you_mean
 
 Step = Callable[..., Tensor]
@@ -153,6 +156,13 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _check_solver(estimator: str, option: str, name: str) -> None:
+    try:
+        get_solver(name)
+    except ValueError as err:
+        raise ValueError(f"{estimator}: {option}: {err}") from None
+
+
 @dataclass
 class Unrolled(Estimator):
     """Autograd through ``iterations`` steps (layer index ``n % depth`` at step n)."""
@@ -233,7 +243,7 @@ class _ForwardSolve(Estimator):
 
     tol: float = 1e-4
     max_iter: int = 200
-    anderson: bool = False
+    solver: str = "fixed_point"
     anderson_memory: int = 5
     anderson_damping: float = 1.0
     depth: int = 1
@@ -242,6 +252,7 @@ class _ForwardSolve(Estimator):
         _require(self.tol > 0, f"{self.name}: tol must be > 0, got {self.tol}")
         _require(self.max_iter >= 1, f"{self.name}: max_iter must be >= 1, got {self.max_iter}")
         _require(self.depth >= 1, f"{self.name}: depth must be >= 1, got {self.depth}")
+        _check_solver(self.name, "solver", self.solver)
         _require(
             self.anderson_memory >= 1,
             f"{self.name}: anderson_memory must be >= 1, got {self.anderson_memory}",
@@ -252,23 +263,17 @@ class _ForwardSolve(Estimator):
         )
 
     def _solve(
-        self, f: Callable[[Tensor], Tensor], x0: Tensor, tol: float, max_iter: int, accel: bool
-    ):
-        if accel:
-            return anderson(
-                f,
-                x0,
-                max_iter=max_iter,
-                tol=tol,
-                memory=self.anderson_memory,
-                damping=self.anderson_damping,
-            )
-        return fixed_point(f, x0, max_iter=max_iter, tol=tol)
+        self, f: Callable[[Tensor], Tensor], x0: Tensor, tol: float, max_iter: int, solver: str
+    ) -> tuple[Tensor, SolverInfo]:
+        options: dict[str, Any] = {}
+        if solver == "anderson":
+            options = {"memory": self.anderson_memory, "damping": self.anderson_damping}
+        return get_solver(solver)(f, x0, max_iter=max_iter, tol=tol, **options)
 
     def _forward(self, phi: Callable[[Tensor], Tensor], x0: Tensor) -> Tensor:
         start = time.perf_counter()
         with _untracked():
-            x, info = self._solve(phi, x0.detach(), self.tol, self.max_iter, self.anderson)
+            x, info = self._solve(phi, x0.detach(), self.tol, self.max_iter, self.solver)
         x = _tracked(x)
         self.last = Diagnostics(
             forward_steps=info.iterations * self.depth,
@@ -330,7 +335,7 @@ class _ImplicitSolve:
 
         start = time.perf_counter()
         v, info = est._solve(
-            affine, grad, est.backward_tol_, est.backward_max_iter_, est.backward_anderson_
+            affine, grad, est.backward_tol_, est.backward_max_iter_, est.backward_solver_
         )
         d = self.diagnostics
         d.backward_iterations = info.iterations
@@ -367,13 +372,13 @@ class _ImplicitBackward(torch.autograd.Function):
 class DEQ(_ForwardSolve):
     """Deep-equilibrium gradient: exact at the fixed point of the K-block (K = ``depth``).
 
-    ``backward_tol``/``backward_max_iter``/``backward_anderson`` default to the forward values.
+    ``backward_tol``/``backward_max_iter``/``backward_solver`` default to the forward values.
     """
 
     name: ClassVar[str] = "deq"
     backward_tol: float | None = None
     backward_max_iter: int | None = None
-    backward_anderson: bool | None = None
+    backward_solver: str | None = None
 
     def _validate(self) -> None:
         super()._validate()
@@ -381,9 +386,10 @@ class DEQ(_ForwardSolve):
         self.backward_max_iter_ = (
             self.max_iter if self.backward_max_iter is None else self.backward_max_iter
         )
-        self.backward_anderson_ = (
-            self.anderson if self.backward_anderson is None else self.backward_anderson
+        self.backward_solver_ = (
+            self.solver if self.backward_solver is None else self.backward_solver
         )
+        _check_solver(self.name, "backward_solver", self.backward_solver_)
         _require(self.backward_tol_ > 0, f"deq: backward_tol must be > 0, got {self.backward_tol}")
         _require(
             self.backward_max_iter_ >= 1,

@@ -1,16 +1,24 @@
-"""Mixed precision for the untracked part of a scheme: autocast dtypes and the no-grad step wrapper.
+"""Precision and memory of a training step: autocast dtypes, the no-grad step wrapper, step memory.
 
-fast = autocast_no_grad(step, torch.bfloat16)   # restarts and forward solves in bf16
+fast = autocast_no_grad(step, AUTOCAST_DTYPES["bfloat16"])   # restarts, forward solves in bf16
+mem = step_memory(lambda: loss_of(est(fast, y)), lambda loss: loss.backward(), device)
+mem.peak_bytes / 2**20                                      # MiB the step needs
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from pipeline.core.schemes import StepFn
+from pipeline.util.names import AUTOCAST_NAMES
+
+# params name (``train.restart_autocast``) -> torch dtype
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in AUTOCAST_NAMES}
 
 
 def autocast_no_grad(step: StepFn, dtype: torch.dtype | None, refine: bool = False) -> StepFn:
@@ -50,4 +58,42 @@ def autocast_no_grad(step: StepFn, dtype: torch.dtype | None, refine: bool = Fal
     return step_autocast
 
 
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+State = TypeVar("State")
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """What one training step needs. ``peak_bytes``: on CUDA the peak allocated memory during
+    forward and backward, on CPU the bytes autograd saves for backward during the forward (the
+    estimator's training memory: CPU allocators keep no peak). ``resident_bytes``: on CUDA the
+    memory allocated before the step (weights, data), 0 on CPU."""
+
+    peak_bytes: float
+    resident_bytes: float = 0.0
+
+
+def step_memory(
+    forward: Callable[[], State], backward: Callable[[State], None], device: torch.device
+) -> StepMemory:
+    """Run ``backward(forward())`` once and measure it (see :class:`StepMemory`)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
+        state = forward()
+        backward(state)
+        del state
+        torch.cuda.synchronize(device)
+        return StepMemory(float(torch.cuda.max_memory_allocated(device)), float(resident))
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        state = forward()
+    backward(state)
+    del state
+    return StepMemory(float(total))

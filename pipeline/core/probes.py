@@ -1,7 +1,13 @@
-"""Measurements on schemes: local contraction factor and gradient fidelity.
+"""Measurements on schemes: local contraction factor, gradient fidelity, PSNR.
+
+    gamma = contraction(block(step, 1), x_star, iters=20)       # γ̂ ≈ ‖J_T(x*)‖₂
+    g = gradient(loss_fn, make_estimator("rjfb", depth=5), step, y, params)
+    g_ref = gradient(loss_fn, make_estimator("deq"), step, y, params)
+    cosine, rel_err = compare(g, g_ref)
+    db = psnr(x.clamp(0, 1), clean)                              # one value per image
 
 ``contraction(phi, x)`` estimates γ̂ = ‖J_Φ(x)‖₂, the spectral norm of the Jacobian of a map Φ
-(typically a K-block ``pipeline.gradients.block(step, K)``) at x, by power iteration on JᵀJ.
+(typically a K-block ``pipeline.core.estimators.block(step, K)``) at x, by power iteration on JᵀJ.
 ``gradient(loss_fn, est, step, x0, params)`` returns one estimator's parameter gradient and
 ``compare(g, g_ref)`` its cosine and relative error to a reference (e.g. DEQ, or unrolled to
 convergence). None of them writes ``.grad`` of any parameter.

@@ -1,6 +1,8 @@
 """Proximal maps of the wavelet priors: soft-thresholding (with a one-mask backward) and band shrinks.
 
-c_new = soft(c, t)                  # sign(c) max(|c| - t, 0), differentiable in c and t
+c_new = soft(c, t)                      # sign(c) max(|c| - t, 0), differentiable in c and t
+d_new = group_shrink(d, t)              # d max(0, 1 - t / ||d||) over the orientations
+approx, bands = BAND_SHRINKS["l1"](approx, bands, [t])   # a prior's shrink, band-first
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ class SoftThreshold(torch.autograd.Function):
     (sub)gradients as autograd's ``c − clamp(c, −t, t)`` (clamp passes the gradient to c on the
     closed interval, to the bound outside it). The backward is one mask for c and one reduction
     to t's broadcast shape, where autograd's clamp backward runs a chain of comparison and
-    masking kernels for c and for both bounds (forward plus backward on 3×8×32×32 coefficients
-    with a learned threshold: about 870 → 165 µs on CPU). The backward is itself differentiable
-    (double backward) and ``jvp`` gives forward mode (``torch.autograd.forward_ad``).
+    masking kernels for c and for both bounds: several times slower on these small tensors
+    (docs/benchmarks.md). The backward is itself differentiable (double backward) and ``jvp``
+    gives forward mode (``torch.autograd.forward_ad``).
 
     This class defines ``forward(ctx, ...)``: torch binds the arguments of a ``setup_context``
-    style Function with ``inspect.signature`` on every call (~17 µs, as much as the kernels).
+    style Function with ``inspect.signature`` on every call, which costs as much as the kernels.
     Under ``torch.func`` transforms, which need ``setup_context``, :func:`soft` uses
     :class:`SoftThresholdFunc` instead.
     """

@@ -11,7 +11,7 @@ Every step is ``x+ = prox(x - τ Aᵀ(A x - y))`` (or its PnP form). Positive qu
 in log form (λ = exp(log_reg), τ = exp(log_tau), σ = exp(log_sigma), weights = exp(log_weights)).
 
 Physics are deepinv's (``Denoising``, ``BlurFFT``, ``Inpainting``); deepinv is imported lazily (its
-import costs seconds) so that ``import pipeline.schemes`` stays cheap.
+import costs seconds) so that ``import pipeline.core.schemes`` stays cheap.
 """
 
 from __future__ import annotations

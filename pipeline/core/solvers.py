@@ -1,14 +1,20 @@
-"""Fixed-point solvers shared by the forward and the implicit backward pass.
+"""Fixed-point solvers shared by the forward and the implicit backward pass, in one registry.
 
 Every solver has the same contract (after torchdeq)::
 
-    x, info = solver(f, x0, max_iter=..., tol=..., **options)
+    solve = get_solver("anderson")      # or SOLVERS["anderson"]
+    x, info = solve(lambda x: 0.5 * x + 1.0, torch.zeros(4), max_iter=100, tol=1e-6)
+    info.converged, info.iterations     # True, 5
 
 ``f`` maps a tensor to a tensor of the same shape; the solver returns its last image ``f(x_k)``
 and a :class:`SolverInfo`. Convergence is measured by the relative residual
 ``||f(x) - x|| / ||f(x)||`` over the whole tensor (one host synchronisation per iteration: the
 only one the tolerance check needs). Solvers never build an autograd graph themselves: callers
 run them under ``torch.no_grad()`` or on functions that return detached tensors.
+
+A new solver is one function registered with :func:`register_solver` under a name declared in
+``pipeline.util.names.SOLVER_NAMES`` (which the params schema validates ``sweep.deq.solver``
+against without importing torch); the estimators look solvers up here by name.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from torch import Tensor
 
 from pipeline.util.errors import did_you_mean
+from pipeline.util.names import SOLVER_NAMES
 
 TensorMap = Callable[[Tensor], Tensor]
 
@@ -35,6 +42,48 @@ class SolverInfo:
     converged: bool
 
 
+Solver = Callable[..., tuple[Tensor, SolverInfo]]
+
+# name -> solver; filled by @register_solver only
+SOLVERS: dict[str, Solver] = {}
+
+
+def register_solver(name: str) -> Callable[[Solver], Solver]:
+    """Register a solver under ``name`` (a decorator)::
+
+        @register_solver("my_solver")
+        def my_solver(f, x0, max_iter, tol, **options):
+            ...
+            return x, SolverInfo(iterations, residual, converged)
+
+    The solver must follow the module's contract: return ``f``'s last image and a
+    :class:`SolverInfo`, measure convergence with :func:`relative_residual`, build no autograd
+    graph. ``name`` must be declared in ``pipeline.util.names.SOLVER_NAMES`` (params files may
+    then name it in ``sweep.deq.solver``) and not be taken.
+    """
+    if name not in SOLVER_NAMES:
+        raise ValueError(
+            f"solver {name!r} is not declared in pipeline.util.names.SOLVER_NAMES "
+            "(the params schema validates solver names from there)"
+        )
+    if name in SOLVERS:
+        raise ValueError(f"a solver named {name!r} is already registered")
+
+    def register(solver: Solver) -> Solver:
+        SOLVERS[name] = solver
+        return solver
+
+    return register
+
+
+def get_solver(name: str) -> Solver:
+    """Look a solver up by name; unknown names get a "did you mean"."""
+    try:
+        return SOLVERS[name]
+    except KeyError:
+        raise ValueError(did_you_mean("solver", name, SOLVERS)) from None
+
+
 def relative_residual(fx: Tensor, x: Tensor) -> float:
     """``||fx - x|| / ||fx||`` as a Python float (a zero ``fx`` gives the absolute residual)."""
     # both norms in one transfer (one host synchronisation), the division on the host: two
@@ -45,6 +94,7 @@ def relative_residual(fx: Tensor, x: Tensor) -> float:
     return num / den if den > 0 else num
 
 
+@register_solver("fixed_point")
 def fixed_point(f: TensorMap, x0: Tensor, max_iter: int, tol: float) -> tuple[Tensor, SolverInfo]:
     """Plain Picard iteration ``x <- f(x)`` until the relative residual is below ``tol``."""
     x = x0
@@ -58,6 +108,7 @@ def fixed_point(f: TensorMap, x0: Tensor, max_iter: int, tol: float) -> tuple[Te
     return x, SolverInfo(max_iter, residual, False)
 
 
+@register_solver("anderson")
 def anderson(
     f: TensorMap,
     x0: Tensor,
@@ -134,17 +185,3 @@ def anderson(
         residual = relative_residual(fs[:, last], xs[:, last])
         k += 1
     return fs[:, last].reshape(shape).clone(), SolverInfo(k, residual, residual < tol)
-
-
-SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverInfo]]] = {
-    "fixed_point": fixed_point,
-    "anderson": anderson,
-}
-
-
-def get_solver(name: str) -> Callable[..., tuple[Tensor, SolverInfo]]:
-    """Look a solver up by name; unknown names get a "did you mean"."""
-    try:
-        return SOLVERS[name]
-    except KeyError:
-        raise ValueError(did_you_mean("solver", name, SOLVERS)) from None

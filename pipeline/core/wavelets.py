@@ -1,8 +1,11 @@
 """Orthonormal 2-D discrete wavelet transform with periodization, batched and differentiable.
 
-``W = Wavelet("db4", levels=4)``; ``coeffs = W(x)``; ``x = W.inverse(coeffs)``. Works on
-``(B, C, H, W)`` tensors in float32 or float64, under autograd and ``torch.func`` (jvp/vjp).
-W is orthonormal, so ``W.inverse`` is both its inverse and its adjoint.
+    W = Wavelet("db4", levels=4)
+    coeffs = W(x)                       # [approx_4, details_4, ..., details_1]
+    x = W.inverse(coeffs)               # exact: W is orthonormal
+
+Works on ``(B, C, H, W)`` tensors in float32 or float64, under autograd and ``torch.func``
+(jvp/vjp). W is orthonormal, so ``W.inverse`` is both its inverse and its adjoint.
 
 Coefficient layout (:data:`Coeffs`)::
 
@@ -49,11 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.util.names import WAVELET_NAMES
+
 Coeffs = list[Tensor]
 Bands = tuple[Tensor, list[Tensor]]
-
-_DAUBECHIES = tuple(pywt.wavelist("db"))
-WAVELET_NAMES: tuple[str, ...] = ("haar", *_DAUBECHIES)
 
 
 def _haar_matrix() -> Tensor:
@@ -106,7 +108,7 @@ class Wavelet(nn.Module):
         if name not in WAVELET_NAMES:
             raise ValueError(
                 f"unknown wavelet {name!r}; expected 'haar' or a Daubechies name "
-                f"'db1' ... 'db{len(_DAUBECHIES)}' (e.g. 'db2', 'db4')"
+                f"'db1' ... '{WAVELET_NAMES[-1]}' (e.g. 'db2', 'db4')"
             )
         if not isinstance(levels, int) or levels < 1:
             raise ValueError(f"wavelet levels must be an integer >= 1, got {levels!r}")
@@ -362,4 +364,4 @@ def flatten(coeffs: Coeffs) -> Tensor:
     return torch.cat([t.reshape(b, -1) for t in coeffs], dim=1)
 
 
-__all__ = ["WAVELET_NAMES", "Bands", "Coeffs", "Wavelet", "flatten"]
+__all__ = ["Bands", "Coeffs", "Wavelet", "flatten"]

@@ -1,72 +1,109 @@
 """The one place that turns the study's config into core objects: device, scheme, estimator.
 
-scheme = build_scheme(study, prior_name, physics, channels)
-est = build_estimator(study, spec)
+    scheme = build_scheme(study, "wl1", spec, channels=1)     # the prior's scheme module
+    est = build_estimator(study, spec)
+
+Each prior type of ``pipeline.study.config`` registers its scheme builder here::
+
+    @scheme_builder(MyPrior)
+    def my_scheme(prior: MyPrior, study: StudyConfig, spec: TrialSpec, channels: int) -> Scheme:
+        ...
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from pipeline.core.denoisers import build_denoiser
 from pipeline.core.estimators import Estimator, make_estimator
-from pipeline.study.config import PnPPrior, StudyConfig, TrialSpec, WaveletPrior
+from pipeline.core.schemes import PnPFB, Scheme, WaveletFB
+from pipeline.study.config import PnPPrior, PriorConfig, StudyConfig, TrialSpec, WaveletPrior
+from pipeline.util.errors import ConfigError, UserError
+
+SchemeBuilder = Callable[[Any, StudyConfig, TrialSpec, int], Scheme]
+
+# prior config class -> the function that builds its scheme; filled by @scheme_builder
+SCHEME_BUILDERS: dict[type[PriorConfig], SchemeBuilder] = {}
 
 
-def resolve_device(name: str) -> torch.device:
+def scheme_builder(prior_type: type[PriorConfig]) -> Callable[[SchemeBuilder], SchemeBuilder]:
+    """Register the scheme builder of a prior config class (a decorator)."""
+
+    def register(builder: SchemeBuilder) -> SchemeBuilder:
+        SCHEME_BUILDERS[prior_type] = builder
+        return builder
+
+    return register
+
+
+def resolve_device(
+    name: str, key: str = "train.device", error: type[UserError] = ConfigError
+) -> torch.device:
+    """``name`` ("auto", "cpu", "cuda", "cuda:1") as a usable torch device (auto: CUDA when one
+    is visible); otherwise ``error`` in one line naming ``key`` (the setting or the flag)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from pipeline.util.errors import ConfigError
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise error(f"{key}: {name!r} is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"{key}: {name!r} requested but no CUDA device is visible")
+    if device.type not in ("cpu", "cuda"):
+        raise error(f"{key}: {name!r}: only cpu and cuda are supported")
+    return device
 
-        raise ConfigError("train.device: 'cuda' requested but no CUDA device is visible")
-    return torch.device(name)
 
-
-def build_scheme(
-    prior: WaveletPrior | PnPPrior,
-    spec: TrialSpec,
-    channels: int,
-    root: Path,
-    arch: dict[str, int] | None = None,
-):
-    """The scheme module for a prior config (per-layer parameters get ``spec.depth`` layers).
-
-    ``arch``: the denoiser architecture of a PnP prior (``StudyConfig.denoiser_arch``); without
-    it the prior's own keys are used (deepinv's defaults for those left out). The denoiser is
-    frozen unless ``prior.train_denoiser``.
-    """
-    from pipeline.core import denoisers, schemes
-
-    if isinstance(prior, WaveletPrior):
-        return schemes.WaveletFB(
-            wavelet=prior.wavelet,
-            levels=prior.levels,
-            prior=prior.norm,
-            reg_init=prior.reg_init,
-            step_size=prior.step_size,
-            learn_step_size=prior.learn_step_size,
-            weights_init=prior.weights_init,
-            per_subband=prior.per_subband,
+def build_scheme(study: StudyConfig, prior: str, spec: TrialSpec, channels: int) -> Scheme:
+    """The scheme module of prior ``prior`` for ``channels``-channel images (per-layer
+    parameters get ``spec.depth`` layers); ``ValueError`` when the config cannot be built."""
+    cfg = study.priors[prior]
+    builder = SCHEME_BUILDERS.get(type(cfg))
+    if builder is None:
+        raise TypeError(
+            f"prior type {type(cfg).__name__} has no scheme builder "
+            "(register one with @scheme_builder in pipeline.study.build)"
         )
-    weights = None if prior.weights is None else Path(root) / prior.weights
-    if arch is None:
-        keys = ("nc", "nb") if prior.denoiser == "drunet" else ("depth", "nf")
-        arch = {k: getattr(prior, k) for k in keys if getattr(prior, k) is not None}
-    denoiser = denoisers.build_denoiser(
-        prior.denoiser, channels=channels, weights=weights, **dict(arch)
+    return builder(cfg, study, spec, channels)
+
+
+@scheme_builder(WaveletPrior)
+def wavelet_scheme(
+    prior: WaveletPrior, study: StudyConfig, spec: TrialSpec, channels: int
+) -> Scheme:
+    return WaveletFB(
+        wavelet=prior.wavelet,
+        levels=prior.levels,
+        prior=prior.norm,
+        reg_init=prior.reg_init,
+        step_size=prior.step_size,
+        learn_step_size=prior.learn_step_size,
+        weights_init=prior.weights_init,
+        per_subband=prior.per_subband,
+    )
+
+
+@scheme_builder(PnPPrior)
+def pnp_scheme(prior: PnPPrior, study: StudyConfig, spec: TrialSpec, channels: int) -> Scheme:
+    """The denoiser (architecture: ``PnPPrior.arch``) loads the prior's weights and stays
+    frozen unless ``train_denoiser``."""
+    weights = None if prior.weights is None else Path(study.root) / prior.weights
+    denoiser = build_denoiser(
+        prior.denoiser, channels=channels, weights=weights, **prior.arch(study.pretrain)
     )
     denoiser.requires_grad_(prior.train_denoiser)
-    layers = spec.depth if prior.per_layer_sigma else 1
-    return schemes.PnPFB(
+    return PnPFB(
         denoiser,
         sigma_init=prior.sigma_init,
         step_size=prior.step_size,
         learn_step_size=prior.learn_step_size,
         relaxation_init=prior.relaxation_init,
         learn_relaxation=prior.learn_relaxation,
-        layers=layers,
+        layers=spec.depth if prior.per_layer_sigma else 1,
         per_layer_sigma=prior.per_layer_sigma,
     )
 
@@ -76,7 +113,7 @@ def build_estimator(study: StudyConfig, spec: TrialSpec) -> Estimator:
     if spec.estimator == "deq":
         return make_estimator("deq", depth=spec.depth, **deq)
     if spec.estimator == "jfb":
-        keep = ("tol", "max_iter", "anderson", "anderson_memory", "anderson_damping")
+        keep = ("tol", "max_iter", "solver", "anderson_memory", "anderson_damping")
         return make_estimator("jfb", depth=spec.depth, **{k: deq[k] for k in keep})
     if spec.estimator == "unrolled":
         return make_estimator("unrolled", iterations=spec.iterations, depth=spec.depth)
@@ -89,8 +126,6 @@ def check_denoisers(study: StudyConfig, channels: int, priors: list[str] | None 
     """Build every PnP prior's denoiser (of the sweep, or ``priors``) and load its weights once,
     so a missing or mismatched weights file fails before any trial starts (``ConfigError``
     naming the prior)."""
-    from pipeline.util.errors import ConfigError
-
     names = priors if priors is not None else sorted({t.prior for t in study.trials()})
     for name in names:
         prior = study.priors[name]
@@ -98,6 +133,6 @@ def check_denoisers(study: StudyConfig, channels: int, priors: list[str] | None 
             continue
         spec = TrialSpec(prior=name, estimator="deq")
         try:
-            build_scheme(prior, spec, channels, study.root, study.denoiser_arch(name))
+            build_scheme(study, name, spec, channels)
         except ValueError as err:
             raise ConfigError(f"priors.{name}: {err}") from None

@@ -2,7 +2,7 @@
 
 ``load_params(path)`` reads the file and returns a frozen :class:`StudyConfig`; any mistake
 (missing file, invalid YAML, a non-mapping, unknown keys, wrong types, out-of-range values,
-unknown names, an empty grid) raises :class:`~pipeline.errors.ConfigError` with one line naming
+unknown names, an empty grid) raises :class:`~pipeline.util.errors.ConfigError` with one line naming
 the file, the key and what is expected, e.g.::
 
     params.yaml: data.sed: unknown key (did you mean 'seed'?)
@@ -20,8 +20,9 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -34,12 +35,16 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.study.families import FAMILIES, PriorFamily
 from pipeline.util.errors import ConfigError, did_you_mean
+from pipeline.util.hashing import sha256_file
+from pipeline.util.names import AUTOCAST_NAMES, DENOISER_ARCH, SOLVER_NAMES, WAVELET_NAMES
 
 EstimatorName = Literal["deq", "rjfb", "jfb", "unrolled"]
 Start = Literal["y", "warm"]
-Autocast = Literal["bfloat16", "float16"]
-DenoiserName = Literal["drunet", "dncnn"]
+Autocast = Literal[AUTOCAST_NAMES]  # type: ignore[valid-type]
+DenoiserName = Literal[tuple(DENOISER_ARCH)]  # type: ignore[valid-type]
+SolverName = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -47,8 +52,6 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 # Prior names name trials, Tune trial folders and MLflow runs: keep them path- and tag-safe.
 PRIOR_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-# Wavelets pipeline.wavelets implements (kept here so validating needs neither torch nor pywt).
-WAVELET_NAMES = ("haar", *(f"db{i}" for i in range(1, 39)))
 # MLflow tracking-URI schemes (a plain path is a file store).
 TRACKING_SCHEMES = (
     "http",
@@ -93,12 +96,31 @@ class _Strict(BaseModel):
 class Degradation(_Strict):
     """How observations are made from clean patches (deepinv physics + Gaussian noise)."""
 
-    kind: Literal["denoising", "blur", "inpainting"] = "denoising"
-    noise_sigma: float = Field(0.1, ge=0, le=1)
-    blur_kernel: Literal["gaussian", "line"] = "gaussian"
-    blur_size: int = Field(9, ge=1, le=63)
-    blur_sigma: float = Field(1.5, gt=0)
-    blur_angle: float = 45.0
+    kind: Literal["denoising", "blur", "inpainting"] = Field(
+        "denoising",
+        description="forward operator: denoising (A = I), blur (circular FFT blur) or inpainting (pixel mask)",
+    )
+    noise_sigma: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="std of the additive Gaussian noise, for images in [0, 1]; 0 to 1",
+    )
+    blur_kernel: Literal["gaussian", "line"] = Field(
+        "gaussian", description="blur only: gaussian (isotropic) or line (motion blur)"
+    )
+    blur_size: int = Field(
+        9,
+        ge=1,
+        le=63,
+        description="blur only: kernel side in pixels, odd, 1 to 63 and at most data.patch_size",
+    )
+    blur_sigma: float = Field(
+        1.5, gt=0, description="gaussian blur only: std of the kernel in pixels, > 0"
+    )
+    blur_angle: float = Field(
+        45.0, description="line blur only: direction in degrees, counter-clockwise from horizontal"
+    )
     mask_rate: float = Field(0.5, gt=0, le=1, description="fraction of pixels kept")
 
     @model_validator(mode="after")
@@ -112,14 +134,29 @@ class DataConfig(_Strict):
     source: str = Field(
         "bundled", min_length=1, description="'bundled' (scikit-image photos) or a folder"
     )
-    seed: Seed = 0
-    color: Literal["gray", "rgb"] = "gray"
-    patch_size: int = Field(64, ge=8, le=1024)
-    patches_per_image: PositiveInt = 8
-    train_images: PositiveInt = 6
-    val_images: PositiveInt = 2
-    test_images: PositiveInt = 2
-    degradation: Degradation = Degradation()
+    seed: Seed = Field(
+        0, description="seed of the patch cuts, the split and the noise; 0 to 2**32 - 1"
+    )
+    color: Literal["gray", "rgb"] = Field(
+        "gray", description="gray (1 channel) or rgb (3 channels)"
+    )
+    patch_size: int = Field(
+        64,
+        ge=8,
+        le=1024,
+        description="side of the square patches in pixels, 8 to 1024 (divisible as the priors need)",
+    )
+    patches_per_image: PositiveInt = Field(
+        8, description="patches cut from each source image, >= 1"
+    )
+    train_images: PositiveInt = Field(
+        6, description="source images of the training split (split by image, not by patch), >= 1"
+    )
+    val_images: PositiveInt = Field(2, description="source images of the validation split, >= 1")
+    test_images: PositiveInt = Field(2, description="source images of the test split, >= 1")
+    degradation: Degradation = Field(
+        Degradation(), description="how observations are made from the clean patches"
+    )
 
     @property
     def channels(self) -> int:
@@ -133,15 +170,21 @@ class TrainOverrides(_Strict):
     """A prior's own changes to the ``train`` section: only the keys written in the file apply
     (``steps_per_epoch: null`` written explicitly resets it); ``device`` stays per study."""
 
-    optimizer: Literal["adam", "sgd"] | None = None
-    lr: PositiveFloat | None = None
-    epochs: PositiveInt | None = None
-    batch_size: PositiveInt | None = None
-    steps_per_epoch: PositiveInt | None = None
-    probe_batch_size: PositiveInt | None = None
-    eval_tol: PositiveFloat | None = None
-    eval_max_iter: PositiveInt | None = None
-    restart_autocast: Autocast | None = None
+    optimizer: Literal["adam", "sgd"] | None = Field(
+        None, description="replaces train.optimizer for this prior's trials"
+    )
+    lr: PositiveFloat | None = Field(None, description="replaces train.lr")
+    epochs: PositiveInt | None = Field(None, description="replaces train.epochs")
+    batch_size: PositiveInt | None = Field(None, description="replaces train.batch_size")
+    steps_per_epoch: PositiveInt | None = Field(
+        None, description="replaces train.steps_per_epoch (null written explicitly: every batch)"
+    )
+    probe_batch_size: PositiveInt | None = Field(
+        None, description="replaces train.probe_batch_size"
+    )
+    eval_tol: PositiveFloat | None = Field(None, description="replaces train.eval_tol")
+    eval_max_iter: PositiveInt | None = Field(None, description="replaces train.eval_max_iter")
+    restart_autocast: Autocast | None = Field(None, description="replaces train.restart_autocast")
 
     @model_serializer(mode="wrap")
     def _only_written(self, handler: Any) -> dict[str, Any]:
@@ -153,22 +196,86 @@ class TrainOverrides(_Strict):
         return {k: getattr(self, k) for k in sorted(self.model_fields_set)}
 
 
-class WaveletPrior(_Strict):
+# prior type (the ``type:`` tag in params.yaml) -> its config class; filled by PriorConfig
+PRIOR_TYPES: dict[str, type[PriorConfig]] = {}
+
+
+class PriorConfig(_Strict):
+    """Base of the prior types of ``params.yaml``.
+
+    A new prior type is one subclass here, with a ``type: Literal["name"]`` field (subclassing
+    registers it in :data:`PRIOR_TYPES`; the ``Prior`` union and every message listing the
+    types come from there), plus one scheme builder registered in ``pipeline.study.build``
+    (``@scheme_builder(NewPrior)``): the schema stays free of the math.
+    """
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        (tag,) = typing.get_args(cls.model_fields["type"].annotation)
+        PRIOR_TYPES[tag] = cls
+
+    def min_side(self) -> int:
+        """The patch side must be a multiple of this (the transform's or the network's)."""
+        return 1
+
+    def family(self) -> PriorFamily:
+        """The family this prior belongs to, and its label (what is learned)."""
+        raise NotImplementedError
+
+    def trial_context(self, study: StudyConfig) -> dict[str, Any]:
+        """What, besides this config, changes what its trials compute (for ``TrialSpec.key``)."""
+        return {}
+
+
+def prior_types_text(join: str = "or") -> str:
+    """The registered prior types for messages: ``'wavelet' or 'pnp'``."""
+    names = [repr(t) for t in PRIOR_TYPES]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {join} {names[-1]}"
+
+
+def parse_prior(raw: Mapping[str, Any]) -> PriorConfig:
+    """A prior config from its mapping (a ``priors`` entry, or a config's ``model_dump()``)."""
+    tag = raw.get("type")
+    cls = PRIOR_TYPES.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise ValueError(did_you_mean("prior type", str(tag), PRIOR_TYPES))
+    return cls.model_validate(raw)
+
+
+class WaveletPrior(PriorConfig):
     """Forward-backward with a (weighted) wavelet norm."""
 
-    type: Literal["wavelet"]
-    norm: Literal["l1", "weighted_l1", "l12"] = "l1"
-    wavelet: str = "haar"
-    levels: int = Field(3, ge=1, le=8)
-    reg_init: PositiveFloat = 0.05
-    weights_init: PositiveFloat = 1.0
-    per_subband: bool = False
-    step_size: PositiveFloat = 1.0
-    learn_step_size: bool = False
+    type: Literal["wavelet"] = Field(description="the prior type tag: wavelet")
+    norm: Literal["l1", "weighted_l1", "l12"] = Field(
+        "l1",
+        description="l1 (detail coefficients), weighted_l1 (one weight per scale or subband) or l12 (group norm over orientations)",
+    )
+    wavelet: str = Field("haar", description="'haar' or a Daubechies name 'db1' ... 'db38'")
+    levels: int = Field(
+        3,
+        ge=1,
+        le=8,
+        description="decomposition levels J, 1 to 8 (data.patch_size must be divisible by 2**J)",
+    )
+    reg_init: PositiveFloat = Field(
+        0.05, description="initial regularisation weight λ, > 0 (learned in log form)"
+    )
+    weights_init: PositiveFloat = Field(
+        1.0, description="weighted_l1 only: initial per-group weight, > 0"
+    )
+    per_subband: bool = Field(
+        False,
+        description="weighted_l1 only: one weight per subband (3J+1) instead of per scale (J+1)",
+    )
+    step_size: PositiveFloat = Field(1.0, description="FB step τ, > 0 (converges for τ < 2/‖AᵀA‖)")
+    learn_step_size: bool = Field(False, description="learn τ as well")
     degradation: Degradation | None = Field(
         None, description="observe the prepared clean patches through this instead of data's"
     )
-    train: TrainOverrides | None = None
+    train: TrainOverrides | None = Field(
+        None, description="this prior's changes to the train section"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> WaveletPrior:
@@ -192,8 +299,18 @@ class WaveletPrior(_Strict):
     def min_side(self) -> int:
         return 2**self.levels
 
+    def family(self) -> PriorFamily:
+        """Wavelet FB learns λ (and weights, and τ when ``learn_step_size``)."""
+        learned = ["lambda"]
+        if self.norm == "weighted_l1":
+            learned.append("per-subband weights" if self.per_subband else "per-scale weights")
+        if self.learn_step_size:
+            learned.append("tau")
+        name = FAMILIES["wavelet"]
+        return PriorFamily("wavelet", name, f"{name} ({self.norm}): learn {', '.join(learned)}")
 
-class PnPPrior(_Strict):
+
+class PnPPrior(PriorConfig):
     """Plug-and-Play forward-backward with a denoiser network.
 
     Architecture keys left out (``nc``, ``nb`` for DRUNet; ``depth``, ``nf`` for DnCNN) take the
@@ -201,16 +318,24 @@ class PnPPrior(_Strict):
     set them to load other weights (official DRUNet: ``nc: 64, nb: 4``).
     """
 
-    type: Literal["pnp"]
-    denoiser: DenoiserName = "drunet"
+    type: Literal["pnp"] = Field(description="the prior type tag: pnp")
+    denoiser: DenoiserName = Field("drunet", description="the network: drunet or dncnn (deepinv's)")
     weights: str | None = Field(None, description="local weights file (weights only)")
-    sigma_init: PositiveFloat = 0.05
-    per_layer_sigma: bool = False
-    step_size: PositiveFloat = 1.0
-    learn_step_size: bool = True
-    relaxation_init: float = Field(1.0, gt=0, le=1)
-    learn_relaxation: bool = True
-    train_denoiser: bool = False
+    sigma_init: PositiveFloat = Field(
+        0.05, description="initial denoiser noise level σ, > 0 (learned in log form)"
+    )
+    per_layer_sigma: bool = Field(
+        False, description="one σ per layer of the K-block instead of one shared"
+    )
+    step_size: PositiveFloat = Field(1.0, description="initial FB step τ, > 0")
+    learn_step_size: bool = Field(True, description="learn τ")
+    relaxation_init: float = Field(
+        1.0, gt=0, le=1, description="initial relaxation α in (0, 1]; 1: plain PnP"
+    )
+    learn_relaxation: bool = Field(True, description="learn α (as a logit)")
+    train_denoiser: bool = Field(
+        False, description="train every denoiser weight inside FB as well (else frozen)"
+    )
     denoiser_lr: PositiveFloat = Field(5e-4, description="lr of the denoiser's weights")
     degradation: Degradation | None = Field(
         None, description="observe the prepared clean patches through this instead of data's"
@@ -219,12 +344,14 @@ class PnPPrior(_Strict):
     nb: PositiveInt | None = Field(None, description="DRUNet residual blocks per scale")
     depth: PositiveInt | None = Field(None, description="DnCNN layers")
     nf: PositiveInt | None = Field(None, description="DnCNN features")
-    train: TrainOverrides | None = None
+    train: TrainOverrides | None = Field(
+        None, description="this prior's changes to the train section"
+    )
 
     @model_validator(mode="after")
     def _arch_keys(self) -> PnPPrior:
-        other = ("depth", "nf") if self.denoiser == "drunet" else ("nc", "nb")
-        for key in other:
+        own = DENOISER_ARCH[self.denoiser]
+        for key in (k for keys in DENOISER_ARCH.values() for k in keys if k not in own):
             if getattr(self, key) is not None:
                 raise _Located((key,), f"is not an option of denoiser {self.denoiser!r}")
         return self
@@ -232,23 +359,65 @@ class PnPPrior(_Strict):
     def min_side(self) -> int:
         return 8 if self.denoiser == "drunet" else 1
 
+    def arch(self, pretrain: PretrainConfig) -> dict[str, int]:
+        """The denoiser architecture: this prior's own keys, else the ``pretrain`` section's."""
+        arch = pretrain.arch(self.denoiser)
+        return {k: v if getattr(self, k) is None else getattr(self, k) for k, v in arch.items()}
 
-Prior = Annotated[WaveletPrior | PnPPrior, Field(discriminator="type")]
+    def family(self) -> PriorFamily:
+        """A frozen denoiser learns τ, σ and the relaxation; ``train_denoiser: true`` trains
+        every denoiser weight inside FB as well (family named after the network)."""
+        learned = ["tau"] if self.learn_step_size else []
+        learned.append("sigma (one per layer)" if self.per_layer_sigma else "sigma")
+        if self.learn_relaxation:
+            learned.append("relaxation")
+        if self.train_denoiser:
+            net = {"drunet": "DRUNet", "dncnn": "DnCNN"}.get(self.denoiser, "denoiser")
+            return PriorFamily(
+                "pnp_trained",
+                f"{net} inside FB, trained",
+                f"{net} inside FB, trained: all denoiser weights (lr {self.denoiser_lr:g}), "
+                f"{', '.join(learned)}",
+            )
+        name = FAMILIES["pnp_frozen"]
+        return PriorFamily("pnp_frozen", name, f"{name}: learn {', '.join(learned)}")
+
+    def trial_context(self, study: StudyConfig) -> dict[str, Any]:
+        """The resolved architecture and the sha256 of the weights file (None if absent)."""
+        context: dict[str, Any] = {"denoiser_arch": self.arch(study.pretrain)}
+        if self.weights is not None:
+            path = study.resolve(self.weights)  # a missing file is reported when trials load it
+            context["weights_sha256"] = sha256_file(path, cached=True) if path.exists() else None
+        return context
+
+
+# one member per registered prior type, told apart by ``type:``
+Prior = Annotated[Union[tuple(PRIOR_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 # --------------------------------------------------------------------------- training
 
 
 class TrainConfig(_Strict):
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: PositiveFloat = 0.05
-    epochs: PositiveInt = 6
-    batch_size: PositiveInt = 8
-    steps_per_epoch: PositiveInt | None = None
-    probe_batch_size: PositiveInt = 8
-    eval_tol: PositiveFloat = 1e-5
-    eval_max_iter: PositiveInt = 1000
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="adam or sgd, over θ")
+    lr: PositiveFloat = Field(0.05, description="learning rate of θ, > 0")
+    epochs: PositiveInt = Field(6, description="training epochs, >= 1")
+    batch_size: PositiveInt = Field(
+        8, description="patches per training step (and per evaluation batch), >= 1"
+    )
+    steps_per_epoch: PositiveInt | None = Field(
+        None, description="at most this many steps per epoch (null: every batch of the split)"
+    )
+    probe_batch_size: PositiveInt = Field(
+        8, description="validation patches the per-epoch gradient and contraction probes use, >= 1"
+    )
+    eval_tol: PositiveFloat = Field(
+        1e-5, description="relative residual the equilibrium solves of evaluation stop at, > 0"
+    )
+    eval_max_iter: PositiveInt = Field(1000, description="iteration cap of those solves, >= 1")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="cpu, cuda, or auto (cuda when visible)"
+    )
     restart_autocast: Autocast | None = Field(
         None,
         description="run the no-grad applications of a training step (rJFB restarts, DEQ/JFB "
@@ -261,19 +430,27 @@ class PretrainConfig(_Strict):
     """The ``pretrain`` stage: a denoiser trained on the prepared training patches with Gaussian
     noise of level σ ~ U[sigma_min, sigma_max]; PnP priors load its weights."""
 
-    denoiser: DenoiserName = "drunet"
+    denoiser: DenoiserName = Field("drunet", description="the network trained: drunet or dncnn")
     nc: PositiveInt = Field(8, description="DRUNet widths (n, 2n, 4n, 8n)")
     nb: PositiveInt = Field(1, description="DRUNet residual blocks per scale")
     depth: PositiveInt = Field(7, description="DnCNN layers")
     nf: PositiveInt = Field(32, description="DnCNN features")
-    sigma_min: float = Field(0.01, gt=0, le=1)
-    sigma_max: float = Field(0.2, gt=0, le=1)
-    steps: PositiveInt = 1000
-    lr: PositiveFloat = 2e-3
-    batch_size: PositiveInt = 16
+    sigma_min: float = Field(
+        0.01, gt=0, le=1, description="lowest training noise level, in (0, 1] and <= sigma_max"
+    )
+    sigma_max: float = Field(0.2, gt=0, le=1, description="highest training noise level, in (0, 1]")
+    steps: PositiveInt = Field(1000, description="optimiser steps, >= 1")
+    lr: PositiveFloat = Field(2e-3, description="Adam learning rate, > 0")
+    batch_size: PositiveInt = Field(16, description="patches per step, >= 1")
     crop: PositiveInt | None = Field(None, description="random crops of this side (null: none)")
-    seed: Seed = 0
-    val_sigmas: list[Annotated[float, Field(gt=0, le=1)]] = Field([0.05, 0.1, 0.2], min_length=1)
+    seed: Seed = Field(
+        0, description="seed of the initialisation, the batches and the noise; 0 to 2**32 - 1"
+    )
+    val_sigmas: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.05, 0.1, 0.2],
+        min_length=1,
+        description="noise levels of the validation PSNR (models/denoiser.json), each in (0, 1]",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> PretrainConfig:
@@ -287,38 +464,56 @@ class PretrainConfig(_Strict):
 
     def arch(self, kind: str | None = None) -> dict[str, int]:
         """Architecture options of ``kind`` (default: this section's denoiser)."""
-        kind = kind or self.denoiser
-        return (
-            {"nc": self.nc, "nb": self.nb}
-            if kind == "drunet"
-            else {
-                "depth": self.depth,
-                "nf": self.nf,
-            }
-        )
+        return {key: getattr(self, key) for key in DENOISER_ARCH[kind or self.denoiser]}
 
 
 class DEQOptions(_Strict):
-    tol: PositiveFloat = 1e-4
-    max_iter: PositiveInt = 300
-    backward_tol: PositiveFloat = 1e-4
-    backward_max_iter: PositiveInt = 300
-    anderson: bool = True
-    anderson_memory: PositiveInt = 5
-    anderson_damping: float = Field(1.0, gt=0, le=1)
+    tol: PositiveFloat = Field(
+        1e-4, description="relative residual the forward solves of DEQ and JFB stop at, > 0"
+    )
+    max_iter: PositiveInt = Field(300, description="iteration cap of the forward solves, >= 1")
+    backward_tol: PositiveFloat = Field(
+        1e-4, description="relative residual the implicit backward solve of DEQ stops at, > 0"
+    )
+    backward_max_iter: PositiveInt = Field(
+        300, description="iteration cap of the backward solve, >= 1"
+    )
+    solver: SolverName = Field(
+        "anderson",
+        description="fixed-point solver of the forward and backward solves: fixed_point or anderson",
+    )
+    anderson_memory: PositiveInt = Field(5, description="anderson only: past iterates mixed, >= 1")
+    anderson_damping: float = Field(
+        1.0, gt=0, le=1, description="anderson only: damping β in (0, 1] (1: undamped)"
+    )
 
 
 class TrialSpec(_Strict):
     """One grid point: what a single Ray trial trains."""
 
-    prior: str
-    estimator: EstimatorName
-    depth: PositiveInt = 1
-    restarts: int = Field(0, ge=0)
-    restart_tol: PositiveFloat | None = None
-    start: Start = "y"
-    iterations: PositiveInt | None = None
-    seed: Seed = 0
+    prior: str = Field(description="name of a prior of the priors section")
+    estimator: EstimatorName = Field(description="gradient estimator: deq, rjfb, jfb or unrolled")
+    depth: PositiveInt = Field(
+        1, description="K, the layers of the block the estimator backpropagates through, >= 1"
+    )
+    restarts: int = Field(
+        0,
+        ge=0,
+        description="rjfb only: T, no-grad K-block applications before the tracked one, >= 0",
+    )
+    restart_tol: PositiveFloat | None = Field(
+        None,
+        description="rjfb only: stop restarting once the block's relative residual is below it",
+    )
+    start: Start = Field(
+        "y", description="x0: y (the observation) or warm (each sample's last iterate)"
+    )
+    iterations: PositiveInt | None = Field(
+        None, description="unrolled only (and required there): N, the steps autograd runs through"
+    )
+    seed: Seed = Field(
+        0, description="seed of θ's training order and the trial's RNG; 0 to 2**32 - 1"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrialSpec:
@@ -367,16 +562,32 @@ class SweepConfig(_Strict):
     starts × restart_tols; ``unrolled`` over ``unrolled_iterations``; ``extra_trials`` add
     explicit points (deduplicated)."""
 
-    priors: list[str] = Field(min_length=1)
-    estimators: list[EstimatorName] = Field(min_length=1)
-    depths: list[PositiveInt] = Field([1, 5, 10], min_length=1)
-    restarts: list[Annotated[int, Field(ge=0)]] = Field([0, 5], min_length=1)
-    restart_tols: list[PositiveFloat | None] = Field([None], min_length=1)
-    starts: list[Start] = Field(["y"], min_length=1)
-    seeds: list[Seed] = Field([0], min_length=1)
-    unrolled_iterations: list[PositiveInt] = Field([20], min_length=1)
-    extra_trials: list[TrialSpec] = []
-    deq: DEQOptions = DEQOptions()
+    priors: list[str] = Field(
+        min_length=1, description="priors of the priors section the grid runs, non-empty"
+    )
+    estimators: list[EstimatorName] = Field(
+        min_length=1, description="estimators the grid runs: deq, rjfb, jfb, unrolled"
+    )
+    depths: list[PositiveInt] = Field(
+        [1, 5, 10], min_length=1, description="rjfb: depths K, each >= 1"
+    )
+    restarts: list[Annotated[int, Field(ge=0)]] = Field(
+        [0, 5], min_length=1, description="rjfb: restart counts T, each >= 0"
+    )
+    restart_tols: list[PositiveFloat | None] = Field(
+        [None],
+        min_length=1,
+        description="rjfb: adaptive-restart tolerances (null: always T restarts)",
+    )
+    starts: list[Start] = Field(["y"], min_length=1, description="rjfb: starts, y or warm")
+    seeds: list[Seed] = Field([0], min_length=1, description="seeds every grid point runs with")
+    unrolled_iterations: list[PositiveInt] = Field(
+        [20], min_length=1, description="unrolled: step counts N, each >= 1"
+    )
+    extra_trials: list[TrialSpec] = Field(
+        [], description="explicit trials added to the grid (a duplicate of a grid point is dropped)"
+    )
+    deq: DEQOptions = Field(DEQOptions(), description="the solves of DEQ (and JFB's forward)")
 
     @model_validator(mode="after")
     def _non_empty(self) -> SweepConfig:
@@ -442,10 +653,18 @@ class SweepConfig(_Strict):
 class RayConfig(_Strict):
     address: str | None = Field(None, description="null: start a local Ray; else a cluster")
     num_cpus: PositiveInt | None = Field(None, description="CPUs of a locally started Ray")
-    cpus_per_trial: PositiveFloat = 1
-    gpus_per_trial: float = Field(0, ge=0)
-    max_concurrent_trials: PositiveInt = 2
-    storage_path: str | None = Field(None, min_length=1)
+    cpus_per_trial: PositiveFloat = Field(1, description="CPUs Ray reserves per trial, > 0")
+    gpus_per_trial: float = Field(
+        0,
+        ge=0,
+        description="GPUs per trial: a fraction in (0, 1] shares one, or a whole number; 0: none",
+    )
+    max_concurrent_trials: PositiveInt = Field(2, description="trials running at once, >= 1")
+    storage_path: str | None = Field(
+        None,
+        min_length=1,
+        description="Ray Tune results folder or URI (null: ray_results next to params.yaml)",
+    )
     ship_data: bool = Field(
         True,
         description="when the driver connects to an existing cluster (ray.address, RAY_ADDRESS, "
@@ -481,7 +700,9 @@ class MlflowConfig(_Strict):
     tracking_uri: str | None = Field(
         None, min_length=1, description="null: sqlite:///<repo>/mlflow.db"
     )
-    experiment: str = Field("rjfb-study", min_length=1)
+    experiment: str = Field(
+        "rjfb-study", min_length=1, description="MLflow experiment name, non-empty"
+    )
 
     @model_validator(mode="after")
     def _scheme(self) -> MlflowConfig:
@@ -498,20 +719,37 @@ class MlflowConfig(_Strict):
 
 
 class ReportConfig(_Strict):
-    delta_psnr_tolerance: PositiveFloat = 0.1
-    quality_margin_db: PositiveFloat = 0.05
-    images: PositiveInt = 4
+    delta_psnr_tolerance: PositiveFloat = Field(
+        0.1, description="|ΔPSNR| (dB) to DEQ within which the report calls an estimator equal, > 0"
+    )
+    quality_margin_db: PositiveFloat = Field(
+        0.05,
+        description="dB below the best PSNR that still counts as reaching quality (time to quality), > 0",
+    )
+    images: PositiveInt = Field(
+        4, description="test images in each trial's reconstruction grid, >= 1"
+    )
 
 
 class StudyConfig(_Strict):
-    data: DataConfig = DataConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    priors: dict[str, Prior] = Field(min_length=1)
-    train: TrainConfig = TrainConfig()
-    sweep: SweepConfig
-    ray: RayConfig = RayConfig()
-    mlflow: MlflowConfig = MlflowConfig()
-    report: ReportConfig = ReportConfig()
+    data: DataConfig = Field(
+        DataConfig(), description="the prepare stage: source images, patches, splits, degradation"
+    )
+    pretrain: PretrainConfig = Field(
+        PretrainConfig(), description="the pretrain stage: the PnP denoiser"
+    )
+    priors: dict[str, Prior] = Field(
+        min_length=1,
+        description="name -> prior config (type: wavelet | pnp); names are 1-64 letters, digits, _ . -",
+    )
+    train: TrainConfig = Field(
+        TrainConfig(),
+        description="training of every trial (a prior's train overrides apply on top)",
+    )
+    sweep: SweepConfig = Field(description="the grid of trials")
+    ray: RayConfig = Field(RayConfig(), description="Ray Tune resources and the cluster")
+    mlflow: MlflowConfig = Field(MlflowConfig(), description="MLflow tracking")
+    report: ReportConfig = Field(ReportConfig(), description="the report stage")
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -611,8 +849,7 @@ class StudyConfig(_Strict):
         p = self.priors[prior]
         if not isinstance(p, PnPPrior):
             raise TypeError(f"prior {prior!r} is not a PnP prior")
-        arch = self.pretrain.arch(p.denoiser)
-        return {k: v if getattr(p, k) is None else getattr(p, k) for k, v in arch.items()}
+        return p.arch(self.pretrain)
 
     def trial_context(self, prior: str) -> dict[str, Any]:
         """Everything outside a TrialSpec that changes what that trial computes (for a PnP
@@ -623,35 +860,12 @@ class StudyConfig(_Strict):
             "train": self.train_for(prior).model_dump(mode="json"),
             "deq": self.sweep.deq.model_dump(mode="json"),
         }
-        p = self.priors[prior]
-        if isinstance(p, PnPPrior):
-            context["denoiser_arch"] = self.denoiser_arch(prior)
-            if p.weights is not None:
-                context["weights_sha256"] = _file_sha256(self.resolve(p.weights))
+        context.update(self.priors[prior].trial_context(self))
         return context
 
     def with_root(self, root: Path) -> StudyConfig:
         self._root = Path(root).resolve()
         return self
-
-
-def _file_sha256(path: Path) -> str | None:
-    """sha256 of a file (None if absent), cached by (path, size, mtime)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 class _Located(ValueError):
@@ -813,10 +1027,10 @@ def _describe(err: ValidationError, raw: Any) -> str:
         tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
         tag = _tag_value(raw, loc)
         if not isinstance(tag, str):
-            return f"{_loc(loc)}.type: expected 'wavelet' or 'pnp', got {_short(tag)}"
+            return f"{_loc(loc)}.type: expected {prior_types_text()}, got {_short(tag)}"
         return f"{_loc(loc)}.type: " + did_you_mean("prior type", tag, tags)
     if typ == "union_tag_not_found":
-        return f"{_loc(loc)}: missing key 'type' (expected 'wavelet' or 'pnp')"
+        return f"{_loc(loc)}: missing key 'type' (expected {prior_types_text()})"
     if typ == "missing":
         return f"{_loc(loc)}: missing required key"
     if typ == "literal_error":
@@ -977,7 +1191,7 @@ def _resolve(ann: Any, node: Any) -> Any:
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    if len(loc) > 2 and loc[0] == "priors" and loc[2] in ("wavelet", "pnp"):
+    if len(loc) > 2 and loc[0] == "priors" and loc[2] in PRIOR_TYPES:
         loc = loc[:2] + loc[3:]  # pydantic's discriminator tag, not a key of the file
     out = ""
     for part in loc:

@@ -20,11 +20,11 @@ import torch
 from torch import Tensor
 
 from pipeline.core.estimators import Estimator, block
-from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad
+from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad, step_memory
 from pipeline.core.probes import psnr
 from pipeline.core.solvers import anderson
 from pipeline.study.build import build_estimator, build_scheme, resolve_device
-from pipeline.study.config import PnPPrior, StudyConfig, TrialSpec
+from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.data import observe
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -74,9 +74,8 @@ class Trial:
             splits.append(split if own is None else observe(split, own, study.data.seed))
         self.train, self.val, self.test = splits
         channels = self.train.clean.shape[1]
-        arch = study.denoiser_arch(spec.prior) if isinstance(self.prior, PnPPrior) else None
         try:
-            scheme = build_scheme(self.prior, spec, channels, study.root, arch)
+            scheme = build_scheme(study, spec.prior, spec, channels)
         except ValueError as err:
             from pipeline.util.errors import ConfigError
 
@@ -225,8 +224,7 @@ class Trial:
         def grad_of(est: Estimator, training: bool) -> list[Tensor]:
             # the trial's estimator as it trains (autocast option); DEQ in full precision
             step, y = (self.train_step_fn if training else self.step_fn)(self.val, index)
-            loss = ((est(step, y) - clean) ** 2).mean()
-            return list(torch.autograd.grad(loss, params, allow_unused=True))
+            return probes.gradient(lambda x: ((x - clean) ** 2).mean(), est, step, y, params)
 
         reference = build_estimator(self.study, self.spec.model_copy(update={"estimator": "deq"}))
         g = grad_of(self.estimator, True)
@@ -241,33 +239,19 @@ class Trial:
         return flatten_theta(self.scheme.theta())
 
     def saved_mib(self) -> float:
-        """MiB autograd saves for one training step: the estimator's training memory.
-
-        On CUDA: the peak allocated memory of one training step (forward and backward)."""
+        """MiB one training step needs (``core.precision.step_memory``): what autograd saves on
+        CPU, the peak allocated memory of forward and backward on CUDA."""
         index = torch.arange(min(self.cfg.batch_size, len(self.train)))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+
+        def forward() -> Tensor:
             step, y = self.train_step_fn(self.train, index)
-            x = self.estimator(step, y)
-            ((x - self.train.clean[index]) ** 2).mean().backward()
+            return ((self.estimator(step, y) - self.train.clean[index]) ** 2).mean()
+
+        def backward(loss: Tensor) -> None:
+            loss.backward()
             self.optimizer.zero_grad(set_to_none=True)
-            del x
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        total = 0
 
-        def pack(t: Tensor) -> Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        step, y = self.train_step_fn(self.train, index)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            x = self.estimator(step, y)
-            loss = ((x - self.train.clean[index]) ** 2).mean()
-        del loss, x
-        return total / 2**20
+        return step_memory(forward, backward, self.device).peak_bytes / 2**20
 
 
 def flatten_theta(theta: dict[str, Any]) -> dict[str, float]:

@@ -39,8 +39,6 @@ import copy
 import gc
 import importlib.util
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -53,6 +51,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pipeline.core.precision import AUTOCAST_DTYPES, step_memory
+from pipeline.tools.machine import loadavg
+from pipeline.tools.machine import machine as machine_info
 
 COLUMNS = (
     "impl",
@@ -89,7 +91,6 @@ STEP_MEMORY_SLACK = 1.10
 BF16_SPEEDUP_TARGET = 1.15
 
 AUTOCAST_LABELS = {"bfloat16": "bf16", "float16": "fp16"}
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ------------------------------------------------------------------------------------------
@@ -791,9 +792,8 @@ def project_case(problem: Problem, cfg: Config) -> Case:
         tol = UNREACHABLE_TOL if cfg.tol is None else cfg.tol
         opts: dict[str, Any] = dict(tol=tol, max_iter=cfg.forward_iter)
         if cfg.method == "deq":
-            opts.update(
-                backward_tol=tol, backward_max_iter=cfg.backward_iter, anderson=cfg.anderson
-            )
+            solver = "anderson" if cfg.anderson else "fixed_point"
+            opts.update(backward_tol=tol, backward_max_iter=cfg.backward_iter, solver=solver)
         est = make_estimator(cfg.method, **opts)
     scheme, physics = problem.scheme, problem.physics
     low = AUTOCAST_DTYPES[cfg.autocast] if cfg.autocast else None
@@ -866,28 +866,10 @@ def _diagnose(case: Case, device: torch.device) -> None:
         prior.counter = case.counter  # type: ignore[attr-defined]
     for p in case.params:
         p.grad = None
+    mem = step_memory(case.forward, case.backward, device)
+    case.peak_bytes = mem.peak_bytes
     if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        resident = torch.cuda.memory_allocated(device)
-        state = case.forward()
-        case.backward(state)
-        _sync(device)
-        case.peak_bytes = float(torch.cuda.max_memory_allocated(device))
-        case.peak_above_resident = case.peak_bytes - resident  # type: ignore[attr-defined]
-    else:
-        total = 0
-
-        def pack(t: Tensor) -> Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            state = case.forward()
-        case.backward(state)
-        case.peak_bytes = float(total)
-    del state
+        case.peak_above_resident = mem.peak_bytes - mem.resident_bytes  # type: ignore[attr-defined]
     case.iterations = case.counts()
     case.grad = case.to_ref(case.gradient())
     if prior is not None:
@@ -1037,15 +1019,9 @@ def resolve_device(settings: Settings) -> torch.device:
                 "small size, e.g. --size 32 --batch 1 --width 4"
             )
         return torch.device("cuda" if settings.suite == "gpu" else "cpu")
-    try:
-        device = torch.device(settings.device)
-    except RuntimeError:
-        raise UserError(f"--device {settings.device!r} is not a torch device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {settings.device}: no CUDA device is available")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {settings.device}: only cpu and cuda are supported")
-    return device
+    from pipeline.study.build import resolve_device as resolve
+
+    return resolve(settings.device, "--device", UserError)
 
 
 def run_suite(settings: Settings) -> dict[str, Any]:
@@ -1063,7 +1039,7 @@ def run_suite(settings: Settings) -> dict[str, Any]:
 
 
 def _run_suite(settings: Settings) -> dict[str, Any]:
-    load_before = _loadavg()
+    load_before = loadavg()
     started = time.perf_counter()
     device = resolve_device(settings)
     if settings.suite == "cpu":
@@ -1244,44 +1220,12 @@ def gpu_targets(rows: list[dict[str, Any]], units: dict[str, float]) -> list[dic
     return out
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on Linux/macOS
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine(device: torch.device, load_before: list[float] | None = None) -> dict[str, Any]:
-    import deepinv
-
-    info: dict[str, Any] = {
-        "device": str(device),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "deepinv": deepinv.__version__,
-        "platform": platform.platform(),
+    return {
+        **machine_info(device, packages=("deepinv",)),
         "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
+        "loadavg_after": loadavg(),
     }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    return info
 
 
 # ------------------------------------------------------------------------------------------

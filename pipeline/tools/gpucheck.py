@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import platform
 import shutil
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from typing import Any
 import torch
 import yaml
 from torch import Tensor
+
+from pipeline.tools.machine import machine
 
 PARTS = ("grads", "bench", "quality")
 # DEQ tolerances of the gradient check, forward and backward (relative residuals)
@@ -261,19 +262,6 @@ def check_quality(
 # driver
 
 
-def _environment(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "device": str(device),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-        info["memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
-    return info
-
-
 def _write(out: Path, name: str, result: dict[str, Any]) -> None:
     from pipeline.util import jsonio
 
@@ -295,7 +283,7 @@ def run(
     from pipeline.tools import bench
 
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"environment": _environment(device), "seconds": {}}
+    summary: dict[str, Any] = {"environment": machine(device), "seconds": {}}
     _write(out, "environment", summary["environment"])
     for part in parts:
         started = time.perf_counter()

@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import math
 import os
-import platform
 import secrets
 import shlex
 import shutil
@@ -383,30 +382,6 @@ def measure_nodes(tmp: Path, s: Settings, prepared: Path, env: dict[str, str]) -
 # --------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict[str, Any]:
-    import mlflow
-    import ray
-    import torch
-
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "platform": platform.platform(),
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "mlflow": mlflow.__version__,
-    }
-
-
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """The derived numbers: overhead against sequential, trial lengths, the goal."""
     seq, ray = result.get("sequential"), result.get("ray")
@@ -499,6 +474,7 @@ def _workdir(keep: bool) -> Iterator[Path]:
 def measure(s: Settings, command: str = "") -> dict[str, Any]:
     from pipeline.study.config import load_params
     from pipeline.study.data import prepare
+    from pipeline.tools.machine import machine
 
     result: dict[str, Any] = {
         "command": command,
@@ -508,7 +484,7 @@ def measure(s: Settings, command: str = "") -> dict[str, Any]:
             "patches_per_image": s.patches_per_image,
             "parts": list(s.parts),
         },
-        "machine": machine_info(),
+        "machine": machine(packages=("ray", "mlflow")),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_before": _load(),
     }

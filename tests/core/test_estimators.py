@@ -76,9 +76,9 @@ def test_closed_form_reference_is_consistent():
 # --------------------------------------------------------------------------- 1. DEQ is exact
 
 
-@pytest.mark.parametrize("anderson", [False, True])
-def test_deq_matches_exact_hypergradient(anderson):
-    est = make_estimator("deq", anderson=anderson, **TIGHT_DEQ)
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson"])
+def test_deq_matches_exact_hypergradient(solver):
+    est = make_estimator("deq", solver=solver, **TIGHT_DEQ)
     g_ell, _ = grads(est)
     # Forward and backward solved to relative residual 1e-12 with γ = 0.7: x* and v are accurate
     # to ~1e-12/(1 − γ) ≈ 3e-12, so 1e-9 leaves a 300x margin (and is tighter than 1e-6).
@@ -275,7 +275,7 @@ GC_XBAR, GC_Y = cf.make_data((1, 1, 4, 4), seed=3)
         ("rjfb", dict(depth=2, restarts=4), True),
         ("jfb", dict(depth=2, tol=1e-10), True),
         ("deq", dict(tol=1e-13, max_iter=500, backward_tol=1e-13), False),
-        ("deq", dict(tol=1e-13, max_iter=500, backward_tol=1e-13, anderson=True), False),
+        ("deq", dict(tol=1e-13, max_iter=500, backward_tol=1e-13, solver="anderson"), False),
     ],
 )
 def test_gradcheck(name, options, freeze):
@@ -373,8 +373,8 @@ def test_anderson_accelerates_deq_forward_and_backward():
     xbar, y = cf.make_data(shape, seed=1)
     exact = cf.hypergradient(y, xbar, lam)
     common = dict(tol=1e-10, max_iter=3000, backward_tol=1e-10, backward_max_iter=3000)
-    plain = make_estimator("deq", anderson=False, **common)
-    accel = make_estimator("deq", anderson=True, **common)
+    plain = make_estimator("deq", solver="fixed_point", **common)
+    accel = make_estimator("deq", solver="anderson", **common)
     g_plain, _ = grads(plain, lam, tau, y, xbar)
     g_accel, _ = grads(accel, lam, tau, y, xbar)
     p, a = plain.last, accel.last
@@ -386,8 +386,8 @@ def test_anderson_accelerates_deq_forward_and_backward():
     assert rel(g_plain, exact) < 1e-7
     assert rel(g_accel, exact) < 1e-7
     assert rel(g_accel, g_plain) < 1e-7
-    # backward_anderson overrides the forward choice.
-    mixed = make_estimator("deq", anderson=False, backward_anderson=True, **common)
+    # backward_solver overrides the forward choice.
+    mixed = make_estimator("deq", solver="fixed_point", backward_solver="anderson", **common)
     grads(mixed, lam, tau, y, xbar)
     assert mixed.last.forward_steps == p.forward_steps
     assert mixed.last.backward_iterations == a.backward_iterations
@@ -552,6 +552,10 @@ def test_unknown_names_and_options_say_did_you_mean():
         make_estimator("deq", backward_tl=1e-6)
     with pytest.raises(TypeError, match="iterations"):
         make_estimator("rjfb", iterations=3)  # an unrolled option is not an rjfb option
+    with pytest.raises(ValueError, match=r"deq: backward_solver: .*did you mean 'anderson'"):
+        make_estimator("deq", backward_solver="andersen")
+    with pytest.raises(ValueError, match=r"jfb: solver: .*did you mean 'fixed_point'"):
+        make_estimator("jfb", solver="fixed-point")
     for name, bad in [
         ("unrolled", dict(iterations=0)),
         ("rjfb", dict(restarts=-1)),
@@ -671,8 +675,8 @@ def test_deq_on_a_nonsymmetric_nonlinear_scheme():
     def step_of(w, b):
         return lambda x: 0.5 * torch.tanh(x @ w.T + b)
 
-    for anderson in (False, True):
-        est = make_estimator("deq", tol=1e-13, max_iter=500, backward_tol=1e-13, anderson=anderson)
+    for solver in ("fixed_point", "anderson"):
+        est = make_estimator("deq", tol=1e-13, max_iter=500, backward_tol=1e-13, solver=solver)
         assert torch.autograd.gradcheck(lambda w, b, est=est: est(step_of(w, b), x0), (w, b))
         deq = torch.autograd.grad(cf.loss(est(step_of(w, b), x0), target), (w, b))
         unrolled = make_estimator("unrolled", iterations=200)(step_of(w, b), x0)

@@ -79,7 +79,7 @@ DEQ_EXACT = {
     "max_iter": 2000,
     "backward_tol": 1e-13,
     "backward_max_iter": 2000,
-    "anderson": False,
+    "solver": "fixed_point",
 }
 
 
@@ -120,7 +120,7 @@ def test_pnp_gradients_approach_deq_on_a_contractive_scheme() -> None:
     unrolled = _grads(scheme, make_estimator("unrolled", iterations=60), physics, truth, y)
     assert _rel(unrolled, deq) < 1e-9
     # Anderson-accelerated DEQ (forward and backward) agrees with plain iteration
-    accel = make_estimator("deq", **{**DEQ_EXACT, "anderson": True})
+    accel = make_estimator("deq", **{**DEQ_EXACT, "solver": "anderson"})
     assert _rel(_grads(scheme, accel, physics, truth, y), deq) < 1e-8
 
 
@@ -380,7 +380,7 @@ def test_bf16_solves_to_a_tolerance_finish_in_float32_with_refine() -> None:
     scheme = PnPFB(denoiser, sigma_init=0.1, step_size=0.5, relaxation_init=0.5)
     physics = build_physics("denoising", (1, 16, 16), noise_sigma=0.1, rng=_gen(31))
     y = physics(torch.rand(2, 1, 16, 16, generator=_gen(32)))
-    options = {"tol": 1e-7, "max_iter": 25, "anderson": True}
+    options = {"tol": 1e-7, "max_iter": 25, "solver": "anderson"}
 
     def solve(dtype: torch.dtype | None, refine: bool) -> tuple[Tensor, object]:
         seen.clear()

@@ -19,7 +19,6 @@ from pipeline.core.physics import (
     gaussian_kernel,
     gradient_step,
     line_kernel,
-    lipschitz,
 )
 from pipeline.core.schemes import PnPFB, WaveletFB
 from pipeline.core.solvers import fixed_point
@@ -464,29 +463,6 @@ def test_physics_noise_is_seeded_and_masks_hold() -> None:
     # a float mask is a kept fraction drawn from rng (pixelwise Bernoulli)
     frac = build_physics("inpainting", (1, 64, 64), noise_sigma=0.1, mask=0.1, rng=_gen(2))
     assert abs(float(frac.mask.mean()) - 0.1) < 0.02  # 4096 Bernoulli(0.1): std 0.0047
-
-
-def test_lipschitz_closed_forms() -> None:
-    # ‖AᵀA‖ = max |Ĥ(ω)|² for a circular blur: 1 at ω = 0 for a normalised non-negative kernel,
-    # s² for a kernel scaled by s; 1 for denoising and for any non-empty binary mask. The Gaussian
-    # kernel's next eigenvalue on 16² is exp(-σ²ω₁²) ≈ 0.86, so 100 power steps converge to
-    # well under the 1e-4 tolerance.
-    shape = (1, 16, 16)
-    kernel = gaussian_kernel(5, 1.0)
-    assert lipschitz(build_physics("denoising", shape, noise_sigma=0.1), shape) == pytest.approx(
-        1.0, rel=1e-6
-    )
-    blur = build_physics("blur", shape, noise_sigma=0.1, blur_kernel=kernel)
-    assert lipschitz(blur, shape) == pytest.approx(1.0, rel=1e-4)
-    half = build_physics("blur", shape, noise_sigma=0.1, blur_kernel=0.5 * kernel)
-    assert lipschitz(half, shape) == pytest.approx(0.25, rel=1e-4)
-    mask = torch.zeros(2, 1, 16, 16)
-    mask[1, 0, 3, 4] = 1.0
-    inpaint = build_physics("inpainting", shape, noise_sigma=0.1, mask=mask)
-    assert lipschitz(inpaint, (2, *shape)) == pytest.approx(1.0, rel=1e-6)
-    state = torch.random.get_rng_state()
-    lipschitz(blur, shape, seed=3)
-    assert torch.equal(state, torch.random.get_rng_state())  # caller's RNG untouched
 
 
 def test_kernels_closed_forms() -> None:

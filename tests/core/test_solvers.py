@@ -12,7 +12,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.solvers import SolverInfo, anderson, fixed_point, get_solver, relative_residual
+from pipeline.core.solvers import (
+    SOLVERS,
+    SolverInfo,
+    anderson,
+    fixed_point,
+    get_solver,
+    register_solver,
+    relative_residual,
+)
+from pipeline.util.names import SOLVER_NAMES
 
 DTYPE = torch.float64
 
@@ -50,9 +59,6 @@ class Recorder:
         self.last_in = x.clone()
         self.last_out = self.f(x)
         return self.last_out
-
-
-SOLVERS = {"fixed_point": fixed_point, "anderson": anderson}
 
 
 def assert_honest(info: SolverInfo, rec: Recorder, x, tol):
@@ -174,6 +180,15 @@ def test_relative_residual_and_lookup():
     assert get_solver("anderson") is anderson and get_solver("fixed_point") is fixed_point
     with pytest.raises(ValueError, match="did you mean 'anderson'"):
         get_solver("andersen")
+
+
+def test_the_registry_holds_every_declared_solver_and_only_those():
+    # the params schema validates sweep.deq.solver against SOLVER_NAMES without torch
+    assert set(SOLVERS) == set(SOLVER_NAMES)
+    with pytest.raises(ValueError, match="not declared"):
+        register_solver("newton")
+    with pytest.raises(ValueError, match="already registered"):
+        register_solver("anderson")
 
 
 @settings(max_examples=15, deadline=None)

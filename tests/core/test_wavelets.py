@@ -186,3 +186,11 @@ def test_band_first_operators_match_the_module(name: str, dtype: torch.dtype) ->
     c = w(xm)
     (c[0].sum() + sum(t.square().sum() for t in c[1:])).backward()
     torch.testing.assert_close(xg.grad, xm.grad, rtol=0, atol=tol)
+
+
+def test_every_declared_wavelet_name_is_one_pywt_has() -> None:
+    # the params schema validates wavelet names from pipeline.util.names without pywt
+    from pipeline.util.names import WAVELET_NAMES
+
+    assert WAVELET_NAMES[0] == "haar"
+    assert set(WAVELET_NAMES[1:]) <= set(pywt.wavelist("db"))

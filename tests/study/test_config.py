@@ -379,3 +379,31 @@ def test_file_level_mistakes(tmp_path: Path) -> None:
     big.write_text("# padding\n" * 200_000)
     with pytest.raises(ConfigError, match=r"too large for a params file"):
         load_params(big)
+
+
+def test_every_params_field_says_what_it_is() -> None:
+    import inspect
+
+    from pydantic import BaseModel
+
+    from pipeline.study import config
+
+    undescribed = [
+        f"{name}.{field}"
+        for name, model in vars(config).items()
+        if inspect.isclass(model)
+        and issubclass(model, BaseModel)
+        and model.__module__ == config.__name__
+        for field, info in model.model_fields.items()
+        if not info.description
+    ]
+    assert not undescribed, undescribed
+
+
+def test_prior_type_messages_come_from_the_registry() -> None:
+    from pipeline.study.config import PRIOR_TYPES, parse_prior, prior_types_text
+
+    assert set(PRIOR_TYPES) == {"wavelet", "pnp"}
+    assert prior_types_text() == "'wavelet' or 'pnp'"
+    with pytest.raises(ValueError, match="did you mean 'wavelet'"):
+        parse_prior({"type": "wavlet"})

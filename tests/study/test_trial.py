@@ -243,3 +243,11 @@ def test_device_resolution_without_cuda() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ConfigError, match=r"train\.device: 'cuda' requested"):
         resolve_device("cuda")
+
+
+def test_every_prior_type_has_a_scheme_builder() -> None:
+    # a prior type is one config class (registered by subclassing) plus one scheme builder
+    from pipeline.study.build import SCHEME_BUILDERS
+    from pipeline.study.config import PRIOR_TYPES
+
+    assert set(PRIOR_TYPES.values()) == set(SCHEME_BUILDERS)
