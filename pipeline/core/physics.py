@@ -209,3 +209,32 @@ def line_kernel(size: int, angle: float) -> Tensor:
     k = torch.relu(1 - dist)
     k[k < 1e-9] = 0.0  # rounding leftovers at distance ~1
     return (k / k.sum()).float()[None, None]
+
+
+def lipschitz(
+    physics: LinearPhysics,
+    shape: tuple[int, ...],
+    *,
+    iters: int = 100,
+    tol: float = 1e-6,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """‖AᵀA‖₂ (the Lipschitz constant of the data-term gradient) by power iteration.
+
+    Uses deepinv's ``physics.compute_sqnorm`` (= ``compute_norm(squared=True)``, whose
+    start vector comes from the global RNG) under a forked RNG seeded with ``seed``: reproducible
+    and the caller's RNG state is untouched. ``shape`` is (C, H, W) or (B, C, H, W) (needed for a
+    per-sample mask; the result is then the largest over the batch). FB converges for
+    τ ∈ (0, 2/L); for denoising L = 1 and the step contracts with γ = |1 − τ|.
+    """
+    if len(shape) == 3:
+        shape = (1, *shape)
+    device = torch.device(device)
+    x0 = torch.zeros(shape, device=device, dtype=dtype)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        norm = physics.compute_sqnorm(x0, max_iter=iters, tol=tol, verbose=False)
+    return float(norm)

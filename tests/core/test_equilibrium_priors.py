@@ -240,7 +240,7 @@ def _fd_check(
 
 
 TIGHT_DEQ = dict(tol=1e-13, max_iter=3000, backward_tol=1e-13, backward_max_iter=3000,
-                 anderson=True)  # fmt: skip
+                 solver="anderson")  # fmt: skip
 
 
 @pytest.mark.parametrize(("wavelet", "group"), [("haar", "bands"), ("db4", "channels")])
@@ -394,3 +394,26 @@ def test_rjfb_differs_from_deq_per_group_under_blur() -> None:
     g3 = probes.contraction(block(step, 3), x_star, iters=60)
     assert g3 < 1.0
     assert g3 <= g1**3 * 1.01 + 1e-12 or g3 == pytest.approx(g1**3, rel=0.05)
+
+
+def test_lipschitz_closed_forms() -> None:
+    # ‖AᵀA‖ = max |Ĥ(ω)|² for a circular blur: 1 at ω = 0 for a normalised non-negative kernel,
+    # s² for a kernel scaled by s; 1 for denoising and for any non-empty binary mask. The Gaussian
+    # kernel's next eigenvalue on 16² is exp(-σ²ω₁²) ≈ 0.86, so 100 power steps converge to
+    # well under the 1e-4 tolerance.
+    shape = (1, 16, 16)
+    kernel = gaussian_kernel(5, 1.0)
+    assert lipschitz(build_physics("denoising", shape, noise_sigma=0.1), shape) == pytest.approx(
+        1.0, rel=1e-6
+    )
+    blur = build_physics("blur", shape, noise_sigma=0.1, blur_kernel=kernel)
+    assert lipschitz(blur, shape) == pytest.approx(1.0, rel=1e-4)
+    half = build_physics("blur", shape, noise_sigma=0.1, blur_kernel=0.5 * kernel)
+    assert lipschitz(half, shape) == pytest.approx(0.25, rel=1e-4)
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[1, 0, 3, 4] = 1.0
+    inpaint = build_physics("inpainting", shape, noise_sigma=0.1, mask=mask)
+    assert lipschitz(inpaint, (2, *shape)) == pytest.approx(1.0, rel=1e-6)
+    state = torch.random.get_rng_state()
+    lipschitz(blur, shape, seed=3)
+    assert torch.equal(state, torch.random.get_rng_state())  # caller's RNG untouched
