@@ -36,6 +36,9 @@ def train_trial(
     c = tracking.client(uri)
     node_id = ray.get_runtime_context().get_node_id()
     params = trial_params(study, point, spec.prior, weights)
+    inits = point.get("inits")  # chained initial values (phase 2 of the sweep), a trial param
+    if inits:
+        params["inits"] = inits
     where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
     run = tracking.open_child(
         uri,
@@ -74,6 +77,7 @@ def train_trial(
             resume=resume,
             artifacts_dir=artifacts,
             threads=context.threads,
+            inits=inits,
         )
     except KeyboardInterrupt:
         tracking.finish(c, run_id, "interrupted", "interrupted", "KILLED")
@@ -101,6 +105,7 @@ def train_trial(
         "test_psnr_per_image": json.dumps(result.per_image_psnr),
         "theta_json": json.dumps(result.theta),
         "history_json": json.dumps(result.history),
+        **{k: json.dumps(v) for k, v in result.json_columns.items()},
         "mlflow_run_id": run_id,
         "node_id": node_id,
     }
