@@ -134,6 +134,54 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], pattern: str
     return lines[0]
 
 
+# stage: the module run with ``python -m`` and its arguments
+STAGES: dict[str, list[str]] = {
+    "prepare": ["stages.prepare", "--params", "params.yaml", "--quiet"],
+    "sweep": ["stages.sweep", "--params", "params.yaml"],
+    "report": ["stages.report", "--params", "params.yaml"],
+    "check": ["pipeline.cli", "check", "--params", "params.yaml"],
+}
+if (REPO / "stages" / "pretrain.py").is_file():
+    STAGES["pretrain"] = ["stages.pretrain", "--params", "params.yaml", "--quiet"]
+
+HEAVY = ("torch", "deepinv", "ray", "mlflow")
+
+
+def poison(folder: Path, modules: tuple[str, ...]) -> Path:
+    """Packages that fail loudly when imported (shadowing the real ones on PYTHONPATH)."""
+    for name in modules:
+        pkg = folder / name
+        pkg.mkdir(parents=True, exist_ok=True)
+        (pkg / "__init__.py").write_text(
+            f"raise ImportError('{name} imported before the input was validated')\n"
+        )
+    return folder
+
+
+def run_stage(
+    stage: str, cwd: Path, heavy_allowed: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """A stage run as a user runs it, with the heavy packages not in ``heavy_allowed`` replaced
+    by ones that fail when imported: a refusal provably comes before they load."""
+    blocked = tuple(m for m in HEAVY if m not in heavy_allowed)
+    shadow = poison(cwd.parent / f"{cwd.name}-poison", blocked)
+    return run_module(
+        *STAGES[stage],
+        cwd=cwd,
+        pythonpath=[shadow],
+        env={"RAY_ADDRESS": "", "DVC_NO_ANALYTICS": "1"},
+    )
+
+
+def assert_refused(
+    result: subprocess.CompletedProcess[str], pattern: str, before: set[str], cwd: Path
+) -> None:
+    """Refused with one line matching ``pattern``, and nothing written under ``cwd``."""
+    assert_one_line_error(result, pattern)
+    assert result.stdout == ""
+    assert tree(cwd) == before, tree(cwd) ^ before  # nothing written
+
+
 def tree(root: Path) -> set[str]:
     """Every path below ``root``, relative to it."""
     return {str(p.relative_to(root)) for p in root.rglob("*")}

@@ -71,70 +71,98 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
     out["deq_train_residual"] = train if math.isfinite(train) else None
     out["deq_train_backward_residual"] = back if math.isfinite(back) else None
     out["deq_test_eq_residual"] = test if math.isfinite(test) else None
-    reasons, known = [], []
-    if math.isfinite(train) and math.isfinite(tol):
-        known.append("train")
-        if train >= tol:
-            reasons.append(
-                f"its last epoch's training forward solves ended at relative residuals up to "
-                f"{train:.1e} ≥ tol {tol:g} (stopped by max_iter {fmt_int(r['deq_max_iter'])})"
-            )
-        if hp is not None and "train_residual" in hp.columns:
-            res = hp["train_residual"].to_numpy(dtype=float)
-            res = res[np.isfinite(res)]
-            if len(res):
-                out["deq_epochs_above_tol"] = int((res >= tol).sum())
-    if math.isfinite(back) and math.isfinite(back_tol):
-        known.append("backward")
-        if back >= back_tol:
-            reasons.append(
-                f"its last epoch's implicit backward solves ended at relative residuals up to "
-                f"{back:.1e} ≥ backward_tol {back_tol:g} (stopped by backward_max_iter "
-                f"{fmt_int(r['deq_backward_max_iter'])}): its gradients are not the exact DEQ "
-                "gradients"
-            )
-        if hp is not None and "train_backward_residual" in hp.columns:
-            res = hp["train_backward_residual"].to_numpy(dtype=float)
-            res = res[np.isfinite(res)]
-            if len(res):
-                out["deq_epochs_backward_above_tol"] = int((res >= back_tol).sum())
-    if math.isfinite(test) and math.isfinite(eval_tol):
-        known.append("test")
-        if test >= eval_tol:
-            reasons.append(
-                f"its test equilibrium solve ended at {test:.1e} ≥ eval_tol {eval_tol:g} "
-                f"(eval_max_iter {fmt_int(r['eval_max_iter'])})"
-            )
-    if not known:
+    # solve -> (its residual, its tolerance), for the solves the table records
+    solves = {
+        name: (res, limit)
+        for name, res, limit in (
+            ("train", train, tol),
+            ("backward", back, back_tol),
+            ("test", test, eval_tol),
+        )
+        if math.isfinite(res) and math.isfinite(limit)
+    }
+    if "train" in solves:
+        out["deq_epochs_above_tol"] = _epochs_above(hp, "train_residual", tol)
+    if "backward" in solves:
+        out["deq_epochs_backward_above_tol"] = _epochs_above(
+            hp, "train_backward_residual", back_tol
+        )
+    if not solves:
         out["deq_convergence"] = (
             "the trials table records no solver residuals (train_residual, "
             "train_backward_residual, test_eq_residual)"
         )
         return out
-    gamma = float(r["gamma_hat"])
+    reasons = _unconverged(r, solves)
     if reasons:
-        if math.isfinite(gamma) and gamma > GAMMA_LIMIT + EPS:
-            reasons.append(
-                f"γ̂ = {gamma:.3f} > 1 at its final θ: the scheme is not contractive there, so "
-                "the fixed-point iteration need not converge"
-            )
         out.update(deq_converged=False, deq_convergence="; ".join(reasons))
-        return out
+    else:
+        out.update(deq_converged=True, deq_convergence=_converged(solves, out))
+    return out
+
+
+def _epochs_above(hp: pd.DataFrame | None, column: str, tol: float) -> int | None:
+    """How many epochs of the DEQ trial's history ended with ``column`` at or above ``tol``
+    (None without that history)."""
+    if hp is None or column not in hp.columns:
+        return None
+    res = hp[column].to_numpy(dtype=float)
+    res = res[np.isfinite(res)]
+    return int((res >= tol).sum()) if len(res) else None
+
+
+def _unconverged(r: pd.Series, solves: dict[str, tuple[float, float]]) -> list[str]:
+    """Why the DEQ trial ``r`` did not converge: each solve that ended at or above its
+    tolerance (none: it converged), and γ̂ > 1 when that explains it."""
+    reasons = []
+    if "train" in solves and solves["train"][0] >= solves["train"][1]:
+        train, tol = solves["train"]
+        reasons.append(
+            f"its last epoch's training forward solves ended at relative residuals up to "
+            f"{train:.1e} ≥ tol {tol:g} (stopped by max_iter {fmt_int(r['deq_max_iter'])})"
+        )
+    if "backward" in solves and solves["backward"][0] >= solves["backward"][1]:
+        back, back_tol = solves["backward"]
+        reasons.append(
+            f"its last epoch's implicit backward solves ended at relative residuals up to "
+            f"{back:.1e} ≥ backward_tol {back_tol:g} (stopped by backward_max_iter "
+            f"{fmt_int(r['deq_backward_max_iter'])}): its gradients are not the exact DEQ "
+            "gradients"
+        )
+    if "test" in solves and solves["test"][0] >= solves["test"][1]:
+        test, eval_tol = solves["test"]
+        reasons.append(
+            f"its test equilibrium solve ended at {test:.1e} ≥ eval_tol {eval_tol:g} "
+            f"(eval_max_iter {fmt_int(r['eval_max_iter'])})"
+        )
+    gamma = float(r["gamma_hat"])
+    if reasons and math.isfinite(gamma) and gamma > GAMMA_LIMIT + EPS:
+        reasons.append(
+            f"γ̂ = {gamma:.3f} > 1 at its final θ: the scheme is not contractive there, so "
+            "the fixed-point iteration need not converge"
+        )
+    return reasons
+
+
+def _converged(solves: dict[str, tuple[float, float]], out: dict[str, Any]) -> str:
+    """How the converged DEQ trial's solves ended (with earlier epochs above a tolerance)."""
     parts = []
-    if "train" in known:
+    if "train" in solves:
+        train, tol = solves["train"]
         parts.append(f"training forward solves ended at ≤ {train:.1e} < tol {tol:g}")
         n_above = out["deq_epochs_above_tol"]
         if n_above:
             parts[-1] += f" in the last epoch ({n_above} earlier epoch(s) ended above it)"
-    if "backward" in known:
+    if "backward" in solves:
+        back, back_tol = solves["backward"]
         parts.append(f"implicit backward solves at ≤ {back:.1e} < backward_tol {back_tol:g}")
         n_above = out["deq_epochs_backward_above_tol"]
         if n_above:
             parts[-1] += f" in the last epoch ({n_above} earlier epoch(s) ended above it)"
-    if "test" in known:
+    if "test" in solves:
+        test, eval_tol = solves["test"]
         parts.append(f"test solve at {test:.1e} < eval_tol {eval_tol:g}")
-    out.update(deq_converged=True, deq_convergence=", ".join(parts))
-    return out
+    return ", ".join(parts)
 
 
 def prior_metrics(p: pd.DataFrame, tol: float, hp: pd.DataFrame | None = None) -> dict[str, Any]:

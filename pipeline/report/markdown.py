@@ -115,6 +115,7 @@ def _ttq_cell(r: Any) -> str:
 def render_markdown(
     t: pd.DataFrame, metrics: dict[str, Any], cfg: ReportConfig, has_history: bool
 ) -> str:
+    """``ablation.md``: counts, the summary, a section per prior, the failures, the plots."""
     md = [
         "# Ablation: restarted JFB vs deep-equilibrium training",
         "",
@@ -130,6 +131,22 @@ def render_markdown(
         "",
         "## Results per prior",
         "",
+        _results_legend(cfg),
+        "",
+    ]
+    if not len(t):
+        md += ["No trials.", ""]
+    for prior in prior_order(t):
+        md += _prior_section(t[t["prior"] == prior], prior, metrics["priors"][prior], cfg)
+    md += _failures_section(t)
+    md += ["## Plots", ""]
+    for fname, title in PLOT_FILES.items():
+        md += [f"### {title}", "", f"![{title}](plots/{fname})", ""]
+    return "\n".join(md).rstrip() + "\n"
+
+
+def _results_legend(cfg: ReportConfig) -> str:
+    return (
         "Each trial is compared with the finished DEQ trial of the same prior and seed. "
         "*PSNR eq.*: test PSNR at equilibrium (forward solved to tolerance with the learned θ); "
         "*at depth*: after the training-time number of iterations ((T+1)·K, N for unrolled, "
@@ -139,76 +156,74 @@ def render_markdown(
         "scheme (bold above 1: not a contraction); "
         f"*time-to-quality ×DEQ*: time to reach DEQ's final validation PSNR − "
         f"{cfg.quality_margin_db:g} dB, relative to DEQ's own. "
-        f"Bold status: not finished (see below). ΔPSNR tolerance: {cfg.delta_psnr_tolerance:g} dB.",
-        "",
-    ]
-    if not len(t):
-        md += ["No trials.", ""]
-    for prior in prior_order(t):
-        p = t[t["prior"] == prior]
-        m = metrics["priors"][prior]
-        ptype = next((x for x in p["prior_type"] if x), "")
-        label = next((x for x in p["prior_label"] if x), "") or ptype
-        md += [f"### Prior `{prior}`" + (f" — {label}" if label and label != prior else ""), ""]
-        deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
-        if deq.empty:
-            md += [
-                "**No finished DEQ baseline** for this prior: ΔPSNR, ratios and time to "
-                "quality are unavailable.",
-                "",
-            ]
-        else:
-            for r in deq.itertuples(index=False):
-                md.append(
-                    f"DEQ baseline `{r.name}`: test PSNR {fmt_db(r.test_psnr)} dB "
-                    f"(observations {fmt_db(r.test_psnr_input)} dB), training "
-                    f"{fmt_float(r.train_seconds, '.1f')} s, peak memory {fmt_float(r.peak_mem_mib, '.0f')} MiB."
-                )
-            md.append("")
-        if m["deq_trial"] is not None:
-            verdict = {True: "**converged**", False: "**did not converge**", None: "unknown"}
-            md += [
-                f"DEQ convergence (`{m['deq_trial']}`): {verdict[m['deq_converged']]} — "
-                f"{m['deq_convergence']}.",
-                "",
-            ]
-        if m["contractive"] is False:
-            md += [
-                f"**Not contractive**: γ̂ > 1 in {m['n_gamma_hat_above_1']} of "
-                f"{m['n_gamma_hat']} trials (up to {m['gamma_hat_max']:.3f}; bold in the γ̂ "
-                f"column): agreement of rJFB with DEQ within {cfg.delta_psnr_tolerance:g} dB "
-                "is not expected for this prior.",
-                "",
-            ]
-        md += _md_table(_TABLE_HEADER, (_table_row(r) for r in p.itertuples(index=False)))
+        f"Bold status: not finished (see below). ΔPSNR tolerance: {cfg.delta_psnr_tolerance:g} dB."
+    )
+
+
+def _prior_section(p: pd.DataFrame, prior: str, m: dict[str, Any], cfg: ReportConfig) -> list[str]:
+    """One prior: its DEQ baseline and whether it converged, contraction, the trials table."""
+    ptype = next((x for x in p["prior_type"] if x), "")
+    label = next((x for x in p["prior_label"] if x), "") or ptype
+    md = [f"### Prior `{prior}`" + (f" — {label}" if label and label != prior else ""), ""]
+    md += _deq_baseline(p)
+    if m["deq_trial"] is not None:
+        verdict = {True: "**converged**", False: "**did not converge**", None: "unknown"}
         md += [
-            "",
-            f"{m['n_trials']} trials: {m['n_finished']} finished, {m['n_diverged']} diverged, "
-            f"{m['n_failed']} failed.",
+            f"DEQ convergence (`{m['deq_trial']}`): {verdict[m['deq_converged']]} — "
+            f"{m['deq_convergence']}.",
             "",
         ]
+    if m["contractive"] is False:
+        md += [
+            f"**Not contractive**: γ̂ > 1 in {m['n_gamma_hat_above_1']} of "
+            f"{m['n_gamma_hat']} trials (up to {m['gamma_hat_max']:.3f}; bold in the γ̂ "
+            f"column): agreement of rJFB with DEQ within {cfg.delta_psnr_tolerance:g} dB "
+            "is not expected for this prior.",
+            "",
+        ]
+    md += _md_table(_TABLE_HEADER, (_table_row(r) for r in p.itertuples(index=False)))
+    md += [
+        "",
+        f"{m['n_trials']} trials: {m['n_finished']} finished, {m['n_diverged']} diverged, "
+        f"{m['n_failed']} failed.",
+        "",
+    ]
+    return md
 
-    md += ["## Failed / diverged", ""]
+
+def _deq_baseline(p: pd.DataFrame) -> list[str]:
+    deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+    if deq.empty:
+        return [
+            "**No finished DEQ baseline** for this prior: ΔPSNR, ratios and time to "
+            "quality are unavailable.",
+            "",
+        ]
+    md = [
+        f"DEQ baseline `{r.name}`: test PSNR {fmt_db(r.test_psnr)} dB "
+        f"(observations {fmt_db(r.test_psnr_input)} dB), training "
+        f"{fmt_float(r.train_seconds, '.1f')} s, peak memory {fmt_float(r.peak_mem_mib, '.0f')} MiB."
+        for r in deq.itertuples(index=False)
+    ]
+    return [*md, ""]
+
+
+def _failures_section(t: pd.DataFrame) -> list[str]:
+    md = ["## Failed / diverged", ""]
     bad = t[~t["finished"]]
     if bad.empty:
-        md += ["None: every trial finished.", ""]
-    else:
-        md += _md_table(
-            ["trial", "prior", "estimator", "status", "reason"],
-            (
-                [
-                    f"`{_cell(r.name)}`",
-                    _cell(r.prior),
-                    EST_LABEL.get(r.estimator, _cell(r.estimator)),
-                    f"**{_cell(r.status)}**",
-                    _cell(r.status_reason or "(no reason recorded)"),
-                ]
-                for r in bad.itertuples(index=False)
-            ),
-        )
-        md.append("")
-
-    md += ["## Plots", ""]
-    for fname, title in PLOT_FILES.items():
-        md += [f"### {title}", "", f"![{title}](plots/{fname})", ""]
-    return "\n".join(md).rstrip() + "\n"
+        return [*md, "None: every trial finished.", ""]
+    md += _md_table(
+        ["trial", "prior", "estimator", "status", "reason"],
+        (
+            [
+                f"`{_cell(r.name)}`",
+                _cell(r.prior),
+                EST_LABEL.get(r.estimator, _cell(r.estimator)),
+                f"**{_cell(r.status)}**",
+                _cell(r.status_reason or "(no reason recorded)"),
+            ]
+            for r in bad.itertuples(index=False)
+        ),
+    )
+    return [*md, ""]

@@ -242,7 +242,7 @@ def _plot_grad_error(t: pd.DataFrame, path: Path) -> None:
         jfb = jfb[np.isfinite(jfb["grad_rel_err_vs_deq"]) & (jfb["grad_rel_err_vs_deq"] > 0)]
         if len(jfb):
             ax.plot(jfb["depth"], jfb["grad_rel_err_vs_deq"], "*", color="0.45", ms=12)
-        # γ̂ is the contraction of one step of the scheme (pipeline.train: block(step, 1))
+        # γ̂ is the contraction of one step of the scheme (pipeline.core.estimators: block(step, 1))
         gh = rj[np.isfinite(rj["gamma_hat"]) & (rj["gamma_hat"] > 0) & (rj["depth"] >= 1)]
         ks = np.array(sorted(rj["depth"].unique()), dtype=float)
         if len(gh) and anchor is not None and len(ks) > 1:

@@ -47,7 +47,20 @@ def write_report(
     only once complete (each file by an atomic rename), so a failure leaves the previous report
     untouched. Returns the metrics written to ``metrics.json``.
     """
-    out_dir = Path(out_dir)
+    t, h, ttq = _report_tables(trials, history, cfg, priors)
+    metrics = _metrics(t, h, cfg)
+    _write_atomically(Path(out_dir), t, h, ttq, metrics, cfg)
+    return metrics
+
+
+def _report_tables(
+    trials: pd.DataFrame,
+    history: pd.DataFrame | None,
+    cfg: ReportConfig,
+    priors: Mapping[str, Any] | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The trials table the report reads (compared to DEQ, with time to quality and families,
+    in configuration order), the normalised history, and the time-to-quality table."""
     trials = trials.reset_index(drop=True)
     if history is not None:
         history = history.reset_index(drop=True)
@@ -59,8 +72,11 @@ def write_report(
     for c in TTQ_COLUMNS:
         t[c] = ttq[c].to_numpy(dtype=float)
     t = assign_families(sort_configs(t), priors)
-    h = normalise_history(history)
-    has_history = not h.empty
+    return t, normalise_history(history), ttq
+
+
+def _metrics(t: pd.DataFrame, h: pd.DataFrame, cfg: ReportConfig) -> dict[str, Any]:
+    """``metrics.json``: counts, per-prior numbers, families and the verdicts across priors."""
     hj, keys = history_for(t, h)
     by_key = {k: g for k, g in hj.groupby("_key", sort=False)} if not hj.empty else {}
     key_of = dict(zip(t.index, keys, strict=True))
@@ -98,8 +114,19 @@ def write_report(
     verdicts = [m["rjfb_k5_t5_within_tolerance"] for m in metrics["priors"].values()]
     verdicts = [v for v in verdicts if v is not None]
     metrics["all_priors_rjfb_k5_t5_within_tolerance"] = all(verdicts) if verdicts else None
-    metrics = jsonio.strict(metrics)
+    return jsonio.strict(metrics)
 
+
+def _write_atomically(
+    out_dir: Path,
+    t: pd.DataFrame,
+    h: pd.DataFrame,
+    ttq: pd.DataFrame,
+    metrics: dict[str, Any],
+    cfg: ReportConfig,
+) -> None:
+    """Every file is written into a temporary folder first, then each moved into place by an
+    atomic rename: a failure while writing leaves the previous report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out_dir))
     try:
@@ -109,7 +136,7 @@ def write_report(
             json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
         (tmp / "ablation.md").write_text(
-            render_markdown(t, metrics, cfg, has_history), encoding="utf-8"
+            render_markdown(t, metrics, cfg, not h.empty), encoding="utf-8"
         )
         (out_dir / "plots").mkdir(exist_ok=True)
         for fname in plot_files:
@@ -118,4 +145,3 @@ def write_report(
         os.replace(tmp / "ablation.md", out_dir / "ablation.md")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return metrics

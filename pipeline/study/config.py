@@ -14,9 +14,7 @@ sections to the library.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import re
 import types
 import typing
@@ -246,7 +244,7 @@ class PriorConfig(_Strict):
         raise NotImplementedError
 
     def trial_context(self, study: StudyConfig) -> dict[str, Any]:
-        """What, besides this config, changes what its trials compute (for ``TrialSpec.key``)."""
+        """What, besides this config, changes what its trials compute (for ``sweep.grid.trial_key``)."""
         return {}
 
 
@@ -623,14 +621,6 @@ class TrialSpec(_Strict):
         parts.append(f"s{self.seed}")
         return "-".join(parts)
 
-    def key(self, study: StudyConfig | None = None) -> str:
-        """A stable hash of this trial and (if given) everything in the study that shapes it."""
-        payload: dict[str, Any] = {"trial": self.model_dump(mode="json")}
-        if study is not None:
-            payload["study"] = study.trial_context(self.prior)
-        blob = json.dumps(payload, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
 
 class SweepConfig(_Strict):
     """The grid. ``deq``/``jfb`` run once per prior and seed; ``rjfb`` over depths × restarts ×
@@ -952,18 +942,6 @@ class StudyConfig(_Strict):
         if not isinstance(p, PnPPrior):
             raise TypeError(f"prior {prior!r} is not a PnP prior")
         return p.arch(self.pretrain)
-
-    def trial_context(self, prior: str) -> dict[str, Any]:
-        """Everything outside a TrialSpec that changes what that trial computes (for a PnP
-        prior also its resolved architecture and the sha256 of its weights file)."""
-        context: dict[str, Any] = {
-            "data": self.data.model_dump(mode="json"),
-            "prior": self.priors[prior].model_dump(mode="json"),
-            "train": self.train_for(prior).model_dump(mode="json"),
-            "deq": self.sweep.deq.model_dump(mode="json"),
-        }
-        context.update(self.priors[prior].trial_context(self))
-        return context
 
     def with_root(self, root: Path) -> StudyConfig:
         self._root = Path(root).resolve()

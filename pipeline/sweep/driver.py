@@ -1,10 +1,12 @@
 """The grid as Ray Tune trials, each tracked as an MLflow child run; the results table.
 
-The driver validates everything it can before Ray starts (config, prepared data, tracking store,
-resources), creates the MLflow experiment and the parent run, then runs one Tune trial per grid
-point. A sweep is identified by a hash of its trials (``sweep_key``): rerunning an interrupted
-sweep restores the same Tune experiment from its storage (``<storage_path>/sweep-<key>``) and
-logs into the same MLflow runs (see :mod:`pipeline.tracking`).
+:func:`run_sweep` reads top-down: validate everything it can before Ray starts (prepared data,
+tracking store, Ray address, job paths, PnP weights), start the services (Ray, resource and
+placement checks, the MLflow experiment and the sweep's parent run), run one Tune trial per grid
+point, collect the tables onto the parent run. A sweep is identified by its grid's key (see
+:mod:`pipeline.sweep.grid`): rerunning an interrupted sweep restores the same Tune experiment from
+its storage (``<storage_path>/sweep-<key>``) and logs into the same MLflow runs (see
+:mod:`pipeline.sweep.tracking`).
 
 Where things live on a cluster (see ``docs/cluster.md``):
 
@@ -28,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +48,45 @@ from pipeline.sweep.cluster import (
     init_ray,
     sweep_lock,
 )
-from pipeline.sweep.grid import TrialContext, grid_points, sweep_key
+from pipeline.sweep.grid import Grid, build_grid
 from pipeline.sweep.results import collect, write_tables
 from pipeline.sweep.shipping import check_weights, pack_prepared, pack_weights
-from pipeline.sweep.trainable import trial_name, tune_trainable
+from pipeline.sweep.trainable import TrialContext, trial_name, tune_trainable
 from pipeline.util.errors import DataError
+
+
+def run_sweep(
+    cfg: StudyConfig, prepared: Path, *, check_pnp_weights: bool = False
+) -> tuple[Any, Any]:
+    """Run (or resume) the sweep; return the trials table and the per-epoch history table.
+
+    ``check_pnp_weights`` (the sweep stage): load every PnP prior's weights on the driver after
+    the cheap checks and before Ray or MLflow start (``check_weights``), so a bad file stops
+    the sweep instead of failing its trials one by one.
+    """
+    prepared = Path(prepared)
+    _check_before_ray(cfg, prepared, check_pnp_weights)
+    grid = build_grid(cfg)
+    path = f"{cfg.storage_path.rstrip('/')}/{grid.name}"
+    with sweep_lock(cfg, grid.key), _ray(cfg) as started:
+        ship = _check_cluster(cfg, started)
+        attempt = _open_attempt(cfg, grid, path)
+        trials, history = _run_trials(cfg, grid, path, prepared, attempt, ship)
+        _log_results(attempt, trials, history)
+        return trials, history
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def _check_before_ray(cfg: StudyConfig, prepared: Path, check_pnp_weights: bool) -> None:
+    """Everything that can be checked before Ray or MLflow start, cheapest first."""
+    _check_prepared(prepared)
+    tracking.check_reachable(cfg.tracking_uri)
+    check_ray_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    check_job_paths(cfg)
+    if check_pnp_weights:
+        check_weights(cfg, prepared)
 
 
 def _check_prepared(prepared: Path) -> None:
@@ -62,49 +100,27 @@ def _check_prepared(prepared: Path) -> None:
     load_split(prepared, "train")  # fails fast with a clear message when not prepared
 
 
-def run_sweep(
-    cfg: StudyConfig, prepared: Path, *, check_pnp_weights: bool = False
-) -> tuple[Any, Any]:
-    """Run (or resume) the sweep; return the trials table and the per-epoch history table.
-
-    ``check_pnp_weights`` (the sweep stage): load every PnP prior's weights on the driver after
-    the cheap checks and before Ray or MLflow start (``check_weights``), so a bad file stops
-    the sweep instead of failing its trials one by one.
-    """
-    prepared = Path(prepared)
-    _check_prepared(prepared)
-    uri = cfg.tracking_uri
-    tracking.check_reachable(uri)
-    check_ray_address(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-    check_job_paths(cfg)
-    if check_pnp_weights:
-        check_weights(cfg, prepared)
-    points = grid_points(cfg)
-    key = sweep_key(cfg)
-    name = f"sweep-{key}"
-    path = f"{cfg.storage_path.rstrip('/')}/{name}"
-    with sweep_lock(cfg, key):
-        started = init_ray(cfg)
-        try:
-            return _run(cfg, prepared, points, key, name, path, started)
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
+# --------------------------------------------------------------------------- start services
 
 
-def _run(
-    cfg: StudyConfig,
-    prepared: Path,
-    points: list[dict[str, Any]],
-    key: str,
-    name: str,
-    path: str,
-    started: bool,
-) -> tuple[Any, Any]:
+@contextlib.contextmanager
+def _ray(cfg: StudyConfig) -> Iterator[bool]:
+    """Ray for the sweep: the configured cluster, or a local one (yields whether we started it,
+    and then shut it down)."""
+    started = init_ray(cfg)
+    try:
+        yield started
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _check_cluster(cfg: StudyConfig, started: bool) -> bool:
+    """Refuse trials the cluster cannot place; return whether to ship the prepared data and
+    weights to the nodes (an existing cluster whose nodes may not see the driver's files)."""
     import ray
-    from ray import tune
 
     nodes = alive_nodes()
     check_resources(
@@ -115,14 +131,33 @@ def _run(
     )
     ship = not started and cfg.ray.ship_data
     check_placement(cfg, nodes, shipped=ship or started)
+    return ship
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt at a sweep in the tracking store: its parent run, and whether it restores
+    the Tune experiment an earlier attempt left."""
+
+    uri: str
+    client: Any
+    experiment_id: str
+    parent_run_id: str
+    restoring: bool
+
+
+def _open_attempt(cfg: StudyConfig, grid: Grid, path: str) -> _Attempt:
+    """The MLflow experiment and the sweep's parent run (reopened when Tune restores ``path``)."""
+    from ray import tune
+
     uri = cfg.tracking_uri
     experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment)
     restoring = tune.Tuner.can_restore(path)
     parent = tracking.parent_run(
         uri,
         experiment_id,
-        key,
-        name,
+        grid.key,
+        grid.name,
         cfg.model_dump(mode="json"),
         tune_path=path,
         resume=restoring,
@@ -131,63 +166,100 @@ def _run(
     if restoring:
         # Children left RUNNING by a killed driver: the trials Tune resumes reopen theirs.
         tracking.close_children(c, experiment_id, parent, "KILLED", "driver interrupted")
+    return _Attempt(uri, c, experiment_id, parent, restoring)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _run_trials(
+    cfg: StudyConfig, grid: Grid, path: str, prepared: Path, attempt: _Attempt, ship: bool
+) -> tuple[Any, Any]:
+    """Fit every grid point as a Tune trial and collect the tables; on any error or interruption
+    the attempt's runs end KILLED or FAILED (never left RUNNING) before it propagates."""
+    try:
+        trainable = _trainable(cfg, prepared, attempt, ship)
+        results = _tuner(cfg, grid, path, trainable, attempt.restoring).fit()
+        unfinished = [r for r in results if r.error is None and (r.metrics or {}).get("final") != 1]
+        if unfinished:
+            # Tune ends fit() quietly on Ctrl-C: the sweep is incomplete, not done.
+            raise KeyboardInterrupt(f"{len(unfinished)} trials did not finish")
+        return collect(results, cfg)
+    except BaseException as err:
+        _end_attempt(attempt, err)
+        raise
+
+
+def _trainable(cfg: StudyConfig, prepared: Path, attempt: _Attempt, ship: bool) -> Any:
+    """``tune_trainable`` bound to what every trial needs and to the sweep's resources."""
+    from ray import tune
+
     context = TrialContext(
         study=cfg.model_dump(mode="json"),
         root=str(cfg.root),
         prepared=str(prepared.resolve()),
-        tracking_uri=uri,
-        experiment_id=experiment_id,
-        parent_run_id=parent,
+        tracking_uri=attempt.uri,
+        experiment_id=attempt.experiment_id,
+        parent_run_id=attempt.parent_run_id,
         threads=max(1, int(cfg.ray.cpus_per_trial)),
         checkpoint_every_s=cfg.ray.checkpoint_every_s,
     )
     bundle = pack_prepared(prepared) if ship else None
     weights = pack_weights(cfg) if ship else None
-    # Tune snapshots its state whenever a checkpoint is about to be replaced (num_to_keep=1),
-    # which is what resume needs; it warns about it on every short epoch.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = tune.with_resources(
+    return tune.with_resources(
         tune.with_parameters(tune_trainable, context=context, bundle=bundle, weights=weights),
         {"cpu": cfg.ray.cpus_per_trial, "gpu": cfg.ray.gpus_per_trial},
     )
-    try:
-        if restoring:
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"point": tune.grid_search(points)},
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=cfg.ray.max_concurrent_trials,
-                    trial_name_creator=trial_name,
-                    trial_dirname_creator=trial_name,
-                    reuse_actors=True,  # imports (torch, deepinv) once per worker, not per trial
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=cfg.storage_path,
-                    failure_config=tune.FailureConfig(max_failures=0),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                ),
-            )
-        grid = tuner.fit()
-        unfinished = [r for r in grid if r.error is None and (r.metrics or {}).get("final") != 1]
-        if unfinished:
-            # Tune ends fit() quietly on Ctrl-C: the sweep is incomplete, not done.
-            raise KeyboardInterrupt(f"{len(unfinished)} trials did not finish")
-        trials, history = collect(grid, cfg)
-    except BaseException as err:
-        interrupted = isinstance(err, KeyboardInterrupt)
-        status = "KILLED" if interrupted else "FAILED"
-        why = "interrupted" if interrupted else f"{type(err).__name__}: {err}"
-        with contextlib.suppress(Exception):
-            tracking.close_children(c, experiment_id, parent, status, why)
-            tracking.finish(c, parent, "interrupted" if interrupted else "failed", why, status)
-        raise
+
+
+def _tuner(cfg: StudyConfig, grid: Grid, path: str, trainable: Any, restoring: bool) -> Any:
+    """The Tune experiment at ``path``: restored with its unfinished and errored trials, else a
+    new one with one trial per grid point."""
+    from ray import tune
+
+    # Tune snapshots its state whenever a checkpoint is about to be replaced (num_to_keep=1),
+    # which is what resume needs; it warns about it on every short epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if restoring:
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space={"point": tune.grid_search(grid.points)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=cfg.ray.max_concurrent_trials,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+            reuse_actors=True,  # imports (torch, deepinv) once per worker, not per trial
+        ),
+        run_config=tune.RunConfig(
+            name=grid.name,
+            storage_path=cfg.storage_path,
+            failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _end_attempt(attempt: _Attempt, err: BaseException) -> None:
+    """End the parent and its RUNNING children KILLED (interrupted) or FAILED (an error)."""
+    interrupted = isinstance(err, KeyboardInterrupt)
+    status = "KILLED" if interrupted else "FAILED"
+    why = "interrupted" if interrupted else f"{type(err).__name__}: {err}"
+    c, parent = attempt.client, attempt.parent_run_id
+    with contextlib.suppress(Exception):
+        tracking.close_children(c, attempt.experiment_id, parent, status, why)
+        tracking.finish(c, parent, "interrupted" if interrupted else "failed", why, status)
+
+
+# --------------------------------------------------------------------------- collect
+
+
+def _log_results(attempt: _Attempt, trials: Any, history: Any) -> None:
+    """The parent run ends FINISHED with the trial counts and both tables as artifacts."""
+    c, parent = attempt.client, attempt.parent_run_id
     failed = int((trials["status"] != "finished").sum())
     tracking.log_metrics(c, parent, {"trials": len(trials), "trials_not_finished": failed}, step=0)
     with tempfile.TemporaryDirectory() as d:  # the results travel with the parent run too
         write_tables(trials, history, Path(d))
         tracking.log_artifacts(c, parent, sorted(Path(d).glob("*.parquet")))
     tracking.finish(c, parent, "finished")
-    return trials, history

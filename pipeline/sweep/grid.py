@@ -1,4 +1,14 @@
-"""The grid: which trials a sweep runs and how each is identified (sweep key, trial parameters)."""
+"""Trial identity: which trials a sweep runs and the keys that find them again.
+
+A trial's key hashes its grid point with everything in the study that shapes what it computes
+(:func:`trial_context`); the sweep's key hashes its trials' keys. A resumed sweep finds its Tune
+experiment (``<storage_path>/sweep-<key>``) and its MLflow runs (tags) by these keys, so what goes
+into them must not change: the same study must give the same bytes.
+
+    grid = build_grid(cfg)
+    grid.key, grid.name                 # '3f2a…', 'sweep-3f2a…'
+    grid.points[0]                      # {'trial': {...}, 'name': 'l1-deq-s0', 'key': '…'}
+"""
 
 from __future__ import annotations
 
@@ -7,42 +17,60 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.study.config import StudyConfig
+from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.sweep.shipping import WeightsBundle
 
 
 @dataclass(frozen=True)
-class TrialContext:
-    """What every trial needs besides its grid point (plain, serialisable values)."""
+class Grid:
+    """A sweep's trials as Tune grid points (``trial``, ``name``, ``key``) and the sweep's key."""
 
-    study: dict[str, Any]
-    root: str
-    prepared: str
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    threads: int
-    checkpoint_every_s: float = 0.0
+    points: list[dict[str, Any]]
+    key: str
 
-
-def sweep_key(cfg: StudyConfig) -> str:
-    keys = sorted(t.key(cfg) for t in cfg.trials())
-    return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12]
+    @property
+    def name(self) -> str:
+        """The Tune experiment's name (its folder under ``ray.storage_path``)."""
+        return f"sweep-{self.key}"
 
 
-def grid_points(cfg: StudyConfig) -> list[dict[str, Any]]:
-    return [
-        {"trial": t.model_dump(mode="json"), "name": t.name, "key": t.key(cfg)}
+def build_grid(cfg: StudyConfig) -> Grid:
+    """The study's trials in grid order, each keyed once."""
+    points = [
+        {"trial": t.model_dump(mode="json"), "name": t.name, "key": trial_key(cfg, t)}
         for t in cfg.trials()
     ]
+    keys = sorted(p["key"] for p in points)
+    return Grid(points, hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12])
+
+
+def trial_key(cfg: StudyConfig, spec: TrialSpec) -> str:
+    """A stable hash of one trial and everything in the study that shapes it."""
+    payload = {"trial": spec.model_dump(mode="json"), "study": trial_context(cfg, spec.prior)}
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def trial_context(cfg: StudyConfig, prior: str) -> dict[str, Any]:
+    """Everything outside a TrialSpec that changes what a trial of ``prior`` computes (for a PnP
+    prior also its resolved architecture and the sha256 of its weights file: retrained weights
+    make new trials, other pretrain options do not)."""
+    context: dict[str, Any] = {
+        "data": cfg.data.model_dump(mode="json"),
+        "prior": cfg.priors[prior].model_dump(mode="json"),
+        "train": cfg.train_for(prior).model_dump(mode="json"),
+        "deq": cfg.sweep.deq.model_dump(mode="json"),
+    }
+    context.update(cfg.priors[prior].trial_context(cfg))
+    return context
 
 
 def trial_params(
-    study: StudyConfig, point: dict[str, Any], prior: str, bundle: WeightsBundle | None
+    cfg: StudyConfig, point: dict[str, Any], prior: str, bundle: WeightsBundle | None
 ) -> dict[str, Any]:
-    """A trial's MLflow parameters: its grid point and ``trial_context`` with the configured
+    """A trial's MLflow parameters: its grid point and :func:`trial_context` with the configured
     weights path, and the sha256 of the shipped file where the node has no copy at that path."""
-    params = {"trial": point["trial"], **study.trial_context(prior)}
+    params = {"trial": point["trial"], **trial_context(cfg, prior)}
     if bundle is not None and prior in bundle.priors:
         params["weights_sha256"] = bundle.priors[prior]
     return params

@@ -203,7 +203,7 @@ def children(uri: str, experiment_id: str, parent_id: str) -> list[Any]:
 
 def logged_steps(c, run_id: str, key: str) -> set[int]:
     """The steps at which ``key`` was logged in a run."""
-    return {m.step for m in c.get_metric_history(run_id, _metric_name(key))}
+    return {m.step for m in c.get_metric_history(run_id, metric_name(key))}
 
 
 def log_params(c, run_id: str, params: Mapping[str, Any]) -> None:
@@ -220,7 +220,7 @@ def log_metrics(c, run_id: str, metrics: Mapping[str, float], step: int) -> None
 
     now = int(time.time() * 1000)
     items = [
-        Metric(_metric_name(k), float(v), now, step)
+        Metric(metric_name(k), float(v), now, step)
         for k, v in metrics.items()
         if isinstance(v, (int, float))
     ]
@@ -234,7 +234,7 @@ def log_rows(c, run_id: str, rows: Iterable[Mapping[str, float]], step_key: str 
 
     now = int(time.time() * 1000)
     items = [
-        Metric(_metric_name(k), float(v), now, int(row[step_key]))
+        Metric(metric_name(k), float(v), now, int(row[step_key]))
         for row in rows
         for k, v in row.items()
         if isinstance(v, (int, float))
@@ -283,6 +283,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _metric_name(key: str) -> str:
+def metric_name(key: str) -> str:
     # MLflow metric names allow alphanumerics, _ - . / and spaces.
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)

@@ -9,13 +9,28 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.sweep import tracking
-from pipeline.sweep.grid import TrialContext, trial_params
+from pipeline.sweep.grid import trial_params
 from pipeline.sweep.shipping import PreparedBundle, WeightsBundle, localize_weights, materialize
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its grid point (plain, serialisable values)."""
+
+    study: dict[str, Any]
+    root: str
+    prepared: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    threads: int
+    checkpoint_every_s: float = 0.0
 
 
 def train_trial(
@@ -28,27 +43,11 @@ def train_trial(
     import ray
     from ray import tune
 
-    from pipeline.study.trial import run_trial
-
     study = StudyConfig.model_validate(context.study).with_root(Path(context.root))
     spec = TrialSpec.model_validate(point["trial"])
-    uri = context.tracking_uri
-    c = tracking.client(uri)
+    c = tracking.client(context.tracking_uri)
     node_id = ray.get_runtime_context().get_node_id()
-    params = trial_params(study, point, spec.prior, weights)
-    inits = point.get("inits")  # chained initial values (phase 2 of the sweep), a trial param
-    if inits:
-        params["inits"] = inits
-    where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
-    run = tracking.open_child(
-        uri,
-        context.experiment_id,
-        context.parent_run_id,
-        point["key"],
-        point["name"],
-        params,
-        where,
-    )
+    run = _open_run(study, spec, point, context, weights, node_id)
     if run.finished:
         # An earlier attempt finished this trial but the driver died before Tune recorded it:
         # hand Tune the kept result instead of training again.
@@ -57,8 +56,50 @@ def train_trial(
             tune.report(kept)
             return
         c.update_run(run.run_id, status="RUNNING")
-    run_id = run.run_id
+    result, progress = _train(study, spec, context, c, run, bundle, weights, point.get("inits"))
+    tune.report(_log_final(c, run, result, progress, node_id))
 
+
+def _open_run(
+    study: StudyConfig,
+    spec: TrialSpec,
+    point: dict[str, Any],
+    context: TrialContext,
+    weights: WeightsBundle | None,
+    node_id: str,
+) -> tracking.ChildRun:
+    """The trial's child run (an earlier attempt's, if any), tagged with where it runs."""
+    params = trial_params(study, point, spec.prior, weights)
+    if point.get("inits"):  # chained initial values (a later phase of the sweep)
+        params["inits"] = point["inits"]
+    where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
+    return tracking.open_child(
+        context.tracking_uri,
+        context.experiment_id,
+        context.parent_run_id,
+        point["key"],
+        point["name"],
+        params,
+        where,
+    )
+
+
+def _train(
+    study: StudyConfig,
+    spec: TrialSpec,
+    context: TrialContext,
+    c: Any,
+    run: tracking.ChildRun,
+    bundle: PreparedBundle | None,
+    weights: WeightsBundle | None,
+    inits: dict[str, Any] | None = None,
+) -> tuple[Any, _Progress]:
+    """Train from Tune's checkpoint, if any; the run ends KILLED or FAILED when training does."""
+    from ray import tune
+
+    from pipeline.study.trial import run_trial
+
+    run_id = run.run_id
     resume = load_checkpoint(tune.get_checkpoint())
     logged = tracking.logged_steps(c, run_id, "epoch") if run.reopened else set()
     if run.reopened:
@@ -87,6 +128,15 @@ def train_trial(
             progress.log_pending()  # the epochs it did run
         tracking.finish(c, run_id, "failed", f"{type(err).__name__}: {err}", "FAILED")
         raise
+    return result, progress
+
+
+def _log_final(
+    c: Any, run: tracking.ChildRun, result: Any, progress: _Progress, node_id: str
+) -> dict[str, Any]:
+    """Log the trial's last epochs, final metrics and artifacts, keep its result with the run
+    and end it; return that result (what Tune is told)."""
+    run_id = run.run_id
     progress.log_pending()
     final = {k: v for k, v in result.metrics.items() if k != "epoch"}
     last_epoch = result.history[-1] if result.history else {}
@@ -94,7 +144,7 @@ def train_trial(
     summary.update(progress.cost)
     if run.reopened:  # a retried finish: log what the run does not hold yet
         have = set(c.get_run(run_id).data.metrics)
-        summary = {k: v for k, v in summary.items() if tracking._metric_name(k) not in have}
+        summary = {k: v for k, v in summary.items() if tracking.metric_name(k) not in have}
     tracking.log_metrics(c, run_id, summary, step=len(result.history))
     tracking.log_artifacts(c, run_id, result.artifacts)
     payload = {
@@ -111,7 +161,7 @@ def train_trial(
     }
     tracking.log_result(c, run_id, payload)
     tracking.finish(c, run_id, result.status, result.reason)
-    tune.report(payload)
+    return payload
 
 
 class _Progress:

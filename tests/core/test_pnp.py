@@ -356,21 +356,6 @@ def test_prior_architecture_defaults_to_the_pretrain_section(tmp_path: Path) -> 
         _pnp_study(tmp_path, {"depth": 5})
 
 
-def test_trial_key_follows_the_weights_file(tmp_path: Path) -> None:
-    path = _drunet_file(tmp_path, nc=4, nb=2)
-    study = _pnp_study(tmp_path, {"weights": "w.pt"})
-    spec = study.trials()[0]
-    context = study.trial_context("pnp")
-    assert context["denoiser_arch"] == {"nc": 4, "nb": 2}
-    assert len(context["weights_sha256"]) == 64
-    key = spec.key(study)
-    torch.manual_seed(5)
-    torch.save(build_denoiser("drunet", 1, nc=4, nb=2).state_dict(), path)  # retrained
-    assert spec.key(study) != key
-    other = _pnp_study(tmp_path, {"weights": "w.pt"}, nc=4, nb=2, steps=7)
-    assert spec.key(other) == spec.key(study)  # pretrain options act through the file only
-
-
 def test_bf16_solves_to_a_tolerance_finish_in_float32_with_refine() -> None:
     # bfloat16 cannot resolve a residual below ~1e-3: a DEQ forward solve to 1e-6 stalls in
     # bfloat16 and converges once the closure switches to float32 (refine=True).

@@ -17,14 +17,13 @@ too-small / too-few image folders; the cases here add the other stages and the o
 from __future__ import annotations
 
 import copy
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from profiles import REPO, assert_one_line_error, run_module, tiny_data, tree
+from profiles import STAGES, assert_refused, run_stage, tiny_data, tree
 
 VALID: dict[str, Any] = {
     "data": tiny_data(source="imgs", patches_per_image=2),
@@ -33,19 +32,6 @@ VALID: dict[str, Any] = {
     "sweep": {"priors": ["l1"], "estimators": ["deq", "rjfb"], "depths": [2], "restarts": [0]},
     "ray": {"num_cpus": 2},
 }
-
-# stage: the module run with ``python -m`` and its arguments
-STAGES: dict[str, list[str]] = {
-    "prepare": ["stages.prepare", "--params", "params.yaml", "--quiet"],
-    "sweep": ["stages.sweep", "--params", "params.yaml"],
-    "report": ["stages.report", "--params", "params.yaml"],
-    "check": ["pipeline.cli", "check", "--params", "params.yaml"],
-}
-if (REPO / "stages" / "pretrain.py").is_file():
-    STAGES["pretrain"] = ["stages.pretrain", "--params", "params.yaml", "--quiet"]
-
-HEAVY = ("torch", "deepinv", "ray", "mlflow")
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -68,30 +54,6 @@ def edit(*changes: tuple[str, Any]) -> dict[str, Any]:
 DELETE = object()
 
 
-def poison(folder: Path, modules: tuple[str, ...]) -> Path:
-    """Packages that fail loudly when imported (shadowing the real ones on PYTHONPATH)."""
-    for name in modules:
-        pkg = folder / name
-        pkg.mkdir(parents=True, exist_ok=True)
-        (pkg / "__init__.py").write_text(
-            f"raise ImportError('{name} imported before the input was validated')\n"
-        )
-    return folder
-
-
-def run_stage(
-    stage: str, cwd: Path, heavy_allowed: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess[str]:
-    blocked = tuple(m for m in HEAVY if m not in heavy_allowed)
-    shadow = poison(cwd.parent / f"{cwd.name}-poison", blocked)
-    return run_module(
-        *STAGES[stage],
-        cwd=cwd,
-        pythonpath=[shadow],
-        env={"RAY_ADDRESS": "", "DVC_NO_ANALYTICS": "1"},
-    )
-
-
 def write_params(cwd: Path, content: str | bytes | dict[str, Any] | None) -> None:
     path = cwd / "params.yaml"
     if content is None:
@@ -102,14 +64,6 @@ def write_params(cwd: Path, content: str | bytes | dict[str, Any] | None) -> Non
         path.write_bytes(content)
     else:
         path.write_text(content)
-
-
-def assert_refused(
-    result: subprocess.CompletedProcess[str], pattern: str, before: set[str], cwd: Path
-) -> None:
-    assert_one_line_error(result, pattern)
-    assert result.stdout == ""
-    assert tree(cwd) == before, tree(cwd) ^ before  # nothing written
 
 
 # --------------------------------------------------------------------------- config cases

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.study.config import MAX_PARAMS_VALUES, StudyConfig, load_params, parse_params
+from pipeline.sweep.grid import trial_key
 from pipeline.util.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +66,7 @@ def check(raw: Any) -> StudyConfig | None:
     trials = cfg.trials()  # a valid config always expands, to uniquely named trials
     names = [t.name for t in trials]
     assert trials and len(set(names)) == len(names)
-    assert len({t.key(cfg) for t in trials}) == len(trials)
+    assert len({trial_key(cfg, t) for t in trials}) == len(trials)
     return cfg
 
 

@@ -231,10 +231,6 @@ def test_prior_train_overrides(root: Path) -> None:
         make_study(root, x={**PNP, "train": {"device": "cuda"}})
     with pytest.raises(ConfigError, match=r"priors\.x\.train\.restart_autocast"):
         make_study(root, x={**PNP, "train": {"restart_autocast": "float8"}})
-    # the override is part of the trial's key (a resumed sweep must not mix them)
-    spec = TrialSpec(prior="pnp", estimator="deq")
-    other = make_study(root, pnp={**PNP, "train": {**PNP["train"], "epochs": 3}})
-    assert spec.key(study) != spec.key(other)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")

@@ -100,7 +100,7 @@ def test_a_trial_on_a_node_without_the_file_loads_the_shipped_copy(tmp_path: Pat
 
     from pipeline.study.build import check_denoisers
     from pipeline.study.trial import Trial
-    from pipeline.sweep.grid import grid_points, trial_params
+    from pipeline.sweep.grid import build_grid, trial_context, trial_params
     from pipeline.sweep.shipping import localize_weights, pack_weights
     from pipeline.util.errors import ConfigError
 
@@ -109,8 +109,8 @@ def test_a_trial_on_a_node_without_the_file_loads_the_shipped_copy(tmp_path: Pat
     study = _study(driver, PNP_STUDY)
     weights = save_denoiser(driver / "models" / "denoiser.pt")
     expected = torch.load(weights, weights_only=True)
-    point = grid_points(study)[0]
-    driver_params = {"trial": point["trial"], **study.trial_context("pnp")}
+    point = build_grid(study).points[0]
+    driver_params = {"trial": point["trial"], **trial_context(study, "pnp")}
     bundle = pack_weights(study)
 
     # the node: same config and root path, but no models/ folder there

@@ -1,0 +1,95 @@
+"""Trial identity (``pipeline.sweep.grid``): the keys a resumed sweep finds its runs by.
+
+The pinned keys are what a sweep started earlier was stored under: when a change to the params
+schema or to the hashing moves them, every earlier sweep restarts from scratch instead of
+resuming. Update them only on purpose.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.core.denoisers import build_denoiser
+from pipeline.study.config import StudyConfig, TrialSpec, parse_params
+from pipeline.sweep.grid import build_grid, trial_context, trial_key
+
+STUDY: dict[str, Any] = {
+    "data": {"source": "imgs"},
+    "priors": {
+        "l1": {"type": "wavelet", "levels": 2, "step_size": 0.3, "train": {"epochs": 3}},
+        "pnp": {"type": "pnp", "step_size": 0.5},
+    },
+    "sweep": {
+        "priors": ["l1", "pnp"],
+        "estimators": ["deq", "rjfb"],
+        "depths": [2],
+        "restarts": [0, 1],
+    },
+}
+
+
+def _study(raw: dict[str, Any], root: Path = Path("/nonexistent")) -> StudyConfig:
+    return parse_params(raw).with_root(root)
+
+
+def test_keys_are_stable() -> None:
+    grid = build_grid(_study(STUDY))
+    assert {p["name"]: p["key"] for p in grid.points} == {
+        "l1-deq-s0": "7f34028acac0dc5f",
+        "l1-rjfb-K2-T0-s0": "047d2f51da88a404",
+        "l1-rjfb-K2-T1-s0": "726b550a7cd8aebd",
+        "pnp-deq-s0": "2a8ec9b1a29b71c0",
+        "pnp-rjfb-K2-T0-s0": "8ffa86dfc4c3e8e2",
+        "pnp-rjfb-K2-T1-s0": "7d0fcecd86ff0e24",
+    }
+    assert grid.key == "fc6d515c6f84"
+    assert grid.name == "sweep-fc6d515c6f84"
+
+
+def test_grid_points_follow_the_trials_in_order() -> None:
+    study = _study(STUDY)
+    grid = build_grid(study)
+    trials = study.trials()
+    assert [p["name"] for p in grid.points] == [t.name for t in trials]
+    assert [TrialSpec.model_validate(p["trial"]) for p in grid.points] == trials
+    assert [p["key"] for p in grid.points] == [trial_key(study, t) for t in trials]
+
+
+def test_a_prior_train_override_is_part_of_the_key() -> None:
+    # a resumed sweep must not mix trials trained under different settings
+    spec = TrialSpec(prior="l1", estimator="deq")
+    other = {**STUDY, "priors": {**STUDY["priors"], "l1": {**STUDY["priors"]["l1"], "train": {}}}}
+    assert trial_key(_study(STUDY), spec) != trial_key(_study(other), spec)
+    assert build_grid(_study(STUDY)).key != build_grid(_study(other)).key
+
+
+def _drunet_file(path: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.save(build_denoiser("drunet", 1, nc=4, nb=2).state_dict(), path)
+
+
+def test_trial_key_follows_the_weights_file(tmp_path: Path) -> None:
+    _drunet_file(tmp_path / "w.pt", seed=1)
+
+    def pnp_study(**pretrain: Any) -> StudyConfig:
+        raw = {
+            "data": {"patch_size": 32},
+            "pretrain": {"nc": 4, "nb": 2, **pretrain},
+            "priors": {"pnp": {"type": "pnp", "weights": "w.pt"}},
+            "sweep": {"priors": ["pnp"], "estimators": ["deq"]},
+        }
+        return _study(raw, tmp_path)
+
+    study = pnp_study()
+    spec = study.trials()[0]
+    context = trial_context(study, "pnp")
+    assert context["denoiser_arch"] == {"nc": 4, "nb": 2}
+    assert len(context["weights_sha256"]) == 64
+    key = trial_key(study, spec)
+    _drunet_file(tmp_path / "w.pt", seed=5)  # retrained
+    assert trial_key(study, spec) != key
+    other = pnp_study(steps=7)
+    assert trial_key(other, spec) == trial_key(study, spec)  # pretrain acts through the file only
