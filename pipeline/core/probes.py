@@ -122,6 +122,137 @@ def compare(g: Sequence[Tensor | None], g_ref: Sequence[Tensor | None]) -> tuple
     return cosine, rel
 
 
+# learnable parameters of the schemes -> the names of their groups in gradient probes
+GROUP_NAMES = {
+    "log_reg": "lambda",
+    "log_tau": "tau",
+    "logit_tau": "tau",
+    "log_weights": "weights",
+    "log_scales": "scales",
+    "log_sigma": "sigma",
+    "logit_relaxation": "relaxation",
+}
+# parameters with one row per layer of a K-block (``scheme.layers`` > 1): one group per layer
+PER_LAYER = ("log_reg", "log_sigma")
+
+Groups = dict[str, list[tuple[int, int | None]]]
+
+
+def parameter_groups(module: torch.nn.Module, params: Sequence[Tensor]) -> Groups:
+    """The parameter groups of a scheme for :func:`compare_groups`, over ``params`` (a subset of
+    ``module.parameters()``, in that order, e.g. those requiring grad).
+
+    ``{group: [(i, row), ...]}`` where ``params[i]`` (``row`` None) or its row ``row`` belongs to
+    the group. Groups: ``lambda``, ``tau``, ``weights``, ``scales``, ``sigma``, ``relaxation``
+    (one per scheme parameter); ``lambda.ℓ``/``sigma.ℓ`` per layer when the scheme carries one
+    per layer of its K-block; ``denoiser.<child>`` for each top-level child module of a denoiser
+    (DRUNet: ``m_head``, ``m_down1`` … ``m_tail``); any other parameter under its own name.
+    """
+    index = {id(p): i for i, p in enumerate(params)}
+    layers = int(getattr(module, "layers", 1))
+    groups: Groups = {}
+    for name, p in module.named_parameters():
+        i = index.get(id(p))
+        if i is None:
+            continue
+        head, _, rest = name.partition(".")
+        if head == "denoiser" and rest:
+            child = rest.partition(".")[0]
+            groups.setdefault(f"denoiser.{child}", []).append((i, None))
+            continue
+        label = GROUP_NAMES.get(name, name)
+        if name in PER_LAYER and layers > 1 and p.dim() == 1 and p.shape[0] == layers:
+            for row in range(layers):
+                groups.setdefault(f"{label}.{row}", []).append((i, row))
+        else:
+            groups.setdefault(label, []).append((i, None))
+    return groups
+
+
+def compare_groups(
+    g: Sequence[Tensor | None],
+    g_ref: Sequence[Tensor | None],
+    groups: Groups,
+    zero_tol: float = 1e-9,
+) -> dict[str, dict[str, float]]:
+    """Per group: ``{"cos", "rel_err", "sign_agree", "norm", "ref_norm"}``, in float64.
+
+    ``cos`` and ``rel_err`` as :func:`compare` on the group's entries; ``sign_agree`` the
+    fraction of the group's entries where the reference is non-zero whose sign g shares. One
+    large group cannot hide a small one here: a one-entry σ group with the wrong sign has cos −1
+    and sign_agree 0, whatever the flattened cosine says.
+
+    A group whose reference is zero up to rounding (‖g_ref,group‖ ≤ ``zero_tol``·‖g_ref‖ over all
+    groups; e.g. a wavelet FB's τ, on which the fixed point does not depend) has no direction:
+    its ``cos`` and ``sign_agree`` are nan (a cosine against rounding noise would be ±1 at
+    random) and its ``rel_err`` is ‖g‖/‖g_ref‖ (large when the estimate is not zero there).
+    """
+    if len(g) != len(g_ref):
+        raise ValueError(f"compare_groups: {len(g)} gradients against {len(g_ref)} references")
+    flat: dict[str, tuple[Tensor, Tensor]] = {}
+    for name, members in groups.items():
+        parts = [_flat64(g[i], g_ref[i], row) for i, row in members]
+        flat[name] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    total = math.sqrt(sum(float(b.square().sum()) for _, b in flat.values()))
+    out: dict[str, dict[str, float]] = {}
+    for name, (a, b) in flat.items():
+        na, nb = float(torch.linalg.vector_norm(a)), float(torch.linalg.vector_norm(b))
+        diff = float(torch.linalg.vector_norm(a - b))
+        directed = nb > zero_tol * total and na > 0
+        nonzero = b != 0
+        out[name] = {
+            "cos": float(torch.dot(a, b)) / (na * nb) if directed else math.nan,
+            "rel_err": diff / nb if nb > 0 else (0.0 if na == 0 else math.inf),
+            "sign_agree": (
+                float((torch.sign(a[nonzero]) == torch.sign(b[nonzero])).double().mean())
+                if directed and bool(nonzero.any())
+                else math.nan
+            ),
+            "norm": na,
+            "ref_norm": nb,
+        }
+    return out
+
+
+def group_summary(per_group: dict[str, dict[str, float]]) -> tuple[float, str | None]:
+    """(smallest group cosine, that group's name) over the groups with a direction (nan, None
+    when none has one)."""
+    finite = [(v["cos"], k) for k, v in per_group.items() if math.isfinite(v["cos"])]
+    if not finite:
+        return math.nan, None
+    cos, name = min(finite)
+    return cos, name
+
+
+def sign_agreement(g: Sequence[Tensor | None], g_ref: Sequence[Tensor | None]) -> float:
+    """Fraction of all parameter entries (where the reference is non-zero) whose sign g shares
+    with the reference (nan when the reference is zero throughout)."""
+    flat = [_flat64(a, b, None) for a, b in zip(g, g_ref, strict=True)]
+    a = torch.cat([f[0] for f in flat]) if flat else torch.zeros(0, dtype=torch.float64)
+    b = torch.cat([f[1] for f in flat]) if flat else torch.zeros(0, dtype=torch.float64)
+    nonzero = b != 0
+    if not bool(nonzero.any()):
+        return math.nan
+    return float((torch.sign(a[nonzero]) == torch.sign(b[nonzero])).double().mean())
+
+
+def _flat64(a: Tensor | None, b: Tensor | None, row: int | None) -> tuple[Tensor, Tensor]:
+    like = a if a is not None else b
+    if like is None:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return empty, empty
+
+    def pick(t: Tensor | None) -> Tensor:
+        if t is None:
+            t = torch.zeros_like(like)
+        t = t.detach()
+        if row is not None:
+            t = t[row]
+        return t.reshape(-1).double().cpu()
+
+    return pick(a), pick(b)
+
+
 def psnr(x: Tensor, ref: Tensor) -> Tensor:
     """Per-image PSNR in dB for images in [0, 1] (peak 1)."""
     mse = ((x - ref) ** 2).flatten(1).mean(1).clamp_min(1e-12)

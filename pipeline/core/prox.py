@@ -107,6 +107,15 @@ def group_shrink(d: Tensor, t: Tensor, dim: int = 2) -> Tensor:
     return d * torch.relu(1 - t / norm)
 
 
+def weighted_group_shrink(d: Tensor, t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """d·max(0, 1 − t/‖d_g‖) with the group norm over ``dims`` and ``t`` broadcast over d
+    (size 1 along ``dims``: one threshold per group): the prox of Σ_g t_g‖d_g‖₂. Safe gradients
+    at d = 0, as :func:`group_shrink`."""
+    tiny = torch.finfo(d.dtype).tiny
+    norm = (d * d).sum(dim=dims, keepdim=True).clamp_min(tiny).sqrt()
+    return d * torch.relu(1 - t / norm)
+
+
 def _shrink_l1(
     approx: Tensor, bands: list[Tensor], ts: list[Tensor]
 ) -> tuple[Tensor, list[Tensor]]:

@@ -22,11 +22,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.core.denoisers import ignores_sigma
 from pipeline.core.physics import gradient_step
-from pipeline.core.prox import BAND_SHRINKS, group_shrink, soft
+from pipeline.core.prox import BAND_SHRINKS, group_shrink, soft, weighted_group_shrink
 from pipeline.core.wavelets import Coeffs, Wavelet
 from pipeline.util.errors import did_you_mean
 
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 StepFn = Callable[[Tensor, int], Tensor]
 
 
-PRIORS = ("l1", "weighted_l1", "l12")
+PRIORS = ("l1", "weighted_l1", "l12", "weighted_l12")
+# weighted_l12: the axes of a level's detail coefficients one group's ℓ2 norm runs over
+GROUPS = ("bands", "channels", "both")
 
 
 class Scheme(nn.Module):
@@ -82,7 +85,51 @@ def _log_param(value: float | Sequence[float], name: str, size: int | None = Non
     return values.log()
 
 
-class WaveletFB(Scheme):
+class _StepSize:
+    """τ in log form (``log_tau``), or bounded below 2/L as τ = (2/L)·sigmoid(ρ) (``logit_tau``)
+    when learned with a known Lipschitz constant L = ‖AᵀA‖ (``lipschitz``): FB then stays in
+    its convergence range (0, 2/L) whatever the optimizer does. Exactly one of the two
+    parameters is set; ``_log_tau()`` is log τ in both forms."""
+
+    log_tau: nn.Parameter | None
+    logit_tau: nn.Parameter | None
+    tau_bound: float | None
+
+    def _init_step(self, step_size: float, learn: bool, lipschitz: float | None) -> None:
+        if step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {step_size!r}")
+        if lipschitz is not None and lipschitz <= 0:
+            raise ValueError(f"lipschitz must be > 0, got {lipschitz!r}")
+        if learn and lipschitz is not None:
+            bound = 2.0 / lipschitz
+            if not step_size < bound:
+                raise ValueError(
+                    f"step_size {step_size:g} must be < 2/L = {bound:g} (L = {lipschitz:g})"
+                )
+            ratio = step_size / bound
+            self.tau_bound = bound
+            self.log_tau = None
+            self.logit_tau = nn.Parameter(torch.tensor(math.log(ratio / (1 - ratio))))
+        else:
+            self.tau_bound = None
+            self.logit_tau = None
+            self.log_tau = nn.Parameter(
+                _log_param(step_size, "step_size").reshape(()), requires_grad=learn
+            )
+
+    def _log_tau(self) -> Tensor:
+        if self.logit_tau is not None:
+            return math.log(self.tau_bound) + F.logsigmoid(self.logit_tau)  # type: ignore[arg-type]
+        return self.log_tau  # type: ignore[return-value]
+
+    def tau(self) -> Tensor:
+        """τ as a tensor (graph to its parameter)."""
+        if self.logit_tau is not None:
+            return self.tau_bound * torch.sigmoid(self.logit_tau)
+        return self.log_tau.exp()  # type: ignore[union-attr]
+
+
+class WaveletFB(_StepSize, Scheme):
     """Forward-backward on ½‖Ax − y‖² + λ R(Wx), W an orthonormal wavelet transform.
 
     Priors (thresholds t = τλ, per layer when ``layers > 1``):
@@ -93,10 +140,19 @@ class WaveletFB(Scheme):
       the (H, V, D) orientations of level J, ..., level 1).
     * ``"l12"``: group shrinkage c·max(0, 1 − t/‖c‖) where a group is the 3 orientation
       coefficients at one level, position and channel; approx band untouched.
+    * ``"weighted_l12"`` (the reference code's main model): R(Wx) = Σ_j λ_j Σ_g w_g ‖c_g‖₂ over
+      the detail coefficients (approx untouched), a group g the coefficients of one level j at
+      one position along ``group``: ``"bands"`` (the 3 orientations, one group per channel c:
+      weights w_{j,c}), ``"channels"`` (the C channels, one group per orientation b: w_{j,b}) or
+      ``"both"`` (3C coefficients: w_j). Learned: the per-scale λ_j (``log_scales``, J, coarsest
+      first) and the weights (``log_weights``, shape (J, C or 1, 3 or 1)); group g of level j
+      is shrunk at τ·λ·λ_j·w_g (λ, λ_j and w are redundant in scale, as in the reference code:
+      each is its own parameter group). Needs ``channels``.
 
-    Learnable (log form): ``log_reg`` (λ, one per layer), ``log_tau`` (τ; ``requires_grad`` only
-    if ``learn_step_size``), ``log_weights`` (weighted_l1 only). FB needs τ ∈ (0, 2/‖AᵀA‖); for
-    denoising the step contracts with γ = |1 − τ|.
+    Learnable (log form): ``log_reg`` (λ, one per layer), ``log_weights`` (weighted priors),
+    ``log_scales`` (weighted_l12). τ: ``log_tau`` (fixed unless ``learn_step_size``) or, when
+    learned with ``lipschitz`` = L = ‖AᵀA‖ given, ``logit_tau`` with τ = (2/L)·sigmoid(ρ) (FB
+    needs τ ∈ (0, 2/L); for denoising the step contracts with γ = |1 − τ|).
     """
 
     def __init__(
@@ -110,6 +166,11 @@ class WaveletFB(Scheme):
         weights_init: float | Sequence[float] = 1.0,
         per_subband: bool = False,
         layers: int = 1,
+        *,
+        group: str = "bands",
+        scales_init: float | Sequence[float] = 1.0,
+        channels: int | None = None,
+        lipschitz: float | None = None,
     ) -> None:
         super().__init__()
         if prior not in PRIORS:
@@ -117,33 +178,60 @@ class WaveletFB(Scheme):
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         weighted = prior == "weighted_l1"
+        l12w = prior == "weighted_l12"
         if not weighted and per_subband:
             raise ValueError(f"per_subband applies to prior 'weighted_l1' only, not {prior!r}")
-        if not weighted and not (isinstance(weights_init, (int, float)) and weights_init == 1.0):
-            raise ValueError(f"weights_init applies to prior 'weighted_l1' only, not {prior!r}")
+        unit = isinstance(weights_init, (int, float)) and weights_init == 1.0
+        if not (weighted or l12w) and not unit:
+            raise ValueError(f"weights_init applies to the weighted priors only, not {prior!r}")
+        if not l12w and not (isinstance(scales_init, (int, float)) and scales_init == 1.0):
+            raise ValueError(f"scales_init applies to prior 'weighted_l12' only, not {prior!r}")
+        if l12w:
+            if group not in GROUPS:
+                raise ValueError(did_you_mean("weighted_l12 group", group, GROUPS))
+            if channels is None or channels < 1:
+                raise ValueError(f"prior 'weighted_l12' needs channels >= 1, got {channels!r}")
         self.wavelet = Wavelet(wavelet, levels)
         self.prior = prior
         self.per_subband = per_subband
+        self.group = group
+        self.channels = channels
         self.layers = layers
         self.log_reg = nn.Parameter(_log_param(reg_init, "reg_init", layers))
-        self.log_tau = nn.Parameter(
-            _log_param(step_size, "step_size").reshape(()), requires_grad=learn_step_size
-        )
+        self._init_step(step_size, learn_step_size, lipschitz)
+        self.log_scales: nn.Parameter | None = None
         if weighted:
             n = self.wavelet.groups(per_subband)
             self.log_weights = nn.Parameter(_log_param(weights_init, "weights_init", n))
+        elif l12w:
+            assert channels is not None
+            shape = self.weights_shape()
+            size = math.prod(shape)
+            self.log_weights = nn.Parameter(
+                _log_param(weights_init, "weights_init", size).reshape(shape)
+            )
+            self.log_scales = nn.Parameter(_log_param(scales_init, "scales_init", levels))
         else:
             self.log_weights = None
 
+    def weights_shape(self) -> tuple[int, int, int]:
+        """(J, C or 1, 3 or 1): the weights of ``weighted_l12`` (one per group kind)."""
+        c = 1 if self.group in ("channels", "both") else int(self.channels or 1)
+        b = 1 if self.group in ("bands", "both") else 3
+        return (self.wavelet.levels, c, b)
+
     def theta(self) -> dict[str, float | list[float]]:
-        out = {"lambda": _values(self.log_reg.exp()), "tau": _values(self.log_tau.exp())}
+        out = {"lambda": _values(self.log_reg.exp()), "tau": _values(self.tau())}
         if self.log_weights is not None:
-            w = self.log_weights.detach().exp().cpu().tolist()
+            w = self.log_weights.detach().exp().reshape(-1).cpu().tolist()
             out["weights"] = w
+        if self.log_scales is not None:
+            out["scales"] = self.log_scales.detach().exp().cpu().tolist()
         return out
 
     def thresholds(self, gamma: Tensor | float, layer: int = 0) -> Tensor:
-        """γ·λ_layer (scalar) or γ·λ_layer·w_g (one per group, weighted_l1)."""
+        """γ·λ_layer (scalar), γ·λ_layer·w_g (one per group, weighted_l1) or
+        γ·λ_layer·λ_j·w_{j,c,b} (shape (J, C or 1, 3 or 1), weighted_l12)."""
         log_gamma = gamma.log() if isinstance(gamma, Tensor) else math.log(gamma)
         return self._thresholds(log_gamma, layer)
 
@@ -151,7 +239,15 @@ class WaveletFB(Scheme):
         log_t = self.log_reg[self._layer_index(layer)] + log_gamma
         if self.log_weights is not None:
             log_t = log_t + self.log_weights
+        if self.log_scales is not None:
+            log_t = log_t + self.log_scales.view(-1, 1, 1)
         return log_t.exp()
+
+    def _group_dims(self, band_first: bool) -> tuple[int, ...]:
+        """The dims one weighted_l12 group norm runs over: in (B, C, 3, h, w) details
+        (orientations 2, channels 1) or in the band-first (3, B, C, ...) view (0 and 2)."""
+        bands, chans = (0, 2) if band_first else (2, 1)
+        return {"bands": (bands,), "channels": (chans,), "both": (bands, chans)}[self.group]
 
     def shrink(self, coeffs: Coeffs, thresholds: Tensor) -> Coeffs:
         """The prior's proximal map on coefficients, thresholds from :meth:`thresholds`."""
@@ -161,6 +257,16 @@ class WaveletFB(Scheme):
             return [approx, *(soft(d, t) for d in details)]
         if self.prior == "l12":
             return [approx, *(group_shrink(d, t) for d in details)]
+        if self.prior == "weighted_l12":
+            dims = self._group_dims(band_first=False)
+            # t[j]: (C or 1, 3 or 1) -> (1, C or 1, 3 or 1, 1, 1) over (B, C, 3, h, w)
+            return [
+                approx,
+                *(
+                    weighted_group_shrink(d, tj[None, :, :, None, None], dims)
+                    for d, tj in zip(details, t.unbind(), strict=True)
+                ),
+            ]
         if not self.per_subband:
             ts = t.unbind()
             return [soft(c, tg) for c, tg in zip(coeffs, ts, strict=True)]
@@ -178,14 +284,39 @@ class WaveletFB(Scheme):
         """τ·λ_layer(·w) in ``dtype``, laid out for the band-first shrinks (``BAND_SHRINKS``):
         one scalar (l1, l12), the J+1 group scalars (weighted_l1), or the approx scalar then one
         (3, 1, ...) tensor per level, shaped to broadcast over the bands (weighted_l1 per
-        subband; ``Wavelet.band_ndim``)."""
-        t = self._thresholds(self.log_tau, layer).to(dtype)
+        subband; ``Wavelet.band_ndim``); weighted_l12: one (3 or 1, 1, C or 1, 1[, 1]) tensor
+        per level, over the (3, B, C, h·w) or (3, B, C, h, w) view of the level's bands."""
+        t = self._thresholds(self._log_tau(), layer).to(dtype)
+        if self.log_scales is not None:
+            tail = (1,) if self.wavelet.is_haar else (1, 1)
+            j, cw, bw = t.shape  # -> per level (Bw, 1, Cw, 1[, 1])
+            return list(t.permute(0, 2, 1).reshape(j, bw, 1, cw, *tail).unbind())
         if self.log_weights is None:
             return [t]
         if not self.per_subband:
             return list(t.unbind())
         ones = (1,) * (self.wavelet.band_ndim - 1)
         return [t[0], *t[1:].view(-1, 3, *ones).unbind()]
+
+    def _band_shrink(self) -> Callable[..., Any]:
+        if self.prior != "weighted_l12":
+            return BAND_SHRINKS[self.prior]
+        dims = self._group_dims(band_first=True)
+        channels = int(self.channels or 1)
+        haar = self.wavelet.is_haar
+
+        def shrink(approx: Tensor, bands: list[Tensor], ts: list[Tensor]):
+            if not haar:  # (3, B, C, h, w) views already
+                return approx, [
+                    weighted_group_shrink(d, t, dims) for d, t in zip(bands, ts, strict=True)
+                ]
+            b = approx.shape[0]
+            out = []
+            for d, t in zip(bands, ts, strict=True):  # (3, B·C·h·w) -> (3, B, C, h·w)
+                out.append(weighted_group_shrink(d.view(3, b, channels, -1), t, dims).view(3, -1))
+            return approx, out
+
+        return shrink
 
     def bind(self, y: Tensor, physics: LinearPhysics) -> StepFn:
         """``step(x, layer)`` for this observation (see :class:`Scheme`).
@@ -209,8 +340,12 @@ class WaveletFB(Scheme):
         grad_step = gradient_step(y, physics)
         wavelet = self.wavelet
         wavelet.check(y)
+        if self.prior == "weighted_l12" and y.shape[1] != self.channels:
+            raise ValueError(
+                f"weighted_l12 was built for {self.channels} channels, got {y.shape[1]}"
+            )
         device_type = y.device.type
-        shrink = BAND_SHRINKS[self.prior]
+        shrink = self._band_shrink()
         params = self._parameters  # read at call time: functional_call may swap its entries
         operators = {y.dtype: wavelet.operators(y.dtype)}
         cache: dict[Any, Any] = {}
@@ -229,7 +364,7 @@ class WaveletFB(Scheme):
                 with torch.no_grad():
                     tau = cache.get("tau")
                     if tau is None:
-                        tau = cache["tau"] = self.log_tau.exp()
+                        tau = cache["tau"] = self.tau()
                     hit = cache[(layer, dtype)] = (tau, self._band_thresholds(layer, dtype))
             return hit
 
@@ -251,17 +386,19 @@ class WaveletFB(Scheme):
                     if u.dtype == x.dtype:
                         return transform(u, hit[1])
                     return transform(u, constants(layer, u.dtype)[1])  # type: ignore[index]
-            u = grad_step(x, self.log_tau.exp())
+            u = grad_step(x, self.tau())
             return transform(u, self._band_thresholds(layer, u.dtype))
 
         return step
 
 
-class PnPFB(Scheme):
+class PnPFB(_StepSize, Scheme):
     """Plug-and-Play FB: u = x − τAᵀ(Ax − y); x+ = (1 − α) u + α D(u, σ_layer).
 
     σ is learned as ``log_sigma`` (one shared, or one per layer when ``per_layer_sigma``; then
-    ``self.layers == layers`` = K, the depth of the K-block), τ as ``log_tau``, the relaxation
+    ``self.layers == layers`` = K, the depth of the K-block), τ as ``log_tau`` or, learned with
+    ``lipschitz`` = L given, as ``logit_tau`` with τ = (2/L)·sigmoid(ρ) < 2/L (the reference
+    code's regime starts at τ ≈ 1.95/L, i.e. ρ ≈ 3.66), the relaxation
     α ∈ (0, 1) as a logit (``logit_relaxation``, α = sigmoid). α = 1 (plain PnP) is not reachable
     by a sigmoid: a *learned* α initialised at 1.0 starts at 1 − 1e-4 (the step differs from
     plain PnP by 1e-4·(D(u) − u); its gradient in the logit is scaled by α(1 − α) ≈ 1e-4, which
@@ -284,6 +421,8 @@ class PnPFB(Scheme):
         learn_relaxation: bool = True,
         layers: int = 1,
         per_layer_sigma: bool = False,
+        *,
+        lipschitz: float | None = None,
     ) -> None:
         super().__init__()
         if layers < 1:
@@ -300,9 +439,7 @@ class PnPFB(Scheme):
         self.denoiser = denoiser
         self.layers = layers if per_layer_sigma else 1
         self.log_sigma = nn.Parameter(_log_param(sigma_init, "sigma_init", self.layers))
-        self.log_tau = nn.Parameter(
-            _log_param(step_size, "step_size").reshape(()), requires_grad=learn_step_size
-        )
+        self._init_step(step_size, learn_step_size, lipschitz)
         alpha = min(max(relaxation_init, 1e-4), 1 - 1e-4)
         self.logit_relaxation = nn.Parameter(
             torch.tensor(math.log(alpha / (1 - alpha))), requires_grad=learn_relaxation
@@ -318,7 +455,7 @@ class PnPFB(Scheme):
     def theta(self) -> dict[str, float | list[float]]:
         return {
             "sigma": _values(self.log_sigma.exp()),
-            "tau": _values(self.log_tau.exp()),
+            "tau": _values(self.tau()),
             "relaxation": _values(self.relaxation()),
         }
 
@@ -326,7 +463,7 @@ class PnPFB(Scheme):
         grad_step = gradient_step(y, physics)
 
         def step(x: Tensor, layer: int = 0) -> Tensor:
-            u = grad_step(x, self.log_tau.exp())
+            u = grad_step(x, self.tau())
             sigma = self.log_sigma[self._layer_index(layer)].exp().to(u.dtype)
             # under autocast the denoiser may answer in bfloat16: iterates keep u's dtype
             d = self.denoiser(u, sigma.expand(u.shape[0])).to(u.dtype)

@@ -12,6 +12,7 @@ Each prior type of ``pipeline.study.config`` registers its scheme builder here::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from pipeline.core.schemes import PnPFB, Scheme, WaveletFB
 from pipeline.study.config import PnPPrior, PriorConfig, StudyConfig, TrialSpec, WaveletPrior
 from pipeline.util.errors import ConfigError, UserError
 
-SchemeBuilder = Callable[[Any, StudyConfig, TrialSpec, int], Scheme]
+# (prior config, study, spec, channels, lipschitz=L or None) -> scheme
+SchemeBuilder = Callable[..., Scheme]
 
 # prior config class -> the function that builds its scheme; filled by @scheme_builder
 SCHEME_BUILDERS: dict[type[PriorConfig], SchemeBuilder] = {}
@@ -58,37 +60,74 @@ def resolve_device(
     return device
 
 
-def build_scheme(study: StudyConfig, prior: str, spec: TrialSpec, channels: int) -> Scheme:
+def build_scheme(
+    study: StudyConfig,
+    prior: str,
+    spec: TrialSpec,
+    channels: int,
+    *,
+    lipschitz: float | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Scheme:
     """The scheme module of prior ``prior`` for ``channels``-channel images (per-layer
-    parameters get ``spec.depth`` layers); ``ValueError`` when the config cannot be built."""
+    parameters get ``spec.depth`` layers); ``ValueError`` when the config cannot be built.
+
+    ``lipschitz``: L = ‖AᵀA‖ of the prior's physics (``step_size_units: 1/L`` and the bounded
+    learned τ need it; None: L = 1). ``overrides``: prior options replaced for this trial (e.g.
+    a chained ``sigma_init``, :func:`pipeline.study.chain.chained_inits`)."""
     cfg = study.priors[prior]
+    if overrides:
+        cfg = cfg.model_copy(update=overrides)
     builder = SCHEME_BUILDERS.get(type(cfg))
     if builder is None:
         raise TypeError(
             f"prior type {type(cfg).__name__} has no scheme builder "
             "(register one with @scheme_builder in pipeline.study.build)"
         )
-    return builder(cfg, study, spec, channels)
+    return builder(cfg, study, spec, channels, lipschitz=lipschitz)
+
+
+def initial_step(prior: Any, lipschitz: float | None) -> tuple[float, float | None]:
+    """(initial τ, the L the scheme bounds a learned τ with, or None for a fixed τ)."""
+    L = 1.0 if lipschitz is None else float(lipschitz)
+    tau = prior.step_size / L if prior.step_size_units == "1/L" else prior.step_size
+    return tau, (L if prior.learn_step_size else None)
 
 
 @scheme_builder(WaveletPrior)
 def wavelet_scheme(
-    prior: WaveletPrior, study: StudyConfig, spec: TrialSpec, channels: int
+    prior: WaveletPrior,
+    study: StudyConfig,
+    spec: TrialSpec,
+    channels: int,
+    lipschitz: float | None = None,
 ) -> Scheme:
+    tau, bound = initial_step(prior, lipschitz)
+    extra: dict[str, Any] = {}
+    if prior.norm == "weighted_l12":
+        extra = {"group": prior.group, "scales_init": prior.scales_init, "channels": channels}
     return WaveletFB(
         wavelet=prior.wavelet,
         levels=prior.levels,
         prior=prior.norm,
         reg_init=prior.reg_init,
-        step_size=prior.step_size,
+        step_size=tau,
         learn_step_size=prior.learn_step_size,
         weights_init=prior.weights_init,
         per_subband=prior.per_subband,
+        lipschitz=bound,
+        **extra,
     )
 
 
 @scheme_builder(PnPPrior)
-def pnp_scheme(prior: PnPPrior, study: StudyConfig, spec: TrialSpec, channels: int) -> Scheme:
+def pnp_scheme(
+    prior: PnPPrior,
+    study: StudyConfig,
+    spec: TrialSpec,
+    channels: int,
+    lipschitz: float | None = None,
+) -> Scheme:
     """The denoiser (architecture: ``PnPPrior.arch``) loads the prior's weights and stays
     frozen unless ``train_denoiser``."""
     weights = None if prior.weights is None else Path(study.root) / prior.weights
@@ -96,16 +135,31 @@ def pnp_scheme(prior: PnPPrior, study: StudyConfig, spec: TrialSpec, channels: i
         prior.denoiser, channels=channels, weights=weights, **prior.arch(study.pretrain)
     )
     denoiser.requires_grad_(prior.train_denoiser)
+    tau, bound = initial_step(prior, lipschitz)
+    sigma = prior.sigma_init
+    layers = spec.depth if prior.per_layer_sigma else 1
+    if isinstance(sigma, list):  # a chained init (one per layer of the source's block)
+        sigma = fit_layers(sigma, layers)
     return PnPFB(
         denoiser,
-        sigma_init=prior.sigma_init,
-        step_size=prior.step_size,
+        sigma_init=sigma,
+        step_size=tau,
+        lipschitz=bound,
         learn_step_size=prior.learn_step_size,
         relaxation_init=prior.relaxation_init,
         learn_relaxation=prior.learn_relaxation,
-        layers=spec.depth if prior.per_layer_sigma else 1,
+        layers=layers,
         per_layer_sigma=prior.per_layer_sigma,
     )
+
+
+def fit_layers(values: list[float], layers: int) -> list[float]:
+    """Per-layer values for ``layers`` layers: the list itself when its length matches, else its
+    geometric mean for every layer (a source with another depth, or one shared value)."""
+    if len(values) == layers:
+        return [float(v) for v in values]
+    mean = math.exp(sum(math.log(v) for v in values) / len(values))
+    return [mean] * layers
 
 
 def build_estimator(study: StudyConfig, spec: TrialSpec) -> Estimator:

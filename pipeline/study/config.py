@@ -41,10 +41,12 @@ from pipeline.util.names import AUTOCAST_NAMES, DENOISER_ARCH, SOLVER_NAMES, WAV
 EstimatorName = Literal["deq", "rjfb", "jfb", "unrolled"]
 Start = Literal["y", "warm"]
 Autocast = Literal[AUTOCAST_NAMES]  # type: ignore[valid-type]
+StepUnits = Literal["absolute", "1/L"]
 DenoiserName = Literal[tuple(DENOISER_ARCH)]  # type: ignore[valid-type]
 SolverName = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
 
 PositiveInt = Annotated[int, Field(ge=1)]
+NoiseLevel = Annotated[float, Field(ge=0, le=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 # Seeds feed numpy's SeedSequence and torch generators and are stored in int64 table columns.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -98,11 +100,10 @@ class Degradation(_Strict):
         "denoising",
         description="forward operator: denoising (A = I), blur (circular FFT blur) or inpainting (pixel mask)",
     )
-    noise_sigma: float = Field(
+    noise_sigma: NoiseLevel | list[NoiseLevel] = Field(
         0.1,
-        ge=0,
-        le=1,
-        description="std of the additive Gaussian noise, for images in [0, 1]; 0 to 1",
+        description="std of the additive Gaussian noise, for images in [0, 1]; 0 to 1, or a "
+        "list with one per channel (e.g. [0.1, 0.25, 0.5] for rgb)",
     )
     blur_kernel: Literal["gaussian", "line"] = Field(
         "gaussian", description="blur only: gaussian (isotropic) or line (motion blur)"
@@ -113,11 +114,20 @@ class Degradation(_Strict):
         le=63,
         description="blur only: kernel side in pixels, odd, 1 to 63 and at most data.patch_size",
     )
-    blur_sigma: float = Field(
-        1.5, gt=0, description="gaussian blur only: std of the kernel in pixels, > 0"
+    blur_sigma: PositiveFloat | list[PositiveFloat] = Field(
+        1.5,
+        description="gaussian blur only: std of the kernel in pixels, > 0; a list: one kernel "
+        "per channel",
     )
-    blur_angle: float = Field(
-        45.0, description="line blur only: direction in degrees, counter-clockwise from horizontal"
+    blur_angle: float | list[float] = Field(
+        45.0,
+        description="line blur only: direction in degrees, counter-clockwise from horizontal; a "
+        "list: one kernel per channel (the reference code's per-channel line kernels)",
+    )
+    blur_padding: Literal["circular", "reflect"] = Field(
+        "circular",
+        description="blur only: boundary of the convolution, circular (FFT) or reflect "
+        "(spatial, as the reference code)",
     )
     mask_rate: float = Field(0.5, gt=0, le=1, description="fraction of pixels kept")
 
@@ -125,7 +135,17 @@ class Degradation(_Strict):
     def _odd_kernel(self) -> Degradation:
         if self.kind == "blur" and self.blur_size % 2 == 0:
             raise _Located(("blur_size",), f"must be odd, got {self.blur_size}")
+        for key in ("noise_sigma", "blur_sigma", "blur_angle"):
+            if isinstance(getattr(self, key), list) and not getattr(self, key):
+                raise _Located((key,), "a per-channel list needs at least one value")
         return self
+
+    def channel_lists(self) -> dict[str, int]:
+        """The per-channel options written as lists, and their lengths."""
+        keys = ["noise_sigma"]
+        if self.kind == "blur":
+            keys.append("blur_sigma" if self.blur_kernel == "gaussian" else "blur_angle")
+        return {k: len(v) for k in keys if isinstance(v := getattr(self, k), list)}
 
 
 class DataConfig(_Strict):
@@ -183,6 +203,8 @@ class TrainOverrides(_Strict):
     eval_tol: PositiveFloat | None = Field(None, description="replaces train.eval_tol")
     eval_max_iter: PositiveInt | None = Field(None, description="replaces train.eval_max_iter")
     restart_autocast: Autocast | None = Field(None, description="replaces train.restart_autocast")
+    init_jitter: float | None = Field(None, ge=0, le=1, description="replaces train.init_jitter")
+    seed_train_noise: bool | None = Field(None, description="replaces train.seed_train_noise")
 
     @model_serializer(mode="wrap")
     def _only_written(self, handler: Any) -> dict[str, Any]:
@@ -245,9 +267,19 @@ class WaveletPrior(PriorConfig):
     """Forward-backward with a (weighted) wavelet norm."""
 
     type: Literal["wavelet"] = Field(description="the prior type tag: wavelet")
-    norm: Literal["l1", "weighted_l1", "l12"] = Field(
+    norm: Literal["l1", "weighted_l1", "l12", "weighted_l12"] = Field(
         "l1",
-        description="l1 (detail coefficients), weighted_l1 (one weight per scale or subband) or l12 (group norm over orientations)",
+        description="l1 (detail coefficients), weighted_l1 (one weight per scale or subband), "
+        "l12 (group norm over orientations) or weighted_l12 (the reference code's model: "
+        "per-scale λ_j and one weight per group kind w_{j,c,b}, groups along `group`)",
+    )
+    group: Literal["bands", "channels", "both"] = Field(
+        "bands",
+        description="weighted_l12 only: the ℓ2 norm of a group runs over the 3 orientations "
+        "(weights per level and channel), the channels (per level and orientation) or both",
+    )
+    scales_init: PositiveFloat = Field(
+        1.0, description="weighted_l12 only: initial per-scale weight λ_j, > 0"
     )
     wavelet: str = Field("haar", description="'haar' or a Daubechies name 'db1' ... 'db38'")
     levels: int = Field(
@@ -260,14 +292,23 @@ class WaveletPrior(PriorConfig):
         0.05, description="initial regularisation weight λ, > 0 (learned in log form)"
     )
     weights_init: PositiveFloat = Field(
-        1.0, description="weighted_l1 only: initial per-group weight, > 0"
+        1.0, description="weighted_l1 / weighted_l12 only: initial per-group weight, > 0"
     )
     per_subband: bool = Field(
         False,
         description="weighted_l1 only: one weight per subband (3J+1) instead of per scale (J+1)",
     )
     step_size: PositiveFloat = Field(1.0, description="FB step τ, > 0 (converges for τ < 2/‖AᵀA‖)")
-    learn_step_size: bool = Field(False, description="learn τ as well")
+    step_size_units: StepUnits = Field(
+        "absolute",
+        description="absolute: τ = step_size; 1/L: τ = step_size / L with L = ‖AᵀA‖ measured "
+        "on the prior's physics (e.g. 1.95 for the reference code's τ ≈ 1.95/L)",
+    )
+    learn_step_size: bool = Field(
+        False,
+        description="learn τ as well, as τ = (2/L)·sigmoid(ρ), which stays below 2/L "
+        "(the initial τ must be < 2/L)",
+    )
     degradation: Degradation | None = Field(
         None, description="observe the prepared clean patches through this instead of data's"
     )
@@ -283,15 +324,17 @@ class WaveletPrior(PriorConfig):
                 f"unknown wavelet {self.wavelet!r}; expected 'haar' or a Daubechies name "
                 "'db1' ... 'db38' (e.g. 'db4')",
             )
-        if self.norm != "weighted_l1":
-            if self.per_subband:
-                raise _Located(
-                    ("per_subband",), f"applies to norm weighted_l1 only, not {self.norm}"
-                )
-            if self.weights_init != 1.0:
-                raise _Located(
-                    ("weights_init",), f"applies to norm weighted_l1 only, not {self.norm}"
-                )
+        if self.norm != "weighted_l1" and self.per_subband:
+            raise _Located(("per_subband",), f"applies to norm weighted_l1 only, not {self.norm}")
+        if self.norm not in ("weighted_l1", "weighted_l12") and self.weights_init != 1.0:
+            raise _Located(
+                ("weights_init",),
+                f"applies to norm weighted_l1 or weighted_l12 only, not {self.norm}",
+            )
+        if self.norm != "weighted_l12":
+            for key, default in (("scales_init", 1.0), ("group", "bands")):
+                if getattr(self, key) != default:
+                    raise _Located((key,), f"applies to norm weighted_l12 only, not {self.norm}")
         return self
 
     def min_side(self) -> int:
@@ -302,6 +345,8 @@ class WaveletPrior(PriorConfig):
         learned = ["lambda"]
         if self.norm == "weighted_l1":
             learned.append("per-subband weights" if self.per_subband else "per-scale weights")
+        if self.norm == "weighted_l12":
+            learned += ["per-scale lambda_j", f"group weights ({self.group})"]
         if self.learn_step_size:
             learned.append("tau")
         name = FAMILIES["wavelet"]
@@ -326,7 +371,14 @@ class PnPPrior(PriorConfig):
         False, description="one σ per layer of the K-block instead of one shared"
     )
     step_size: PositiveFloat = Field(1.0, description="initial FB step τ, > 0")
-    learn_step_size: bool = Field(True, description="learn τ")
+    step_size_units: StepUnits = Field(
+        "absolute",
+        description="absolute: τ = step_size; 1/L: τ = step_size / L with L = ‖AᵀA‖ measured "
+        "on the prior's physics (the reference code's regime: step_size 1.95, i.e. γ̂ ≈ 0.95)",
+    )
+    learn_step_size: bool = Field(
+        True, description="learn τ, as τ = (2/L)·sigmoid(ρ) < 2/L (the initial τ must be < 2/L)"
+    )
     relaxation_init: float = Field(
         1.0, gt=0, le=1, description="initial relaxation α in (0, 1]; 1: plain PnP"
     )
@@ -334,7 +386,17 @@ class PnPPrior(PriorConfig):
     train_denoiser: bool = Field(
         False, description="train every denoiser weight inside FB as well (else frozen)"
     )
-    denoiser_lr: PositiveFloat = Field(5e-4, description="lr of the denoiser's weights")
+    denoiser_lr: PositiveFloat | None = Field(
+        5e-4,
+        description="lr of the denoiser's weights (their own Adam group); null: ONE Adam group "
+        "with τ, σ, α at the prior's train.lr (the reference code's DRUNet-in-FB: 5e-4)",
+    )
+    sigma_init_from: str | None = Field(
+        None,
+        description="another pnp prior whose learned σ initialises this one's (read from its "
+        "finished trials: the DEQ trial of the same seed, else its rjfb K=10 T=25 trial); "
+        "the sweep runs that prior's trials first; sigma_init is the fallback",
+    )
     degradation: Degradation | None = Field(
         None, description="observe the prepared clean patches through this instead of data's"
     )
@@ -421,6 +483,19 @@ class TrainConfig(_Strict):
         description="run the no-grad applications of a training step (rJFB restarts, DEQ/JFB "
         "forward solves) under autocast; the tracked block stays float32; solves to a "
         "tolerance finish in float32",
+    )
+    init_jitter: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="std s of a log-normal jitter of the learned scalars' initial values, drawn "
+        "from the trial's seed: each positive θ (λ, λ_j, w, σ) is multiplied by exp(s·z), "
+        "z ~ N(0, 1); τ's and α's logits move by s·z (0: no jitter, every seed starts alike)",
+    )
+    seed_train_noise: bool = Field(
+        False,
+        description="re-draw the TRAINING split's noise (and inpainting masks) from the "
+        "trial's seed, with the same degradation (val and test stay as prepared)",
     )
 
 
@@ -786,6 +861,33 @@ class StudyConfig(_Strict):
                 raise _Located(
                     ("priors", name, "degradation", "blur_size"),
                     f"must be <= data.patch_size {self.data.patch_size}, got {own.blur_size}",
+                )
+        degradations = [(("data", "degradation"), deg)] + [
+            (("priors", name, "degradation"), own)
+            for name, prior in self.priors.items()
+            if (own := getattr(prior, "degradation", None)) is not None
+        ]
+        for loc, d in degradations:
+            for key, n in d.channel_lists().items():
+                if n != self.data.channels:
+                    raise _Located(
+                        (*loc, key),
+                        f"one value per channel: data.color {self.data.color!r} has "
+                        f"{self.data.channels}, got {n}",
+                    )
+        for name, prior in self.priors.items():
+            source = getattr(prior, "sigma_init_from", None)
+            if source is None:
+                continue
+            pnps = [n for n, p in self.priors.items() if p.type == "pnp" and n != name]
+            if source not in pnps:
+                raise _Located(
+                    ("priors", name, "sigma_init_from"), did_you_mean("pnp prior", source, pnps)
+                )
+            if getattr(self.priors[source], "sigma_init_from", None):
+                raise _Located(
+                    ("priors", name, "sigma_init_from"),
+                    f"{source!r} chains its own sigma: chains are one step deep",
                 )
         if self.train.device == "cuda" and self.ray.gpus_per_trial == 0:
             raise _Located(

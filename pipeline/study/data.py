@@ -335,13 +335,20 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
 
 
 def make_kernel(d: Degradation) -> np.ndarray:
-    """The (1, 1, k, k) float32 blur kernel of a blur degradation."""
+    """The (1, 1, k, k) float32 blur kernel of a blur degradation, or (1, C, k, k): one per
+    channel when its ``blur_sigma`` (gaussian) or ``blur_angle`` (line) is a list."""
+    import torch
+
     from pipeline.core.physics import gaussian_kernel, line_kernel
 
     if d.blur_kernel == "gaussian":
-        k = gaussian_kernel(d.blur_size, d.blur_sigma)
+        make, values = gaussian_kernel, d.blur_sigma
     else:
-        k = line_kernel(d.blur_size, d.blur_angle)
+        make, values = line_kernel, d.blur_angle
+    if isinstance(values, list):
+        k = torch.cat([make(d.blur_size, v) for v in values], dim=1)
+    else:
+        k = make(d.blur_size, values)
     return np.ascontiguousarray(k.detach().cpu().numpy(), dtype=np.float32)
 
 
@@ -600,15 +607,20 @@ class Split:
         physics = build_physics(
             self.degradation["kind"],
             self.img_shape,
-            noise_sigma=float(self.degradation["noise_sigma"]),
+            noise_sigma=_noise_sigma(self.degradation["noise_sigma"]),
             blur_kernel=self.kernel,
             mask=mask,
             device=self.clean.device,
             rng=rng,
+            padding=self.degradation.get("blur_padding", "circular"),
         )
         if shareable:
             self._shared_physics = physics
         return physics
+
+
+def _noise_sigma(value: Any) -> float | list[float]:
+    return [float(v) for v in value] if isinstance(value, list) else float(value)
 
 
 def read_manifest(prepared_dir: Path) -> dict[str, Any]:
@@ -931,24 +943,38 @@ def degrade(
     if d.kind == "inpainting":
         mask = (torch.rand((n, 1, h, w), generator=mask_gen) < d.mask_rate).float()
     physics = build_physics(
-        d.kind, (c, h, w), noise_sigma=d.noise_sigma, blur_kernel=kernel, mask=mask, rng=noise_gen
+        d.kind,
+        (c, h, w),
+        noise_sigma=d.noise_sigma,
+        blur_kernel=kernel,
+        mask=mask,
+        rng=noise_gen,
+        padding=d.blur_padding,
     )
     with torch.no_grad():
         observed = physics(clean).to(torch.float32)
     return observed, mask
 
 
-def observe(split: Split, degradation: Degradation, seed: int) -> Split:
+def observe(
+    split: Split, degradation: Degradation, seed: int, trial_seed: int | None = None
+) -> Split:
     """``split`` observed through another degradation: a prior's own ``degradation``.
 
     The clean patches are the prepared ones; blur kernel, inpainting masks and noise are drawn
     here on the CPU from ``seed`` (``data.seed``) and the split's name, so every trial of the
-    prior (every estimator, every seed of the sweep) sees the same observations.
+    prior (every estimator, every seed of the sweep) sees the same observations. With
+    ``trial_seed`` (``train.seed_train_noise``, training split) the masks and noise are drawn
+    from (seed, split, trial_seed) instead: each seed of the sweep trains on its own noise
+    realisation, the same for every estimator of that seed.
     """
     import torch
 
     d = degradation
-    streams = np.random.SeedSequence([seed % 2**32, SPLITS.index(split.name), 0x0B5]).spawn(2)
+    entropy = [seed % 2**32, SPLITS.index(split.name), 0x0B5]
+    if trial_seed is not None:
+        entropy += [0x5EED, trial_seed % 2**32]
+    streams = np.random.SeedSequence(entropy).spawn(2)
     mask_gen, noise_gen = (
         torch.Generator().manual_seed(int(s.generate_state(1, dtype=np.uint64)[0] >> 1))
         for s in streams

@@ -27,12 +27,32 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "test_psnr_at_depth": "number",
     "test_psnr_input": "number",
     "test_psnr_per_image": "json",
+    # one trained model at several depths: 1 step and K steps from y (per image as well)
+    "test_psnr_1": "number",
+    "test_psnr_k": "number",
+    "test_psnr_1_per_image": "json",
+    "test_psnr_k_per_image": "json",
     "train_seconds": "number",
     "seconds_per_step": "number",
     "peak_mem_mib": "number",
     "grad_cos_vs_deq": "number",
     "grad_rel_err_vs_deq": "number",
     "gamma_hat": "number",
+    # gradient fidelity per parameter group (last epoch's probe): the worst group's cosine,
+    # the fraction of entries whose sign agrees with DEQ's, and every group's numbers as
+    # {group: {"cos", "rel_err", "sign_agree"}} (cos/sign_agree null where DEQ's is zero)
+    "grad_cos_min_group_vs_deq": "number",
+    "grad_sign_agree_vs_deq": "number",
+    "grad_groups_json": "json",
+    # the measured contraction of the K-block the estimator differentiates
+    "gamma_hat_k": "number",
+    # DEQ trials: fraction of training steps whose implicit backward missed backward_tol
+    "backward_unconverged_frac": "number",
+    # the DEQ reference of the last probe: its forward and backward relative residuals
+    "probe_ref_residual": "number",
+    "probe_ref_backward_residual": "number",
+    # what the trial started from: chained prior options and θ after the seed's jitter
+    "inits_json": "json",
     "final_val_psnr": "number",
     "theta_json": "json",
     "mlflow_run_id": "text",
@@ -51,6 +71,8 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "eval_max_iter": "number",
 }
 TRIAL_COLUMNS = list(_TRIAL_SCHEMA)
+# JSON columns holding a list per trial (parsed from the trial's result)
+JSON_LIST_COLUMNS = ("test_psnr_per_image", "test_psnr_1_per_image", "test_psnr_k_per_image")
 TRIAL_NUMBER_COLUMNS = tuple(c for c, kind in _TRIAL_SCHEMA.items() if kind == "number")
 
 HISTORY_COLUMNS = (
@@ -62,6 +84,11 @@ HISTORY_COLUMNS = (
     "grad_cos_vs_deq",
     "grad_rel_err_vs_deq",
     "gamma_hat",
+    "grad_cos_min_group_vs_deq",
+    "grad_sign_agree_vs_deq",
+    "gamma_hat_k",
+    "probe_ref_residual",
+    "probe_ref_backward_residual",
     "train_residual",
     "train_backward_residual",  # DEQ trials only (NaN for the others)
 )

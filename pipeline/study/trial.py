@@ -45,6 +45,9 @@ class TrialResult:
     theta: dict[str, Any]
     per_image_psnr: list[float] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
+    # JSON columns of the trials table (plain lists/dicts): test_psnr_1_per_image,
+    # test_psnr_k_per_image, grad_groups_json (last epoch's per-group probe), inits_json
+    json_columns: dict[str, Any] = field(default_factory=dict)
 
 
 def iterations_at_depth(spec: TrialSpec) -> int | None:
@@ -59,7 +62,14 @@ def iterations_at_depth(spec: TrialSpec) -> int | None:
 class Trial:
     """State of one training run; ``run_trial`` drives it."""
 
-    def __init__(self, study: StudyConfig, spec: TrialSpec, prepared: Path) -> None:
+    def __init__(
+        self,
+        study: StudyConfig,
+        spec: TrialSpec,
+        prepared: Path,
+        inits: dict[str, Any] | None = None,
+    ) -> None:
+        from pipeline.study.config import Degradation
         from pipeline.study.data import load_split
 
         self.study, self.spec = study, spec
@@ -71,15 +81,29 @@ class Trial:
         splits = []
         for name in ("train", "val", "test"):
             split = load_split(prepared, name, device=self.device)
-            splits.append(split if own is None else observe(split, own, study.data.seed))
+            if name == "train" and self.cfg.seed_train_noise:
+                # this seed's own noise realisation (and masks) on the training split
+                deg = own or Degradation.model_validate(split.degradation)
+                split = observe(split, deg, study.data.seed, trial_seed=spec.seed)
+            elif own is not None:
+                split = observe(split, own, study.data.seed)
+            splits.append(split)
         self.train, self.val, self.test = splits
         channels = self.train.clean.shape[1]
+        # L = ‖AᵀA‖ of the prior's physics, once: τ in units of 1/L and the bound of a learned τ
+        self.lipschitz = physics_lipschitz(self.train)
+        # chained initial values (sigma_init from another prior's results), recorded as used
+        self.inits = dict(inits or {})
         try:
-            scheme = build_scheme(study, spec.prior, spec, channels)
+            scheme = build_scheme(
+                study, spec.prior, spec, channels, lipschitz=self.lipschitz, overrides=self.inits
+            )
         except ValueError as err:
             from pipeline.util.errors import ConfigError
 
             raise ConfigError(f"priors.{spec.prior}: {err}") from None
+        jitter_init(scheme, self.cfg.init_jitter, spec.seed)
+        self.initial_theta = scheme.theta()
         self.scheme = scheme.to(self.device)
         self.estimator = build_estimator(study, spec)
         self.autocast = AUTOCAST_DTYPES.get(self.cfg.restart_autocast or "")
@@ -94,18 +118,23 @@ class Trial:
         # DEQ: largest residual of the last epoch's implicit backward solves (None: the
         # estimator has no implicit backward, or none of its solves ended at a finite residual)
         self.train_backward_residual: float | None = None
+        # DEQ: training steps so far, and those whose implicit backward missed backward_tol
+        self.backward_steps = 0
+        self.backward_unconverged = 0
         self.solve_residual = 0.0  # of the last evaluate()'s equilibrium solves
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """Adam / SGD over θ at ``train.lr``; a trained denoiser's weights form a second group
-        at the prior's ``denoiser_lr``."""
+        at the prior's ``denoiser_lr``, or join θ's one group when it is null."""
         denoiser = getattr(self.scheme, "denoiser", None)
         inner = {id(p) for p in denoiser.parameters()} if denoiser is not None else set()
         theta = [p for p in self.scheme.parameters() if p.requires_grad and id(p) not in inner]
         weights = [p for p in self.scheme.parameters() if p.requires_grad and id(p) in inner]
         groups: list[dict[str, Any]] = []
+        if getattr(self.prior, "denoiser_lr", 0) is None:
+            theta, weights = theta + weights, []
         if theta:
             groups.append({"params": theta, "lr": self.cfg.lr})
         if weights:
@@ -135,6 +164,7 @@ class Trial:
             "rng": torch.get_rng_state(),
             "bank": self.bank,
             "history": json.dumps(self.history),
+            "backward_counts": torch.tensor([self.backward_steps, self.backward_unconverged]),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -147,6 +177,10 @@ class Trial:
         if state["bank"] is not None:
             self.bank = state["bank"].to(self.device)
         self.history = json.loads(state["history"])
+        if "backward_counts" in state:
+            self.backward_steps, self.backward_unconverged = (
+                int(v) for v in state["backward_counts"].tolist()
+            )
 
     # ------------------------------------------------------------------ pieces
     def step_fn(self, split, index: Tensor):
@@ -177,6 +211,9 @@ class Trial:
             losses.append(float(loss.detach()))
             residuals.append(self.estimator.last.residual)
             backward.append(self.estimator.last.backward_residual)  # NaN: no implicit backward
+            if self.estimator.last.backward_converged is not None:
+                self.backward_steps += 1
+                self.backward_unconverged += not self.estimator.last.backward_converged
         finite = [r for r in residuals if math.isfinite(r)]
         self.train_residual = max(finite) if finite else float("nan")
         finite = [r for r in backward if math.isfinite(r)]
@@ -185,13 +222,15 @@ class Trial:
 
     @torch.no_grad()
     def solve(self, split, index: Tensor, iterations: int | None = None) -> Tensor:
-        """Reconstruct: ``iterations`` steps from y, or the fixed point solved to eval_tol."""
+        """Reconstruct: ``iterations`` steps from y (step n uses layer n mod K of a per-layer
+        scheme), or the fixed point of the K-block solved to eval_tol."""
         step, y = self.step_fn(split, index)
-        phi = block(step, self.scheme_layers())
+        layers = self.scheme_layers()
+        phi = block(step, layers)
         if iterations is not None:
             x = y
-            for _ in range(max(1, iterations // self.scheme_layers())):
-                x = phi(x)
+            for n in range(max(1, iterations)):
+                x = step(x, n % layers)
             return x
         cfg = self.cfg
         x, info = anderson(phi, y, max_iter=cfg.eval_max_iter, tol=cfg.eval_tol)
@@ -229,11 +268,29 @@ class Trial:
         reference = build_estimator(self.study, self.spec.model_copy(update={"estimator": "deq"}))
         g = grad_of(self.estimator, True)
         g_ref = grad_of(reference, False)
+        ref_diag = reference.last  # the reference's own convergence (forward and backward)
         cosine, rel_err = probes.compare(g, g_ref)
+        per_group = probes.compare_groups(g, g_ref, probes.parameter_groups(self.scheme, params))
+        cos_min, _ = probes.group_summary(per_group)
         step, _ = self.step_fn(self.val, index)
         x_star = self.solve(self.val, index)
         gamma = probes.contraction(block(step, 1), x_star, iters=20, seed=0)
-        return {"grad_cos_vs_deq": cosine, "grad_rel_err_vs_deq": rel_err, "gamma_hat": gamma}
+        depth = self.spec.depth  # the K-block the estimator differentiates
+        gamma_k = gamma if depth == 1 else probes.contraction(block(step, depth), x_star, iters=20)
+        self.grad_groups = {
+            k: {m: v[m] for m in ("cos", "rel_err", "sign_agree")} for k, v in per_group.items()
+        }
+        return {
+            "grad_cos_vs_deq": cosine,
+            "grad_rel_err_vs_deq": rel_err,
+            # the worst parameter group (nan-free: 1.0 when no group has a direction)
+            "grad_cos_min_group_vs_deq": cos_min if math.isfinite(cos_min) else 1.0,
+            "grad_sign_agree_vs_deq": _finite(probes.sign_agreement(g, g_ref), 1.0),
+            "gamma_hat": gamma,
+            "gamma_hat_k": gamma_k,
+            "probe_ref_residual": _finite(ref_diag.residual, 0.0),
+            "probe_ref_backward_residual": _finite(ref_diag.backward_residual, 0.0),
+        }
 
     def theta_metrics(self) -> dict[str, float]:
         return flatten_theta(self.scheme.theta())
@@ -252,6 +309,36 @@ class Trial:
             self.optimizer.zero_grad(set_to_none=True)
 
         return step_memory(forward, backward, self.device).peak_bytes / 2**20
+
+
+def _finite(value: float, default: float) -> float:
+    return value if math.isfinite(value) else default
+
+
+def physics_lipschitz(split: Any) -> float:
+    """L = ‖AᵀA‖ of a split's physics: 1 for denoising and inpainting (a 0/1 mask with a kept
+    pixel), measured by power iteration (float64, seeded) for a blur."""
+    from pipeline.core.physics import lipschitz
+
+    if split.degradation["kind"] != "blur":
+        return 1.0
+    physics = split.physics()
+    return lipschitz(physics, split.img_shape, iters=500, tol=1e-7, dtype=torch.float64)
+
+
+def jitter_init(scheme: torch.nn.Module, jitter: float, seed: int) -> None:
+    """Multiply every learned positive scalar's initial value by exp(jitter·z), z ~ N(0, 1)
+    drawn from ``seed`` (its log-form parameter moves by jitter·z; τ's and α's logits too);
+    denoiser weights are left alone. ``jitter`` 0: nothing changes."""
+    if jitter <= 0:
+        return
+    gen = torch.Generator().manual_seed(int(seed) + 0x1717)
+    with torch.no_grad():
+        for name, p in scheme.named_parameters():
+            if name.startswith("denoiser.") or not p.requires_grad:
+                continue
+            z = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            p.add_((jitter * z).to(p.dtype))
 
 
 def flatten_theta(theta: dict[str, Any]) -> dict[str, float]:
@@ -286,11 +373,15 @@ def run_trial(
     resume: dict[str, Any] | None = None,
     artifacts_dir: Path | None = None,
     threads: int | None = None,
+    inits: dict[str, Any] | None = None,
 ) -> TrialResult:
-    """Train, evaluate and report one trial. Divergence ends it with status ``diverged``."""
+    """Train, evaluate and report one trial. Divergence ends it with status ``diverged``.
+
+    ``inits``: prior options replaced for this trial, e.g. ``{"sigma_init": [...]}`` from
+    :func:`pipeline.study.chain.chained_inits`; recorded in the metrics (``inits_json``)."""
     if threads:
         torch.set_num_threads(threads)
-    trial = Trial(study, spec, prepared)
+    trial = Trial(study, spec, prepared, inits=inits)
     if resume is not None:
         trial.restore(resume)
     status, reason = "finished", ""
@@ -331,15 +422,33 @@ def run_trial(
             report(row, trial.state())
 
     theta = trial.scheme.theta()
+    columns: dict[str, Any] = {
+        "grad_groups_json": getattr(trial, "grad_groups", {}),
+        # what the trial started from: chained options and θ after the seed's jitter
+        "inits_json": {"overrides": trial.inits, "theta": trial.initial_theta},
+    }
+    extra: dict[str, float] = {}
+    if trial.backward_steps:  # DEQ: steps whose implicit backward missed backward_tol
+        extra["backward_unconverged_frac"] = trial.backward_unconverged / trial.backward_steps
     if status != "finished":
         last = trial.history[-1] if trial.history else {}
-        return TrialResult(status, reason, dict(last), trial.history, theta)
+        return TrialResult(
+            status, reason, {**last, **extra}, trial.history, theta, json_columns=columns
+        )
 
     per_image = trial.evaluate(trial.test)
     eq_residual = trial.solve_residual
     at_depth_iters = iterations_at_depth(spec)
     at_depth = per_image if at_depth_iters is None else trial.evaluate(trial.test, at_depth_iters)
+    # one trained model at several depths (the reference code's histograms): 1 step, K steps
+    one = trial.evaluate(trial.test, 1)
+    k_steps = one if spec.depth == 1 else trial.evaluate(trial.test, spec.depth)
+    columns["test_psnr_1_per_image"] = one.tolist()
+    columns["test_psnr_k_per_image"] = k_steps.tolist()
     metrics = {
+        **extra,
+        "test_psnr_1": float(one.mean()),
+        "test_psnr_k": float(k_steps.mean()),
         **trial.history[-1],
         "test_psnr": float(per_image.mean()),
         "test_psnr_at_depth": float(at_depth.mean()),
@@ -353,7 +462,16 @@ def run_trial(
     artifacts: list[Path] = []
     if artifacts_dir is not None:
         artifacts = write_artifacts(trial, theta, artifacts_dir, study.report.images)
-    return TrialResult(status, reason, metrics, trial.history, theta, per_image.tolist(), artifacts)
+    return TrialResult(
+        status,
+        reason,
+        metrics,
+        trial.history,
+        theta,
+        per_image.tolist(),
+        artifacts,
+        json_columns=columns,
+    )
 
 
 def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int) -> list[Path]:

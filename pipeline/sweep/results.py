@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.families import prior_family
-from pipeline.study.tables import HISTORY_COLUMNS, TRIAL_COLUMNS
+from pipeline.study.tables import HISTORY_COLUMNS, JSON_LIST_COLUMNS, TRIAL_COLUMNS
 
 
 def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
@@ -54,7 +54,10 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
         for col in TRIAL_COLUMNS:
             if col not in row:
                 row[col] = metrics.get(col, math.nan)
-        row["test_psnr_per_image"] = json.loads(metrics.get("test_psnr_per_image", "[]"))
+        for col in JSON_LIST_COLUMNS:
+            row[col] = json.loads(metrics.get(col, "[]"))
+        row["grad_groups_json"] = metrics.get("grad_groups_json", "{}")
+        row["inits_json"] = metrics.get("inits_json", "{}")
         row["theta_json"] = metrics.get("theta_json", "{}")
         row["mlflow_run_id"] = metrics.get("mlflow_run_id", "")
         row["node_id"] = metrics.get("node_id", "")

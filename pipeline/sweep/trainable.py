@@ -56,7 +56,7 @@ def train_trial(
             tune.report(kept)
             return
         c.update_run(run.run_id, status="RUNNING")
-    result, progress = _train(study, spec, context, c, run, bundle, weights)
+    result, progress = _train(study, spec, context, c, run, bundle, weights, point.get("inits"))
     tune.report(_log_final(c, run, result, progress, node_id))
 
 
@@ -70,6 +70,8 @@ def _open_run(
 ) -> tracking.ChildRun:
     """The trial's child run (an earlier attempt's, if any), tagged with where it runs."""
     params = trial_params(study, point, spec.prior, weights)
+    if point.get("inits"):  # chained initial values (a later phase of the sweep)
+        params["inits"] = point["inits"]
     where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
     return tracking.open_child(
         context.tracking_uri,
@@ -90,6 +92,7 @@ def _train(
     run: tracking.ChildRun,
     bundle: PreparedBundle | None,
     weights: WeightsBundle | None,
+    inits: dict[str, Any] | None = None,
 ) -> tuple[Any, _Progress]:
     """Train from Tune's checkpoint, if any; the run ends KILLED or FAILED when training does."""
     from ray import tune
@@ -115,6 +118,7 @@ def _train(
             resume=resume,
             artifacts_dir=artifacts,
             threads=context.threads,
+            inits=inits,
         )
     except KeyboardInterrupt:
         tracking.finish(c, run_id, "interrupted", "interrupted", "KILLED")
@@ -151,6 +155,7 @@ def _log_final(
         "test_psnr_per_image": json.dumps(result.per_image_psnr),
         "theta_json": json.dumps(result.theta),
         "history_json": json.dumps(result.history),
+        **{k: json.dumps(v) for k, v in result.json_columns.items()},
         "mlflow_run_id": run_id,
         "node_id": node_id,
     }

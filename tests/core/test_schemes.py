@@ -409,7 +409,7 @@ def test_theta_natural_form_and_frozen_step() -> None:
 
 def test_scheme_errors() -> None:
     with pytest.raises(ValueError, match="did you mean 'weighted_l1'"):
-        WaveletFB(prior="weighted_l2")
+        WaveletFB(prior="weighted_ll")
     with pytest.raises(ValueError, match="per_subband"):
         WaveletFB(prior="l1", per_subband=True)
     with pytest.raises(ValueError, match="expected 1 or 3 values"):

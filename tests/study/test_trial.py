@@ -115,7 +115,7 @@ def test_trained_denoiser_uses_its_own_learning_rate(root: Path) -> None:
     groups = trial.optimizer.param_groups
     assert [g["lr"] for g in groups] == [0.05, 1e-3]
     theta_ids = {id(p) for p in groups[0]["params"]}
-    assert theta_ids == {id(trial.scheme.log_sigma), id(trial.scheme.log_tau),
+    assert theta_ids == {id(trial.scheme.log_sigma), id(trial.scheme.logit_tau),
                          id(trial.scheme.logit_relaxation)}  # fmt: skip
     assert len(groups[1]["params"]) == len(list(trial.scheme.denoiser.parameters()))
     result = run_trial(study, spec, root / "prepared")

@@ -38,15 +38,15 @@ def _study(raw: dict[str, Any], root: Path = Path("/nonexistent")) -> StudyConfi
 def test_keys_are_stable() -> None:
     grid = build_grid(_study(STUDY))
     assert {p["name"]: p["key"] for p in grid.points} == {
-        "l1-deq-s0": "7f34028acac0dc5f",
-        "l1-rjfb-K2-T0-s0": "047d2f51da88a404",
-        "l1-rjfb-K2-T1-s0": "726b550a7cd8aebd",
-        "pnp-deq-s0": "2a8ec9b1a29b71c0",
-        "pnp-rjfb-K2-T0-s0": "8ffa86dfc4c3e8e2",
-        "pnp-rjfb-K2-T1-s0": "7d0fcecd86ff0e24",
+        "l1-deq-s0": "9c672392e2b88683",
+        "l1-rjfb-K2-T0-s0": "3fb577139fcf9a9a",
+        "l1-rjfb-K2-T1-s0": "163e08f181a9e378",
+        "pnp-deq-s0": "5d818df90b74e629",
+        "pnp-rjfb-K2-T0-s0": "01441b6da0a331bc",
+        "pnp-rjfb-K2-T1-s0": "704061d4136f87f7",
     }
-    assert grid.key == "fc6d515c6f84"
-    assert grid.name == "sweep-fc6d515c6f84"
+    assert grid.key == "7b22edee788b"
+    assert grid.name == "sweep-7b22edee788b"
 
 
 def test_grid_points_follow_the_trials_in_order() -> None:
