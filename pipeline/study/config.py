@@ -1095,9 +1095,30 @@ _BOUNDS = {
 }
 
 
+# how pydantic labels the member of a union (``float | list[float]``) that an error came from:
+# a part of the error's location that is no key of the file
+_UNION_MEMBER = re.compile(r"(constrained-)?(float|int|str|bool)|(list|dict|tuple)\[.*\]")
+
+
+def _file_loc(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    """``loc`` without pydantic's union-member labels, where the file has no such key."""
+    out: list[Any] = []
+    node = raw
+    for part in loc:
+        has = isinstance(node, dict) and part in node
+        if not has and isinstance(part, str) and _UNION_MEMBER.fullmatch(part):
+            continue
+        out.append(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return tuple(out)
+
+
 def _describe(err: ValidationError, raw: Any) -> str:
     e = _first_error(err)
-    loc = tuple(e.get("loc", ()))
+    loc = _file_loc(tuple(e.get("loc", ())), raw)
     typ = e.get("type", "")
     ctx = e.get("ctx") or {}
     inner = ctx.get("error")
