@@ -11,7 +11,9 @@ file, exit code 2, and nothing written. Prepared data made with another ``data``
 params.yaml's is refused unless ``--allow-stale-data`` (the trials then record the prepared
 data's own parameters, from its manifest). A sweep whose every trial failed exits 1 with one line
 and leaves the previous tables in place. Interrupted (Ctrl-C, SIGTERM, or the driver killed), it
-exits without writing tables; running it again resumes the sweep where it stopped.
+exits without writing tables; running it again resumes the sweep where it stopped. After the
+tables it registers each prior's best configuration in the MLflow model registry (alias
+``best``, ``pipeline.sweep.registry``); its last line is where the experiment's runs table is.
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipeline.study.config import load_params
+    from pipeline.sweep import tracking
     from pipeline.sweep.cluster import in_ray_job
     from pipeline.sweep.driver import run_sweep
     from pipeline.sweep.preflight import all_failed, stale_checked
+    from pipeline.sweep.registry import register_best
     from pipeline.sweep.results import write_tables
     from pipeline.util.paths import check_output_dir
 
@@ -74,11 +78,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_tables(trials, history, Path(args.out))
     counts = trials["status"].value_counts().to_dict()
     print(f"sweep: {len(trials)} trials {counts}; tables in {args.out}/")
+    for best in register_best(cfg.tracking_uri, cfg.mlflow.experiment, trials):
+        print(
+            f"registered: {best.model} version {best.version} (alias best) = {best.trial}, "
+            f"test PSNR {best.test_psnr:.2f} dB, ΔPSNR vs DEQ {best.delta_psnr_vs_deq:+.2f} dB"
+        )
     if in_ray_job() and not Path(args.out).is_absolute():
         print(
             "note: this job's working dir is temporary; the tables are also artifacts of the "
             "sweep's parent MLflow run (or pass --out on shared storage)"
         )
+    experiment_id = tracking.ensure_experiment(cfg.tracking_uri, cfg.mlflow.experiment)
+    print(f"runs table: {tracking.runs_table_hint(cfg.tracking_uri, experiment_id)}")
     return 0
 
 

@@ -768,6 +768,12 @@ class MlflowConfig(_Strict):
     experiment: str = Field(
         "rjfb-study", min_length=1, description="MLflow experiment name, non-empty"
     )
+    system_metrics_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="seconds between MLflow system metrics samples (CPU, memory, GPU) of each "
+        "trial's run, also sampled once when the trial ends; 0: none",
+    )
 
     @model_validator(mode="after")
     def _scheme(self) -> MlflowConfig:

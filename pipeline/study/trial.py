@@ -475,8 +475,11 @@ def run_trial(
 
 
 def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int) -> list[Path]:
-    """A PNG grid (truth / observation / at equilibrium / at depth) and θ as JSON."""
+    """A PNG grid (truth / observation / at equilibrium / at depth), θ as JSON and the trained
+    scheme as state dicts (``model/``, :mod:`pipeline.study.export`)."""
     import matplotlib
+
+    from pipeline.study.export import export_model
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -508,4 +511,4 @@ def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int)
     grid = out / "reconstructions.png"
     fig.savefig(grid, dpi=110)
     plt.close(fig)
-    return [grid, theta_path]
+    return [grid, theta_path, export_model(trial, out)]

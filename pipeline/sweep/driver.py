@@ -28,6 +28,7 @@ Where things live on a cluster (see ``docs/cluster.md``):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from collections.abc import Iterator
@@ -145,6 +146,7 @@ class _Attempt:
     experiment_id: str
     parent_run_id: str
     restoring: bool
+    tags: dict[str, str]  # of every run: the code's git commit, the DVC experiment
 
 
 def _open_attempt(cfg: StudyConfig, grid: Grid, path: str) -> _Attempt:
@@ -154,6 +156,7 @@ def _open_attempt(cfg: StudyConfig, grid: Grid, path: str) -> _Attempt:
     uri = cfg.tracking_uri
     experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment)
     restoring = tune.Tuner.can_restore(path)
+    tags = tracking.code_tags(cfg.root)
     parent = tracking.parent_run(
         uri,
         experiment_id,
@@ -162,12 +165,13 @@ def _open_attempt(cfg: StudyConfig, grid: Grid, path: str) -> _Attempt:
         cfg.model_dump(mode="json"),
         tune_path=path,
         resume=restoring,
+        tags=tags,
     )
     c = tracking.client(uri)
     if restoring:
         # Children left RUNNING by a killed driver: the trials Tune resumes reopen theirs.
         tracking.close_children(c, experiment_id, parent, "KILLED", "driver interrupted")
-    return _Attempt(uri, c, experiment_id, parent, restoring)
+    return _Attempt(uri, c, experiment_id, parent, restoring, tags)
 
 
 # --------------------------------------------------------------------------- run
@@ -195,6 +199,9 @@ def _trainable(cfg: StudyConfig, prepared: Path, attempt: _Attempt, ship: bool) 
     """``tune_trainable`` bound to what every trial needs and to the sweep's resources."""
     from ray import tune
 
+    from pipeline.study.data import read_manifest
+
+    dataset = tracking.dataset_ref(prepared, read_manifest(prepared))
     context = TrialContext(
         study=cfg.model_dump(mode="json"),
         root=str(cfg.root),
@@ -204,6 +211,9 @@ def _trainable(cfg: StudyConfig, prepared: Path, attempt: _Attempt, ship: bool) 
         parent_run_id=attempt.parent_run_id,
         threads=max(1, int(cfg.ray.cpus_per_trial)),
         checkpoint_every_s=cfg.ray.checkpoint_every_s,
+        tags=attempt.tags,
+        dataset=dataclasses.asdict(dataset),
+        system_metrics_interval_s=cfg.mlflow.system_metrics_interval_s,
     )
     bundle = pack_prepared(prepared) if ship else None
     weights = pack_weights(cfg) if ship else None

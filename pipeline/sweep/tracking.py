@@ -13,16 +13,23 @@ child), so a resumed sweep logs into the same runs instead of duplicating them:
   ``RUNNING``; the next attempt reopens the ones it resumes;
 * metrics are logged once per step: a resumed trial skips the epochs its run already has.
 
+Conventions the MLflow UI reads (its runs table's Source and Dataset columns): every run carries
+the code's git commit (``mlflow.source.git.commit``, when the sweep runs in a git checkout) and
+the DVC experiment name (``rjfb.dvc_exp_name``, under ``dvc exp run``), and every child run
+logs the prepared data it trained on as a dataset input (name, a digest of the manifest's
+checksums, the prepared folder as its source).
+
 Everything goes through an explicit ``MlflowClient`` for a given tracking URI: no global MLflow
 state, which matters inside Ray workers whose working directory Tune changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,10 @@ REASON = "rjfb.status_reason"
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 RESULT_FILE = "result.json"
+GIT_COMMIT = "mlflow.source.git.commit"
+SOURCE_NAME = "mlflow.source.name"
+SOURCE_TYPE = "mlflow.source.type"
+DVC_EXP = "rjfb.dvc_exp_name"
 
 
 class TrackingError(UserError):
@@ -121,6 +132,100 @@ def ensure_experiment(uri: str, name: str) -> str:
     return c.create_experiment(name)
 
 
+def runs_table_hint(uri: str, experiment_id: str) -> str:
+    """Where to see the experiment's runs table. MLflow 3.17's UI opens an experiment on its
+    GenAI overview (traces: empty for training runs), so the link names the runs page."""
+    page = f"#/experiments/{experiment_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return (
+        f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1  "
+        f"then open http://127.0.0.1:5000/{page}"
+    )
+
+
+def code_tags(root: Path | None = None, timeout_s: float = 5.0) -> dict[str, str]:
+    """The tags that link a run to the code that produced it: the git commit of ``root`` (absent
+    outside a git checkout or when git is missing or slow), the DVC experiment's name (absent
+    unless ``dvc exp run`` set ``DVC_EXP_NAME``), and the entry point as the run's source."""
+    import os
+    import subprocess
+
+    tags = {SOURCE_NAME: "stages/sweep.py", SOURCE_TYPE: "LOCAL"}
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root or Path.cwd(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        commit = out.stdout.strip()
+        if (
+            out.returncode == 0
+            and len(commit) >= 40
+            and all(ch in "0123456789abcdef" for ch in commit)
+        ):
+            tags[GIT_COMMIT] = commit
+    except (OSError, subprocess.SubprocessError):
+        pass
+    exp = os.environ.get("DVC_EXP_NAME", "").strip()
+    if exp:
+        tags[DVC_EXP] = exp[:250]
+    return tags
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """The prepared data as an MLflow dataset input (plain values: travels to the trials)."""
+
+    name: str
+    digest: str
+    source: str  # the prepared folder (absolute path)
+    profile: str  # JSON: patches per split, channels, patch size, degradation
+
+
+def dataset_ref(prepared: Path, manifest: Mapping[str, Any]) -> DatasetRef:
+    """``prepared``'s dataset: its digest is the sha256 of the manifest's file checksums (the
+    same files give the same digest wherever they were made or copied)."""
+    import hashlib
+
+    files = manifest.get("files", {})
+    listing = "\n".join(f"{name} {files[name]}" for name in sorted(files))
+    digest = hashlib.sha256(listing.encode("utf-8")).hexdigest()[:16]
+    profile = {
+        "patches": {k: v.get("patches") for k, v in manifest.get("splits", {}).items()},
+        "channels": manifest.get("channels"),
+        "patch_size": manifest.get("patch_size"),
+        "degradation": manifest.get("degradation"),
+        "source": manifest.get("source"),
+    }
+    path = Path(prepared).resolve()
+    return DatasetRef(path.name, digest, str(path), json.dumps(profile, sort_keys=True))
+
+
+def log_dataset(c, run_id: str, ref: DatasetRef, context: str = "training") -> None:
+    """Log ``ref`` as the run's dataset input (MLflow keeps one record per dataset and run, so
+    a reopened run logging it again adds nothing)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(ref.source)
+    entity = Dataset(
+        name=ref.name,
+        digest=ref.digest,
+        source_type=source._get_source_type(),
+        source=source.to_json(),
+        profile=ref.profile,
+    )
+    c.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+
+
 def _search(c, experiment_id: str, query: str) -> list[Any]:
     """Every run matching ``query`` (all pages), newest first."""
     runs: list[Any] = []
@@ -155,6 +260,7 @@ def parent_run(
     *,
     tune_path: str = "",
     resume: bool = True,
+    tags: Mapping[str, str] | None = None,
 ) -> str:
     """The parent run of one sweep attempt.
 
@@ -170,13 +276,15 @@ def parent_run(
         for run in parents:
             if run.data.tags.get(TUNE_PATH, tune_path) == tune_path:
                 c.update_run(run.info.run_id, status="RUNNING")
+                for k, v in (tags or {}).items():
+                    c.set_tag(run.info.run_id, k, v)
                 return run.info.run_id
     for run in parents:
         if run.info.status == "RUNNING":
             close_children(c, experiment_id, run.info.run_id, "KILLED", "superseded")
             finish(c, run.info.run_id, "superseded", "a fresh sweep replaced it", "KILLED")
-    tags = {SWEEP_KEY: sweep_key, RUN_NAME: name, TUNE_PATH: tune_path}
-    run = c.create_run(experiment_id, tags=tags)
+    new = {**(tags or {}), SWEEP_KEY: sweep_key, RUN_NAME: name, TUNE_PATH: tune_path}
+    run = c.create_run(experiment_id, tags=new)
     log_params(c, run.info.run_id, params)
     return run.info.run_id
 
@@ -285,7 +393,10 @@ def log_rows(c, run_id: str, rows: Iterable[Mapping[str, float]], step_key: str 
 
 def log_artifacts(c, run_id: str, paths: Iterable[Path]) -> None:
     for p in paths:
-        c.log_artifact(run_id, str(p))
+        if Path(p).is_dir():  # a folder keeps its name (e.g. ``model/``)
+            c.log_artifacts(run_id, str(p), Path(p).name)
+        else:
+            c.log_artifact(run_id, str(p))
 
 
 def log_result(c, run_id: str, result: Mapping[str, Any]) -> None:
@@ -326,3 +437,82 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def metric_name(key: str) -> str:
     # MLflow metric names allow alphanumerics, _ - . / and spaces.
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
+
+
+class _TorchGPUMonitor:
+    """GPU memory from torch (device-wide, every visible GPU) when MLflow's own GPU monitor
+    cannot start (it needs ``pynvml``); same metric names as MLflow's."""
+
+    def __init__(self) -> None:
+        from collections import defaultdict
+
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def collect_metrics(self) -> None:
+        import torch
+
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            self._metrics[f"gpu_{i}_memory_usage_megabytes"].append((total - free) / 1e6)
+            self._metrics[f"gpu_{i}_memory_usage_percentage"].append(100 * (total - free) / total)
+
+    def aggregate_metrics(self) -> dict[str, float]:
+        return {k: round(sum(v) / len(v), 1) for k, v in self._metrics.items() if v}
+
+    def clear_metrics(self) -> None:
+        self._metrics.clear()
+
+
+def _monitor_class():
+    from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    class Monitor(SystemMetricsMonitor):
+        """MLflow's monitor for a run made through a client, that also logs the sample in
+        progress when it stops (MLflow's drops it: a trial shorter than the sampling interval
+        would log nothing)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if not any(isinstance(m, GPUMonitor) for m in self.monitors):
+                import torch
+
+                if torch.cuda.is_available():
+                    self.monitors.append(_TorchGPUMonitor())
+
+        def finish(self) -> None:
+            super().finish()
+            if any(any(v for v in m._metrics.values()) for m in self.monitors):
+                self.publish_metrics(self.aggregate_metrics())
+                self.mlflow_logger.flush()
+
+    return Monitor
+
+
+@contextlib.contextmanager
+def system_metrics(
+    uri: str, run_id: str, interval_s: float, resume: bool = False
+) -> Iterator[None]:
+    """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk, network,
+    GPU when present) for ``run_id`` every ``interval_s`` seconds while the block runs, and
+    once more when it ends; ``interval_s <= 0``: none. ``resume``: continue a reopened run's
+    steps. Monitoring never fails the trial."""
+    import logging
+
+    monitor = None
+    if interval_s > 0:
+        try:
+            # MLflow logs INFO lines on start/stop of every monitor: one per trial is noise
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+            monitor = _monitor_class()(
+                run_id, sampling_interval=interval_s, resume_logging=resume, tracking_uri=uri
+            )
+            monitor.start()
+        except Exception:
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.finish()

@@ -9,7 +9,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,11 @@ class TrialContext:
     parent_run_id: str
     threads: int
     checkpoint_every_s: float = 0.0
+    # tags of every run (git commit, DVC experiment: tracking.code_tags)
+    tags: dict[str, str] = field(default_factory=dict)
+    # the prepared data as an MLflow dataset input (tracking.DatasetRef's fields)
+    dataset: dict[str, str] | None = None
+    system_metrics_interval_s: float = 0.0
 
 
 def train_trial(
@@ -56,7 +61,11 @@ def train_trial(
             tune.report(kept)
             return
         c.update_run(run.run_id, status="RUNNING")
-    result, progress = _train(study, spec, context, c, run, bundle, weights, point.get("inits"))
+    if context.dataset is not None:
+        tracking.log_dataset(c, run.run_id, tracking.DatasetRef(**context.dataset))
+    interval = context.system_metrics_interval_s
+    with tracking.system_metrics(context.tracking_uri, run.run_id, interval, run.reopened):
+        result, progress = _train(study, spec, context, c, run, bundle, weights, point.get("inits"))
     tune.report(_log_final(c, run, result, progress, node_id))
 
 
@@ -72,7 +81,11 @@ def _open_run(
     params = trial_params(study, point, spec.prior, weights)
     if point.get("inits"):  # chained initial values (a later phase of the sweep)
         params["inits"] = point["inits"]
-    where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
+    where = {
+        **context.tags,
+        tracking.NODE_ID: node_id,
+        tracking.HOST: f"{socket.gethostname()}:{os.getpid()}",
+    }
     return tracking.open_child(
         context.tracking_uri,
         context.experiment_id,
