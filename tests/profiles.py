@@ -83,6 +83,12 @@ TINY = {
     "report": {"images": 2},
 }
 
+
+def repro_log(study: Path) -> Path:
+    """Where the e2e ``study`` fixture keeps its ``dvc repro`` output (outside the checkout)."""
+    return study.parent / f"{study.name}-repro.log"
+
+
 PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", ".dvcignore", "pyproject.toml", ".gitignore")
 
 

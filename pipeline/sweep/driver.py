@@ -202,6 +202,7 @@ def _trainable(cfg: StudyConfig, prepared: Path, attempt: _Attempt, ship: bool) 
     from pipeline.study.data import read_manifest
 
     dataset = tracking.dataset_ref(prepared, read_manifest(prepared))
+    tracking.log_dataset(attempt.client, attempt.parent_run_id, dataset)  # the sweep's data
     context = TrialContext(
         study=cfg.model_dump(mode="json"),
         root=str(cfg.root),

@@ -13,8 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from profiles import TINY, copy_project
+from profiles import repro_log
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -30,29 +29,6 @@ EXPECTED_TRIALS = {
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("study")
-    copy_project(root)
-    (root / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    env = {
-        **os.environ,
-        "DVC_NO_ANALYTICS": "1",
-        "PYTHONPATH": str(root),
-        "RAY_ADDRESS": "",
-        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-    }
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], [*git, "add", "-A"]):
-        out = _run(cmd, root, env)
-        assert out.returncode == 0, out.stderr
-    out = _run([*git, "commit", "-qm", "tiny study"], root, env)
-    assert out.returncode == 0, out.stderr
-    out = _run(["dvc", "repro"], root, env, timeout=900)
-    assert out.returncode == 0, f"dvc repro failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    return root
 
 
 def test_results_table_has_one_row_per_trial_with_the_columns(study: Path) -> None:
@@ -119,6 +95,26 @@ def test_mlflow_parent_with_one_finished_child_per_trial(study: Path) -> None:
         "theta.json",
         "reconstructions.png",
     }
+
+
+def test_runs_link_the_code_the_data_and_the_runs_table(study: Path) -> None:
+    """The sweep stage's last line says how to open the runs table; every run names the
+    checkout's commit, every child the prepared data it trained on."""
+    from mlflow.tracking import MlflowClient
+
+    out = repro_log(study).read_text()
+    c = MlflowClient(tracking_uri=f"sqlite:///{study / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("tiny")
+    assert f"#/experiments/{exp.experiment_id}/runs" in out, out[-2000:]
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=study, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    assert {r.data.tags.get("mlflow.source.git.commit") for r in runs} == {head}
+    for run in runs:
+        (ds,) = run.inputs.dataset_inputs
+        assert ds.dataset.name == "prepared" and len(ds.dataset.digest) == 16
 
 
 def test_repro_again_is_a_no_op(study: Path) -> None:
