@@ -433,11 +433,15 @@ class PnPPrior(PriorConfig):
             learned.append("relaxation")
         if self.train_denoiser:
             net = {"drunet": "DRUNet", "dncnn": "DnCNN"}.get(self.denoiser, "denoiser")
+            lr = (
+                "one Adam group with them, at train.lr"
+                if self.denoiser_lr is None
+                else f"lr {self.denoiser_lr:g}"
+            )
             return PriorFamily(
                 "pnp_trained",
                 f"{net} inside FB, trained",
-                f"{net} inside FB, trained: all denoiser weights (lr {self.denoiser_lr:g}), "
-                f"{', '.join(learned)}",
+                f"{net} inside FB, trained: all denoiser weights ({lr}), {', '.join(learned)}",
             )
         name = FAMILIES["pnp_frozen"]
         return PriorFamily("pnp_frozen", name, f"{name}: learn {', '.join(learned)}")
