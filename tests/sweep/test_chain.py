@@ -224,3 +224,24 @@ def test_check_lists_the_phases(root: Path, capsys: pytest.CaptureFixture[str]) 
     assert all(f"    {n}\n" in phase1 for n in ("pnp-deq-s0", "pnp-deq-s1", "gone-deq-s0"))
     assert "    fb-deq-s1  (sigma_init_from pnp)" in phase2
     assert "    gone_fb-deq-s0  (sigma_init_from gone)" in phase2
+
+
+def test_chain_failures_name_the_failed_sources_and_spare_absent_ones() -> None:
+    from pipeline.study.chain import chain_failures
+    from pipeline.study.config import parse_params
+
+    raw = {**STUDY, "sweep": {**STUDY["sweep"], "extra_trials": []}}
+    study = parse_params(raw)
+    rows = [
+        {"name": "pnp-deq-s0", "prior": "pnp", "estimator": "deq", "depth": 1, "restarts": 0,
+         "seed": 0, "status": "finished", "theta_json": json.dumps({"sigma": 0.04})},
+        {"name": "pnp-deq-s1", "prior": "pnp", "estimator": "deq", "depth": 1, "restarts": 0,
+         "seed": 1, "status": "diverged", "status_reason": "epoch 1: loss is nan",
+         "theta_json": "{}"},
+    ]  # fmt: skip
+    assert chain_failures(study, rows) == {
+        "fb-deq-s1": "sigma_init_from 'pnp': no source trial of seed 1 finished with a learned "
+        "sigma to start from (pnp-deq-s1: diverged (epoch 1: loss is nan))"
+    }
+    # no trial of the source to read from at all: the configured sigma_init, no failure
+    assert chain_failures(study, rows[:1]) == {}
