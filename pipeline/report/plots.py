@@ -477,7 +477,7 @@ def depth_model(p: pd.DataFrame) -> pd.DataFrame:
     return rj[(rj["depth"] == r["depth"]) & (rj["restarts"] == r["restarts"])]
 
 
-def _depth_data(g: pd.DataFrame) -> list[tuple[str, Any, str, np.ndarray]]:
+def depth_data(g: pd.DataFrame) -> list[tuple[str, Any, str, np.ndarray]]:
     out = []
     for label, col, color, ls in DEPTH_COLUMNS:
         if col not in g.columns:
@@ -537,7 +537,7 @@ def _plot_histograms(t: pd.DataFrame, path: Path) -> None:
         else:
             _empty_axis(row[0], _plot_name(t, prior), "no per-image PSNRs")
         g = depth_model(p)
-        depth = _depth_data(g)
+        depth = depth_data(g)
         if depth:
             r = g.iloc[0]
             name = f"rJFB K={fmt_int(r['depth'])}, T={fmt_int(r['restarts'])}"
