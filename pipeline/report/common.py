@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -136,3 +137,12 @@ def json_object(v: Any) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return out if isinstance(out, dict) else {}
+
+
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.=+:,-]")
+
+
+def safe_name(v: Any) -> str:
+    """A name read from an untrusted table (a parameter group's) as the characters the sweep
+    writes only: no markup in ablation.md, no mathtext in a plot's legend."""
+    return _NAME_CHARS.sub("_", str(v))[:100]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipeline.report.common import float_list, fmt_int, is_missing, json_object
+from pipeline.report.common import float_list, fmt_int, is_missing, json_object, safe_name
 from pipeline.report.confidence import Interval, paired_bootstrap, verdict
 from pipeline.report.families import prior_order
 from pipeline.report.tables import deq_rows, sort_configs
@@ -221,7 +221,7 @@ def worst_group(rows: pd.DataFrame) -> tuple[str, float, float]:
             for store, k in ((cos, "cos"), (err, "rel_err")):
                 x = m.get(k)
                 if isinstance(x, int | float) and math.isfinite(x):
-                    store.setdefault(str(g), []).append(float(x))
+                    store.setdefault(safe_name(g), []).append(float(x))
     if not cos:
         return "", math.nan, math.nan
     name = min(cos, key=lambda g: (float(np.mean(cos[g])), g))

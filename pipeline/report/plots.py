@@ -19,6 +19,7 @@ from pipeline.report.common import (
     fmt_int,
     is_missing,
     json_object,
+    safe_name,
 )
 from pipeline.report.families import family_of, prior_order
 from pipeline.report.tables import history_for, rjfb_rows, sort_configs
@@ -626,7 +627,7 @@ def group_errors(rj: pd.DataFrame) -> pd.DataFrame:
         for g, m in json_object(r.grad_groups_json).items():
             v = m.get("rel_err") if isinstance(m, dict) else None
             if isinstance(v, int | float) and math.isfinite(v) and v > 0:
-                recs.append((r.prior, r.depth, r.restarts, str(g), float(v)))
+                recs.append((r.prior, r.depth, r.restarts, safe_name(g), float(v)))
     return pd.DataFrame(recs, columns=cols)
 
 

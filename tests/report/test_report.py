@@ -1020,6 +1020,11 @@ def test_worst_parameter_group_per_configuration(seeded_report):
     assert worse["worst_group_rel_err"] == pytest.approx(1.6)
     assert worse["grad_cos_min_group_mean"] == pytest.approx(-0.35)
     assert _config(c, "pnp_blur", "DEQ")["worst_group"] == ""
+    # a group name is untrusted text: only the characters the sweep writes reach ablation.md
+    from pipeline.report.configs import worst_group
+
+    hostile = pd.DataFrame({"grad_groups_json": ['{"<b>x|y</b>": {"cos": 0.1, "rel_err": 1}}']})
+    assert worst_group(hostile) == ("_b_x_y__b_", 0.1, 1.0)
     w = metrics["priors"]["pnp_blur"]["rjfb_worst_group"]
     assert (w["config"], w["group"]) == ("rJFB K1 T0", "sigma")
     summary = _section(md, "Summary")
