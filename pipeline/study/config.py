@@ -798,6 +798,15 @@ class ReportConfig(_Strict):
     images: PositiveInt = Field(
         4, description="test images in each trial's reconstruction grid, >= 1"
     )
+    deq_unreliable_frac: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description=(
+            "a prior's DEQ baseline is marked unreliable when a DEQ trial's fraction of training "
+            "steps whose implicit backward missed sweep.deq.backward_tol exceeds it, in [0, 1]"
+        ),
+    )
 
 
 class StudyConfig(_Strict):
