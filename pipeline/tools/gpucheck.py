@@ -323,7 +323,6 @@ def check_compile(device: torch.device, tiny: bool = False, repeats: int = 5) ->
     from pipeline.core.compiled import compile_no_grad
     from pipeline.core.estimators import make_estimator
     from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad
-    from pipeline.tools.bench import _sync
 
     shape = COMPILE_TINY if tiny else COMPILE_FULL
     k, t = shape["depth"], shape["restarts"]
@@ -363,6 +362,10 @@ def check_compile(device: torch.device, tiny: bool = False, repeats: int = 5) ->
             torch.autograd.grad(out.square().mean(), [x, *den.parameters()])
 
         return run
+
+    def _sync(device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     out: dict[str, Any] = {"shape": shape, "repeats": repeats, "rows": [], "targets": []}
     for precision in ("float32", "bfloat16"):
