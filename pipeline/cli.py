@@ -22,7 +22,10 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    check = sub.add_parser("check", help="validate params.yaml and list the sweep's trials")
+    check = sub.add_parser(
+        "check",
+        help="validate params.yaml and list the sweep's trials (by phase when priors chain sigma)",
+    )
     check.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     profile = sub.add_parser(
         "profile",
@@ -85,13 +88,24 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "check":
+        from pipeline.study.chain import chains, phases
         from pipeline.study.config import load_params
 
         cfg = load_params(args.params)
         trials = cfg.trials()
-        print(f"{args.params}: valid; {len(trials)} trials")
-        for t in trials:
-            print(f"  {t.name}")
+        first, second = phases(cfg)
+        if not (first and second):  # one phase (the sweep runs it as one Tune experiment)
+            print(f"{args.params}: valid; {len(trials)} trials")
+            for t in trials:
+                print(f"  {t.name}")
+            return 0
+        print(f"{args.params}: valid; {len(trials)} trials in 2 phases")
+        print(f"  phase 1 ({len(first)} trials):")
+        for t in first:
+            print(f"    {t.name}")
+        print(f"  phase 2 ({len(second)} trials, sigma from phase 1's results):")
+        for t in second:
+            print(f"    {t.name}  (sigma_init_from {chains(cfg, t.prior)})")
         return 0
     if args.command == "profile":
         from pipeline.study import profiles

@@ -10,7 +10,8 @@ Public API::
     prior_family(prior_config)                  -> PriorFamily(key, name, label)
     write_report(trials, history, out_dir, cfg, priors=None)
                                                 -> metrics dict; writes ablation.md,
-                                                   metrics.json and plots/*.png atomically
+                                                   metrics.json, configs.parquet and
+                                                   plots/*.png atomically
 
 Modules, by concern:
 
@@ -41,6 +42,9 @@ Conventions:
   config (``write_report(priors=...)``), else from ``prior_type``.
 * Contraction: a prior whose trials have γ̂ > 1 (one step of the scheme at the learned θ) is not
   contractive there; rJFB's agreement with DEQ is then not expected, and the summary says so.
+* Verdicts: every comparison with DEQ in the summary and ``metrics.json`` is a verdict with its
+  95% interval (``equivalent`` / ``worse`` / ``better`` / ``inconclusive``, DEQ itself
+  ``reference``); a verdict against an unreliable DEQ baseline says so.
 * DEQ convergence: the DEQ baseline converged when its last epoch's training forward solves
   ended below ``deq_tol`` (``train_residual``), its implicit backward solves below
   ``deq_backward_tol`` (``train_backward_residual``; judged when the table has both) and its

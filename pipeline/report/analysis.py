@@ -1,5 +1,7 @@
-"""Per-prior numbers of ``metrics.json`` (and of the written summary): counts, deep rJFB against
-DEQ, contraction (γ̂ > 1) and whether the DEQ baseline converged.
+"""Per-prior numbers of ``metrics.json`` (and of the written summary): counts, every
+configuration's verdict against DEQ with its interval (deep rJFB, no restart, one layer, time
+to quality), contraction (γ̂ > 1), whether the DEQ baseline converged and whether it is
+reliable.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline.report.common import (
+    DEEP_K,
+    DEEP_T,
     EPS,
     GAMMA_LIMIT,
-    finite,
     finite_max,
     finite_mean,
     finite_min,
     fmt_int,
+    is_missing,
 )
+from pipeline.report.confidence import VERDICTS
+from pipeline.report.configs import REFERENCE
 from pipeline.report.tables import deep_rows, rjfb_rows
 
 
@@ -32,6 +38,8 @@ def _contraction(p: pd.DataFrame) -> dict[str, Any]:
         "n_gamma_hat": len(g),
         "n_gamma_hat_above_1": len(above),
         "gamma_hat_above_1_trials": list(above["name"]),
+        "gamma_hat_min_above_1": finite_min(above["gamma_hat"]),
+        "gamma_hat_max_trial": (g.loc[g["gamma_hat"].idxmax(), "name"] if len(g) else None),
         # None: no γ̂ recorded
         "contractive": None if g.empty else bool(above.empty),
     }
@@ -165,40 +173,152 @@ def _converged(solves: dict[str, tuple[float, float]], out: dict[str, Any]) -> s
     return ", ".join(parts)
 
 
-def prior_metrics(p: pd.DataFrame, tol: float, hp: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The per-prior numbers of metrics.json (and of the written summary). ``hp``: the history
-    of the prior's DEQ baseline, if any."""
+def _deep_configs(c: pd.DataFrame) -> pd.DataFrame:
+    """rJFB configurations with K≥DEEP_K and T≥DEEP_T (fixed T or a tolerance)."""
+    r = c[c["estimator"] == "rjfb"]
+    return r[(r["depth"] >= DEEP_K) & (r["restarts"] >= DEEP_T)]
+
+
+def overall_verdict(verdicts: list[str]) -> str | None:
+    """Several configurations' verdicts in one word: ``worse`` / ``better`` when some are
+    (``mixed`` when both), else ``inconclusive`` when one is, else ``equivalent``."""
+    v = set(verdicts) - {REFERENCE}
+    if not v:
+        return None
+    if {"worse", "better"} <= v:
+        return "mixed"
+    for word in ("worse", "better", "inconclusive"):
+        if word in v:
+            return word
+    return "equivalent"
+
+
+def _config_entry(r: pd.Series) -> dict[str, Any]:
+    keep = [
+        "estimator",
+        "depth",
+        "restarts",
+        "restart_tol",
+        "start",
+        "iterations",
+        "n_seeds",
+        "n_pairs",
+        "verdict",
+        "delta_psnr_mean",
+        "delta_psnr_ci_low",
+        "delta_psnr_ci_high",
+        "verdict_at_depth",
+        "delta_psnr_at_depth_mean",
+        "delta_psnr_at_depth_ci_low",
+        "delta_psnr_at_depth_ci_high",
+        "time_to_quality_ratio_mean",
+        "time_to_quality_ratio_ci_low",
+        "time_to_quality_ratio_ci_high",
+        "n_seeds_time_to_quality",
+        "grad_cos_min_group_mean",
+        "grad_sign_agree_mean",
+        "worst_group",
+        "worst_group_cos",
+        "gamma_hat_k_mean",
+        "note",
+    ]
+    out = {}
+    for k in keep:
+        v = r[k]
+        if is_missing(v):
+            out[k] = None
+        elif isinstance(v, np.integer):
+            out[k] = int(v)
+        elif isinstance(v, float | np.floating):
+            out[k] = float(v) if math.isfinite(v) else None
+        else:
+            out[k] = v
+    return out
+
+
+def _verdict_metrics(p: pd.DataFrame, c: pd.DataFrame, tol: float) -> dict[str, Any]:
+    """Every comparison with DEQ as a verdict with its interval (per configuration, over
+    seeds): the deep rJFB point, the no-restart networks, one layer, time to quality."""
+    compared = c[c["verdict"] != REFERENCE]
+    counts = compared["verdict"].value_counts()
+    deep_all = deep_rows(p)
+    deep = _deep_configs(compared)
+    deep_v = overall_verdict(list(deep["verdict"]))
+    unfinished = int((~deep_all["finished"]).sum())
+    within = None
+    if deep_v in ("worse", "better", "mixed") or (deep_v is not None and unfinished):
+        within = False
+    elif deep_v == "equivalent":
+        within = True
+    rj = compared[compared["estimator"] == "rjfb"]
+    one = rj[(rj["depth"] == 1) & (rj["restarts"] == 0) & (rj["start"] == "y")]
+    t0 = rj[rj["restarts"] == 0]
+    m: dict[str, Any] = {
+        "delta_psnr_tolerance": tol,
+        "configs": {r["label"]: _config_entry(r) for _, r in c.iterrows()},
+        "verdict_counts": {v: int(counts.get(v, 0)) for v in VERDICTS},
+        "rjfb_k5_t5_verdicts": dict(zip(deep["label"], deep["verdict"], strict=True)),
+        "rjfb_k5_t5_verdict": deep_v,
+        "rjfb_k5_t5_within_tolerance": within,
+        "n_rjfb_k5_t5": len(deep_all),
+        "n_rjfb_k5_t5_unfinished": unfinished,
+        "rjfb_t0_verdicts": dict(zip(t0["label"], t0["verdict"], strict=True)),
+        "rjfb_k1_t0_verdict": one["verdict"].iloc[0] if len(one) else None,
+        "best_rjfb_time_to_quality_ratio": None,
+        "best_rjfb_time_to_quality_ci": None,
+        "best_rjfb_time_to_quality_config": None,
+        "best_rjfb_time_to_quality_seeds": None,
+        "rjfb_worst_group": None,
+    }
+    ttq = rj[np.isfinite(rj["time_to_quality_ratio_mean"].to_numpy(dtype=float))]
+    if len(ttq):
+        b = ttq.loc[ttq["time_to_quality_ratio_mean"].idxmin()]
+        m["best_rjfb_time_to_quality_ratio"] = float(b["time_to_quality_ratio_mean"])
+        m["best_rjfb_time_to_quality_ci"] = [
+            float(b["time_to_quality_ratio_ci_low"]),
+            float(b["time_to_quality_ratio_ci_high"]),
+        ]
+        m["best_rjfb_time_to_quality_config"] = b["label"]
+        m["best_rjfb_time_to_quality_seeds"] = int(b["n_seeds_time_to_quality"])
+    groups = rj[(rj["worst_group"] != "") & np.isfinite(rj["worst_group_cos"].to_numpy(float))]
+    if len(groups):
+        w = groups.loc[groups["worst_group_cos"].idxmin()]
+        m["rjfb_worst_group"] = {
+            "config": w["label"],
+            "group": w["worst_group"],
+            "cos": float(w["worst_group_cos"]),
+            "rel_err": None
+            if is_missing(w["worst_group_rel_err"])
+            else float(w["worst_group_rel_err"]),
+        }
+    return m
+
+
+def prior_metrics(
+    p: pd.DataFrame,
+    c: pd.DataFrame,
+    reliability: dict[str, Any],
+    tol: float,
+    hp: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """The per-prior numbers of metrics.json (and of the written summary). ``c``: the prior's
+    rows of the configurations table (verdicts over seeds); ``reliability``: its DEQ
+    baseline's (``configs.deq_reliability``); ``hp``: the history of the prior's DEQ
+    baseline, if any."""
     status = p["status"]
     deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
     rj = rjfb_rows(p)
-    rj_delta = finite(rj["delta_psnr_vs_deq"])
-    deep_all = deep_rows(p)
-    deep = deep_all[deep_all["finished"]]
-    deep_delta = finite(deep["delta_psnr_vs_deq"])
-    t0 = rj[rj["restarts"] == 0]
-    ttq = finite(rj["time_to_quality_ratio_vs_deq"])
     m: dict[str, Any] = {
         "n_trials": len(p),
         "n_finished": int((status == "finished").sum()),
         "n_diverged": int((status == "diverged").sum()),
         "n_failed": int((status == "failed").sum()),
         "n_other": int((~status.isin(["finished", "diverged", "failed"])).sum()),
+        "n_seeds": int(p["seed_key"].nunique()),
         "input_psnr": finite_mean(p["test_psnr_input"]),
         "deq_test_psnr": finite_mean(deq["test_psnr"]),
         "deq_train_seconds": finite_mean(deq["train_seconds"]),
         "deq_peak_mem_mib": finite_mean(deq["peak_mem_mib"]),
-        "best_rjfb_delta_psnr": None,
-        "best_rjfb_trial": None,
-        "worst_rjfb_delta_psnr_k5_t5": None,
-        "worst_rjfb_trial_k5_t5": None,
-        "max_abs_rjfb_delta_psnr_k5_t5": None,
-        "rjfb_k5_t5_within_tolerance": None,
-        "n_rjfb_k5_t5": len(deep_all),
-        "n_rjfb_k5_t5_unfinished": int((~deep_all["finished"]).sum()),
-        "mean_delta_psnr_t0": finite_mean(t0["delta_psnr_vs_deq"]),
-        "mean_delta_psnr_at_depth_t0": finite_mean(t0["delta_psnr_at_depth_vs_deq"]),
-        "best_rjfb_time_to_quality_ratio": None,
-        "best_rjfb_time_to_quality_trial": None,
         "rjfb_time_ratio_min": finite_min(rj["time_ratio_vs_deq"]),
         "rjfb_time_ratio_max": finite_max(rj["time_ratio_vs_deq"]),
         "rjfb_mem_ratio_min": finite_min(rj["mem_ratio_vs_deq"]),
@@ -208,24 +328,10 @@ def prior_metrics(p: pd.DataFrame, tol: float, hp: pd.DataFrame | None = None) -
         m["family"] = p["prior_family"].iloc[0] if len(p) else None
         m["family_label"] = p["prior_label"].iloc[0] if len(p) else None
     m.update(_contraction(p))
+    m.update(_verdict_metrics(p, c, tol))
     # within-tolerance agreement of deep rJFB with DEQ is the expectation only where the
     # scheme contracts (γ̂ ≤ 1)
     m["rjfb_k5_t5_expected_within_tolerance"] = m["contractive"] is not False
     m.update(_deq_convergence(p, hp))
-    if len(rj_delta):
-        i = rj_delta.idxmax()
-        m["best_rjfb_delta_psnr"] = float(rj_delta[i])
-        m["best_rjfb_trial"] = p.loc[i, "name"]
-    if len(deep_delta):
-        i = deep_delta.idxmin()
-        m["worst_rjfb_delta_psnr_k5_t5"] = float(deep_delta[i])
-        m["worst_rjfb_trial_k5_t5"] = p.loc[i, "name"]
-        m["max_abs_rjfb_delta_psnr_k5_t5"] = float(deep_delta.abs().max())
-        m["rjfb_k5_t5_within_tolerance"] = bool(
-            deep_delta.abs().max() <= tol + EPS and m["n_rjfb_k5_t5_unfinished"] == 0
-        )
-    if len(ttq):
-        i = ttq.idxmin()
-        m["best_rjfb_time_to_quality_ratio"] = float(ttq[i])
-        m["best_rjfb_time_to_quality_trial"] = p.loc[i, "name"]
+    m.update(reliability)
     return m

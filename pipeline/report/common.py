@@ -4,7 +4,9 @@ missing values and number formatting.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,7 @@ PLOT_FILES = {
     "theta_trajectories.png": "Learned hyperparameters along training",
     "psnr_histograms.png": "Per-image test PSNR histograms",
     "val_psnr_curves.png": "Validation PSNR vs wall time",
+    "grad_groups_vs_depth.png": "Gradient error per parameter group vs K",
 }
 
 # "Deep" rJFB configurations, for which the method predicts DEQ-level quality at equilibrium.
@@ -103,3 +106,43 @@ def finite_min(s: pd.Series) -> float | None:
 def finite_max(s: pd.Series) -> float | None:
     f = finite(s)
     return float(f.max()) if len(f) else None
+
+
+def float_list(v: Any) -> np.ndarray:
+    """A per-image column's value as floats, positions kept (NaN where an entry is missing).
+
+    The sweep writes lists (parquet arrays on reading back); older or hand-made tables may hold
+    a JSON string, ``None`` or NaN: anything unreadable is an empty array."""
+    if v is None or (not isinstance(v, str | bytes) and np.ndim(v) == 0 and is_missing(v)):
+        return np.array([])
+    if isinstance(v, str | bytes):
+        try:
+            v = json.loads(v)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return np.array([])
+    try:
+        return np.asarray(v, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return np.array([])
+
+
+def json_object(v: Any) -> dict[str, Any]:
+    """A JSON-object column's value (``grad_groups_json``) as a dict; {} when unreadable."""
+    if isinstance(v, dict):
+        return v
+    if not isinstance(v, str | bytes):
+        return {}
+    try:
+        out = json.loads(v)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.=+:,-]")
+
+
+def safe_name(v: Any) -> str:
+    """A name read from an untrusted table (a parameter group's) as the characters the sweep
+    writes only: no markup in ablation.md, no mathtext in a plot's legend."""
+    return _NAME_CHARS.sub("_", str(v))[:100]

@@ -21,6 +21,7 @@ from pipeline.report.common import (
     fmt_times,
     is_missing,
 )
+from pipeline.report.configs import REFERENCE, fmt_ci, fmt_ratio_ci, unreliable
 from pipeline.report.families import prior_order
 from pipeline.report.summary import summary_lines
 
@@ -113,9 +114,14 @@ def _ttq_cell(r: Any) -> str:
 
 
 def render_markdown(
-    t: pd.DataFrame, metrics: dict[str, Any], cfg: ReportConfig, has_history: bool
+    t: pd.DataFrame,
+    c: pd.DataFrame,
+    metrics: dict[str, Any],
+    cfg: ReportConfig,
+    has_history: bool,
 ) -> str:
-    """``ablation.md``: counts, the summary, a section per prior, the failures, the plots."""
+    """``ablation.md``: counts, the summary, the verdicts per prior × configuration, a section
+    per prior, the failures, the plots. ``c``: the configurations table."""
     md = [
         "# Ablation: restarted JFB vs deep-equilibrium training",
         "",
@@ -127,8 +133,9 @@ def render_markdown(
         "",
         "## Summary",
         "",
-        *summary_lines(t, metrics, cfg, has_history),
+        *summary_lines(t, c, metrics, cfg, has_history),
         "",
+        *_headline(c, cfg),
         "## Results per prior",
         "",
         _results_legend(cfg),
@@ -137,7 +144,9 @@ def render_markdown(
     if not len(t):
         md += ["No trials.", ""]
     for prior in prior_order(t):
-        md += _prior_section(t[t["prior"] == prior], prior, metrics["priors"][prior], cfg)
+        md += _prior_section(
+            t[t["prior"] == prior], c[c["prior"] == prior], prior, metrics["priors"][prior], cfg
+        )
     md += _failures_section(t)
     md += ["## Plots", ""]
     for fname, title in PLOT_FILES.items():
@@ -160,8 +169,11 @@ def _results_legend(cfg: ReportConfig) -> str:
     )
 
 
-def _prior_section(p: pd.DataFrame, prior: str, m: dict[str, Any], cfg: ReportConfig) -> list[str]:
-    """One prior: its DEQ baseline and whether it converged, contraction, the trials table."""
+def _prior_section(
+    p: pd.DataFrame, c: pd.DataFrame, prior: str, m: dict[str, Any], cfg: ReportConfig
+) -> list[str]:
+    """One prior: its DEQ baseline, whether it converged and is reliable, contraction, the
+    configurations over seeds and the trials table."""
     ptype = next((x for x in p["prior_type"] if x), "")
     label = next((x for x in p["prior_label"] if x), "") or ptype
     md = [f"### Prior `{prior}`" + (f" — {label}" if label and label != prior else ""), ""]
@@ -173,6 +185,9 @@ def _prior_section(p: pd.DataFrame, prior: str, m: dict[str, Any], cfg: ReportCo
             f"{m['deq_convergence']}.",
             "",
         ]
+    if m["deq_reliable"] is not None:
+        word = "reliable" if m["deq_reliable"] else "**unreliable**"
+        md += [f"DEQ baseline {word}: {m['deq_reliability']}.", ""]
     if m["contractive"] is False:
         md += [
             f"**Not contractive**: γ̂ > 1 in {m['n_gamma_hat_above_1']} of "
@@ -181,6 +196,8 @@ def _prior_section(p: pd.DataFrame, prior: str, m: dict[str, Any], cfg: ReportCo
             "is not expected for this prior.",
             "",
         ]
+    md += _configs_section(c)
+    md += ["Trials:", ""]
     md += _md_table(_TABLE_HEADER, (_table_row(r) for r in p.itertuples(index=False)))
     md += [
         "",
@@ -226,4 +243,131 @@ def _failures_section(t: pd.DataFrame) -> list[str]:
             for r in bad.itertuples(index=False)
         ),
     )
+    return [*md, ""]
+
+
+_VERDICT_CELL = {"worse": "**worse**", "better": "**better**", REFERENCE: "reference"}
+
+
+def _verdict_cell(r: Any, at_depth: bool = False) -> str:
+    v = r["verdict_at_depth" if at_depth else "verdict"]
+    text = _VERDICT_CELL.get(v, v)
+    if v != REFERENCE and unreliable(r):
+        text += " †"
+    return text
+
+
+def _headline(c: pd.DataFrame, cfg: ReportConfig) -> list[str]:
+    """The verdict of every configuration against DEQ, per prior × configuration."""
+    md = ["## Verdicts against DEQ", ""]
+    if c.empty:
+        return [*md, "No configurations.", ""]
+    priors = list(dict.fromkeys(c["prior"]))
+    labels = list(dict.fromkeys(c.sort_values("label", key=_label_order, kind="stable")["label"]))
+    cells = {(r["prior"], r["label"]): r for _, r in c.iterrows()}
+    rows = []
+    for lab in labels:
+        row = [_cell(lab)]
+        for p in priors:
+            r = cells.get((p, lab))
+            if r is None:
+                row.append("—")
+            elif r["verdict"] == REFERENCE:
+                row.append("reference")
+            elif int(r["n_seeds"]) == 0:
+                row.append("inconclusive: no finished trial")
+            else:
+                ci = fmt_ci(r["delta_psnr_mean"], r["delta_psnr_ci_low"], r["delta_psnr_ci_high"])
+                row.append(f"{_verdict_cell(r)} {ci.replace(' dB', '')} ({int(r['n_seeds'])})")
+        rows.append(row)
+    md += [
+        f"ΔPSNR at equilibrium against the DEQ trial of the same seed: verdict, mean (dB) "
+        f"[95% paired bootstrap interval over (test image, seed)] (seeds). *equivalent*: "
+        f"the interval lies within ±{cfg.delta_psnr_tolerance:g} dB; *worse* / *better*: "
+        "entirely beyond it; *inconclusive*: neither (or a single pair). † against an "
+        "unreliable DEQ baseline.",
+        "",
+    ]
+    md += _md_table(["configuration", *[f"`{_cell(p)}`" for p in priors]], rows)
+    return [*md, ""]
+
+
+def _label_order(labels: pd.Series) -> pd.Series:
+    """Configurations in the order DEQ, rJFB, JFB, unrolled, then as the table lists them."""
+    est = labels.map(lambda s: {"DEQ": 0, "rJFB": 1, "JFB": 2}.get(s.split(" ", 1)[0], 3))
+    return est
+
+
+_CONFIG_HEADER = [
+    "configuration",
+    "seeds",
+    "PSNR eq. (dB)",
+    "ΔPSNR eq. (dB) [95% CI]",
+    "verdict",
+    "ΔPSNR at depth (dB) [95% CI]",
+    "verdict at depth",
+    "time-to-quality ×DEQ [95% CI]",
+    "grad cos (flat / min group)",
+    "worst group (cos, rel. err)",
+    "sign agree",
+    "γ̂ / γ̂_K",
+    "note",
+]
+
+
+def _configs_section(c: pd.DataFrame) -> list[str]:
+    """The prior's configurations over seeds, each against DEQ with its interval."""
+    if c.empty:
+        return []
+    rows = []
+    for _, r in c.iterrows():
+        ref = r["verdict"] == REFERENCE
+        worst = "—"
+        if r["worst_group"]:
+            worst = (
+                f"{_cell(r['worst_group'])} ({fmt_float(r['worst_group_cos'], '.3f')}, "
+                f"{fmt_sci(r['worst_group_rel_err'])})"
+            )
+        rows.append(
+            [
+                _cell(r["label"]),
+                f"{int(r['n_seeds'])}/{int(r['n_trials'])}",
+                fmt_db(r["test_psnr_mean"]),
+                "—"
+                if ref
+                else fmt_ci(
+                    r["delta_psnr_mean"], r["delta_psnr_ci_low"], r["delta_psnr_ci_high"], ""
+                ),
+                _verdict_cell(r),
+                "—"
+                if ref
+                else fmt_ci(
+                    r["delta_psnr_at_depth_mean"],
+                    r["delta_psnr_at_depth_ci_low"],
+                    r["delta_psnr_at_depth_ci_high"],
+                    "",
+                ),
+                _verdict_cell(r, at_depth=True),
+                "—"
+                if ref
+                else fmt_ratio_ci(
+                    r["time_to_quality_ratio_mean"],
+                    r["time_to_quality_ratio_ci_low"],
+                    r["time_to_quality_ratio_ci_high"],
+                ),
+                f"{fmt_float(r['grad_cos_mean'], '.4f')} / "
+                f"{fmt_float(r['grad_cos_min_group_mean'], '.3f')}",
+                worst,
+                fmt_float(r["grad_sign_agree_mean"], ".3f"),
+                f"{_gamma_cell(r['gamma_hat_mean'])} / {fmt_float(r['gamma_hat_k_mean'], '.3f')}",
+                _cell(r["note"]),
+            ]
+        )
+    md = [
+        "Configurations over seeds (seeds: finished / trials; intervals: 95% paired bootstrap "
+        "over (test image, seed) against the DEQ trial of the same seed; time to quality: "
+        "over the seeds that reached it; grad: means over seeds):",
+        "",
+    ]
+    md += _md_table(_CONFIG_HEADER, rows)
     return [*md, ""]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -11,7 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.report.common import DEEP_K, DEEP_T, EST_LABEL, EST_ORDER, fmt_int, is_missing
+from pipeline.report.common import (
+    DEEP_K,
+    DEEP_T,
+    EST_LABEL,
+    EST_ORDER,
+    float_list,
+    fmt_int,
+    is_missing,
+    json_object,
+    safe_name,
+)
 from pipeline.report.families import family_of, prior_order
 from pipeline.report.tables import history_for, rjfb_rows, sort_configs
 
@@ -393,17 +402,7 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
 
 
 def _as_floats(v: Any) -> np.ndarray:
-    if v is None or (not isinstance(v, str | bytes) and np.ndim(v) == 0 and is_missing(v)):
-        return np.array([])
-    if isinstance(v, str):
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            return np.array([])
-    try:
-        a = np.asarray(v, dtype=float).ravel()
-    except (TypeError, ValueError):
-        return np.array([])
+    a = float_list(v)
     return a[np.isfinite(a)]
 
 
@@ -457,49 +456,97 @@ def histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
     return out
 
 
+# one trained model at several depths: (label, per-image column, colour, line style)
+DEPTH_COLUMNS = (
+    ("1 step", "test_psnr_1_per_image", "tab:orange", ":"),
+    ("K steps", "test_psnr_k_per_image", "tab:red", "-."),
+    ("(T+1)·K steps", "test_psnr_at_depth_per_image", "tab:blue", "--"),
+    ("equilibrium", "test_psnr_per_image", "black", "-"),
+)
+
+
+def depth_model(p: pd.DataFrame) -> pd.DataFrame:
+    """The trained rJFB configuration whose depths the histogram shows: the "restart" group
+    (K=5, T=5, or the nearest with K>1, T≥1), else any finished rJFB configuration."""
+    for label, _, g in histogram_groups(p):
+        if label.startswith("restart"):
+            return g
+    rj = rjfb_rows(p)
+    if rj.empty:
+        return rj
+    r = rj.sort_values(["depth", "restarts"], kind="stable").iloc[-1]
+    return rj[(rj["depth"] == r["depth"]) & (rj["restarts"] == r["restarts"])]
+
+
+def depth_data(g: pd.DataFrame) -> list[tuple[str, Any, str, np.ndarray]]:
+    out = []
+    for label, col, color, ls in DEPTH_COLUMNS:
+        if col not in g.columns:
+            continue
+        vals = np.concatenate([_as_floats(v) for v in g[col]]) if len(g) else np.array([])
+        if len(vals):
+            out.append((label, color, ls, vals))
+    return out
+
+
+def _hist_panel(ax: Any, data: list[tuple[str, Any, str, np.ndarray]], title: str) -> None:
+    allv = np.concatenate([d[3] for d in data])
+    lo, hi = float(allv.min()), float(allv.max())
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.5, hi + 0.5
+    nb = int(np.clip(np.sqrt(max(len(d[3]) for d in data)) * 2, 8, 40))
+    bins = np.linspace(lo, hi, nb + 1)
+    for label, color, ls, vals in data:
+        ax.hist(
+            vals,
+            bins=bins,
+            histtype="step",
+            lw=2.2 if color == "black" else 1.8,
+            ls=ls,
+            color=color,
+            label=f"{label}: mean {vals.mean():.2f} dB (n={len(vals)})",
+        )
+        ax.axvline(vals.mean(), color=color, ls="--", lw=1)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("test PSNR per image (dB)")
+    ax.set_ylabel("number of images")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    ymax = ax.get_ylim()[1]
+    ax.set_ylim(0, ymax * 1.7)  # room for the legend
+
+
 def _plot_histograms(t: pd.DataFrame, path: Path) -> None:
-    title = "Per-image test PSNR at equilibrium"
+    """Per prior, two panels: the estimators (one layer, no restart, restart, DEQ) at
+    equilibrium, and one trained rJFB model after 1, K, (T+1)·K steps and at equilibrium."""
+    title = "Per-image test PSNR: estimators at equilibrium, and one trained rJFB model at depths"
     priors = prior_order(t)
     if not priors:
         _placeholder(path, title, "no trials")
         return
-    nrows, ncols = _grid(len(priors), 2)
-    fig, axes = _figure(nrows, ncols, 6.0, 4.0)
-    for ax, prior in zip(axes.flat, priors, strict=False):
+    fig, axes = _figure(len(priors), 2, 6.0, 4.0)
+    for row, prior in zip(axes, priors, strict=True):
         p = t[t["prior"] == prior]
         data = []
         if "test_psnr_per_image" in p.columns:
             for label, color, g in histogram_groups(p):
                 vals = np.concatenate([_as_floats(v) for v in g["test_psnr_per_image"]])
                 if len(vals):
-                    data.append((label, color, vals))
-        if not data:
-            _empty_axis(ax, _plot_name(t, prior), "no per-image PSNRs")
-            continue
-        allv = np.concatenate([d[2] for d in data])
-        lo, hi = float(allv.min()), float(allv.max())
-        if hi - lo < 1e-6:
-            lo, hi = lo - 0.5, hi + 0.5
-        nb = int(np.clip(np.sqrt(max(len(d[2]) for d in data)) * 2, 8, 40))
-        bins = np.linspace(lo, hi, nb + 1)
-        for label, color, vals in data:
-            ax.hist(
-                vals,
-                bins=bins,
-                histtype="step",
-                lw=2.2 if color == "black" else 1.8,
-                color=color,
-                label=f"{label}: mean {vals.mean():.2f} dB (n={len(vals)})",
-            )
-            ax.axvline(vals.mean(), color=color, ls="--", lw=1)
-        ax.set_title(_plot_name(t, prior))
-        ax.set_xlabel("test PSNR per image (dB)")
-        ax.set_ylabel("number of images")
-        ax.legend(fontsize=8, loc="upper left")
-        ax.grid(alpha=0.3)
-        ymax = ax.get_ylim()[1]
-        ax.set_ylim(0, ymax * 1.7)  # room for the legend
-    _hide_unused(axes, len(priors))
+                    data.append((label, color, "-", vals))
+        if data:
+            _hist_panel(row[0], data, f"{_plot_name(t, prior)}: at equilibrium")
+        else:
+            _empty_axis(row[0], _plot_name(t, prior), "no per-image PSNRs")
+        g = depth_model(p)
+        depth = depth_data(g)
+        if depth:
+            r = g.iloc[0]
+            name = f"rJFB K={fmt_int(r['depth'])}, T={fmt_int(r['restarts'])}"
+            missing = [lab for lab, col, _, _ in DEPTH_COLUMNS if lab not in {d[0] for d in depth}]
+            sub = f"\n(not recorded: {', '.join(missing)})" if missing else ""
+            _hist_panel(row[1], depth, f"{_plot_name(t, prior)}: trained {name} at depths{sub}")
+        else:
+            _empty_axis(row[1], _plot_name(t, prior), "no per-image PSNRs at several depths")
     fig.suptitle(title + " (dashed: means)", fontsize=13)
     _save(fig, path)
 
@@ -569,6 +616,87 @@ def _plot_val_curves(
     _save(fig, path)
 
 
+def group_errors(rj: pd.DataFrame) -> pd.DataFrame:
+    """Long table (prior, depth, restarts, group, rel_err) from the rows' ``grad_groups_json``
+    (finite, positive relative errors only)."""
+    recs = []
+    cols = ["prior", "depth", "restarts", "group", "rel_err"]
+    if "grad_groups_json" not in rj.columns:
+        return pd.DataFrame(columns=cols)
+    for r in rj.itertuples(index=False):
+        for g, m in json_object(r.grad_groups_json).items():
+            v = m.get("rel_err") if isinstance(m, dict) else None
+            if isinstance(v, int | float) and math.isfinite(v) and v > 0:
+                recs.append((r.prior, r.depth, r.restarts, safe_name(g), float(v)))
+    return pd.DataFrame(recs, columns=cols)
+
+
+_T_STYLES = ["-", "--", ":", "-."]
+
+
+def _plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
+    """Per prior: every parameter group's relative gradient error to DEQ against K (median over
+    seeds, one line style per T), with the slope reference γ̂^K (γ̂: the prior's measured
+    one-step contraction)."""
+    title = "Gradient error per parameter group vs DEQ against depth K"
+    rj = rjfb_rows(t)
+    rj = rj[(rj["start"] == "y") & rj["restart_tol"].isna()]
+    err = group_errors(rj)
+    if err.empty:
+        _placeholder(
+            path,
+            title,
+            "no finished rJFB trial records per-group gradient errors (grad_groups_json)",
+        )
+        return
+    from matplotlib.lines import Line2D
+
+    priors = [p for p in prior_order(t) if p in set(err["prior"])]
+    groups = sorted(set(err["group"]))
+    colors = {g: _RJFB_COLORS[i % len(_RJFB_COLORS)] for i, g in enumerate(groups)}
+    ts = sorted(set(err["restarts"].dropna()))
+    styles = {tt: _T_STYLES[i % len(_T_STYLES)] for i, tt in enumerate(ts)}
+    nrows, ncols = _grid(len(priors))
+    fig, axes = _figure(nrows, ncols, 5.2, 4.0)
+    any_ref = False
+    for ax, prior in zip(axes.flat, priors, strict=False):
+        e = err[err["prior"] == prior]
+        med = e.groupby(["group", "restarts", "depth"])["rel_err"].median()
+        for (g, tt), s in med.groupby(level=[0, 1]):
+            s = s.droplevel([0, 1]).sort_index()
+            ax.plot(s.index, s.to_numpy(), marker="o", ms=4, lw=1.6, color=colors[g], ls=styles[tt])
+        ks = np.array(sorted(e["depth"].dropna().unique()), dtype=float)
+        p = t[(t["prior"] == prior) & t["finished"]]
+        gh = p["gamma_hat"].to_numpy(dtype=float)
+        gh = gh[np.isfinite(gh) & (gh > 0)]
+        sub = ""
+        if len(gh) and len(ks):
+            gamma = float(np.median(gh))
+            kk = np.linspace(max(ks.min(), 1.0), ks.max(), 50) if len(ks) > 1 else ks
+            ax.plot(kk, gamma**kk, color="0.2", ls=(0, (5, 2, 1, 2)), lw=1.6)
+            sub = f"\n(reference γ̂^K, γ̂ = median one-step γ̂ = {gamma:.3f})"
+            any_ref = True
+        ax.set_yscale("log")
+        if len(ks):
+            ax.set_xticks(sorted(set(ks.astype(int))))
+        ax.set_title(f"{_plot_name(t, prior)}{sub}", fontsize=10)
+        ax.set_xlabel("truncation depth K")
+        ax.set_ylabel("per-group ‖g − g_DEQ‖ / ‖g_DEQ‖")
+        ax.grid(alpha=0.3, which="both")
+    _hide_unused(axes, len(priors))
+    handles = [Line2D([], [], color=colors[g], lw=2) for g in groups]
+    labels = list(groups)
+    for tt in ts:
+        handles.append(Line2D([], [], color="0.3", ls=styles[tt], lw=1.6))
+        labels.append(f"T={fmt_int(tt)}")
+    if any_ref:
+        handles.append(Line2D([], [], color="0.2", ls=(0, (5, 2, 1, 2)), lw=1.6))
+        labels.append("γ̂^K")
+    fig.legend(handles, labels, loc="outside right center", fontsize=8.5)
+    fig.suptitle(title, fontsize=13)
+    _save(fig, path)
+
+
 def write_plots(
     t: pd.DataFrame, h: pd.DataFrame, ttq: pd.DataFrame, plots_dir: Path, margin: float
 ) -> list[str]:
@@ -580,6 +708,7 @@ def write_plots(
         "theta_trajectories.png": lambda f: _plot_theta(t, h, keys, f),
         "psnr_histograms.png": lambda f: _plot_histograms(t, f),
         "val_psnr_curves.png": lambda f: _plot_val_curves(t, h, keys, ttq, f, margin),
+        "grad_groups_vs_depth.png": lambda f: _plot_grad_groups(t, f),
     }
     for fname, make in makers.items():
         make(plots_dir / fname)

@@ -193,7 +193,7 @@ def sort_configs(t: pd.DataFrame) -> pd.DataFrame:
     return t.loc[order]
 
 
-def _deq_rows(t: pd.DataFrame) -> pd.DataFrame:
+def deq_rows(t: pd.DataFrame) -> pd.DataFrame:
     """The DEQ baseline row of each (prior, seed), indexed by (prior, seed_key)."""
     deq = t[(t["estimator"] == "deq") & t["finished"] & (t["start"] == "y")]
     if deq.empty:
@@ -230,7 +230,7 @@ def compare_to_deq(trials: pd.DataFrame) -> pd.DataFrame:
     """
     out = trials.drop(columns=[c for c in COMPARE_COLUMNS if c in trials.columns])
     t = normalise_trials(out)
-    deq = _deq_rows(t)
+    deq = deq_rows(t)
     fin = t["finished"].to_numpy()
     deq_at_depth = _ref(t, deq, "test_psnr_at_depth")
     deq_eq = _ref(t, deq, "test_psnr")
@@ -290,7 +290,7 @@ def time_to_quality(
     t = normalise_trials(trials)
     h, keys = history_for(t, normalise_history(history))
     curves = _curves(h)
-    deq = _deq_rows(t)
+    deq = deq_rows(t)
     key_of = dict(zip(t["trial_id"], keys, strict=True))
     deq_key = {ref: key_of[tid] for ref, tid in zip(deq.index, deq["trial_id"], strict=True)}
     rows = []

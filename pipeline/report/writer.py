@@ -14,6 +14,7 @@ import pandas as pd
 
 from pipeline.report.analysis import prior_metrics
 from pipeline.report.common import COMPARE_COLUMNS, TTQ_COLUMNS
+from pipeline.report.configs import config_table, deq_reliability
 from pipeline.report.families import assign_families, prior_order
 from pipeline.report.markdown import render_markdown
 from pipeline.report.plots import write_plots
@@ -38,7 +39,8 @@ def write_report(
     cfg: ReportConfig,
     priors: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``ablation.md``, ``metrics.json`` and ``plots/*.png`` under ``out_dir``.
+    """Write ``ablation.md``, ``metrics.json``, ``configs.parquet`` and ``plots/*.png`` under
+    ``out_dir``.
 
     ``priors``: the study's prior configs (``StudyConfig.priors``), for the families of a trials
     table that does not name them (``prior_family`` / ``prior_label``, written by the sweep).
@@ -48,8 +50,9 @@ def write_report(
     untouched. Returns the metrics written to ``metrics.json``.
     """
     t, h, ttq = _report_tables(trials, history, cfg, priors)
-    metrics = _metrics(t, h, cfg)
-    _write_atomically(Path(out_dir), t, h, ttq, metrics, cfg)
+    configs = config_table(t, cfg)
+    metrics = _metrics(t, h, configs, cfg)
+    _write_atomically(Path(out_dir), t, h, ttq, configs, metrics, cfg)
     return metrics
 
 
@@ -75,7 +78,9 @@ def _report_tables(
     return t, normalise_history(history), ttq
 
 
-def _metrics(t: pd.DataFrame, h: pd.DataFrame, cfg: ReportConfig) -> dict[str, Any]:
+def _metrics(
+    t: pd.DataFrame, h: pd.DataFrame, configs: pd.DataFrame, cfg: ReportConfig
+) -> dict[str, Any]:
     """``metrics.json``: counts, per-prior numbers, families and the verdicts across priors."""
     hj, keys = history_for(t, h)
     by_key = {k: g for k, g in hj.groupby("_key", sort=False)} if not hj.empty else {}
@@ -86,16 +91,25 @@ def _metrics(t: pd.DataFrame, h: pd.DataFrame, cfg: ReportConfig) -> dict[str, A
         return by_key.get(key_of[deq.index[0]]) if len(deq) else None
 
     status = t["status"]
+    reliable = deq_reliability(t, cfg)
     metrics: dict[str, Any] = {
         "n_trials": len(t),
         "n_finished": int((status == "finished").sum()),
         "n_diverged": int((status == "diverged").sum()),
         "n_failed": int((status == "failed").sum()),
         "n_other": int((~status.isin(["finished", "diverged", "failed"])).sum()),
+        "n_seeds": int(t["seed_key"].nunique()),
         "delta_psnr_tolerance": cfg.delta_psnr_tolerance,
         "quality_margin_db": cfg.quality_margin_db,
+        "deq_unreliable_frac": cfg.deq_unreliable_frac,
         "priors": {
-            str(prior): prior_metrics(p, cfg.delta_psnr_tolerance, deq_history(p))
+            str(prior): prior_metrics(
+                p,
+                configs[configs["prior"] == prior],
+                reliable[str(prior)],
+                cfg.delta_psnr_tolerance,
+                deq_history(p),
+            )
             for prior, p in t.groupby("prior", sort=True)
         },
     }
@@ -111,9 +125,16 @@ def _metrics(t: pd.DataFrame, h: pd.DataFrame, cfg: ReportConfig) -> dict[str, A
     metrics["deq_not_converged_priors"] = [
         p for p, m in metrics["priors"].items() if m["deq_converged"] is False
     ]
+    metrics["deq_unreliable_priors"] = [
+        p for p, m in metrics["priors"].items() if m["deq_reliable"] is False
+    ]
     verdicts = [m["rjfb_k5_t5_within_tolerance"] for m in metrics["priors"].values()]
     verdicts = [v for v in verdicts if v is not None]
     metrics["all_priors_rjfb_k5_t5_within_tolerance"] = all(verdicts) if verdicts else None
+    metrics["verdict_counts"] = {
+        v: int((configs["verdict"] == v).sum())
+        for v in ("equivalent", "worse", "better", "inconclusive")
+    }
     return jsonio.strict(metrics)
 
 
@@ -122,6 +143,7 @@ def _write_atomically(
     t: pd.DataFrame,
     h: pd.DataFrame,
     ttq: pd.DataFrame,
+    configs: pd.DataFrame,
     metrics: dict[str, Any],
     cfg: ReportConfig,
 ) -> None:
@@ -132,15 +154,17 @@ def _write_atomically(
     try:
         (tmp / "plots").mkdir()
         plot_files = write_plots(t, h, ttq.loc[t.index], tmp / "plots", cfg.quality_margin_db)
+        configs.to_parquet(tmp / "configs.parquet", index=False)
         (tmp / "metrics.json").write_text(
             json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
         (tmp / "ablation.md").write_text(
-            render_markdown(t, metrics, cfg, not h.empty), encoding="utf-8"
+            render_markdown(t, configs, metrics, cfg, not h.empty), encoding="utf-8"
         )
         (out_dir / "plots").mkdir(exist_ok=True)
         for fname in plot_files:
             os.replace(tmp / "plots" / fname, out_dir / "plots" / fname)
+        os.replace(tmp / "configs.parquet", out_dir / "configs.parquet")
         os.replace(tmp / "metrics.json", out_dir / "metrics.json")
         os.replace(tmp / "ablation.md", out_dir / "ablation.md")
     finally:

@@ -10,9 +10,10 @@ the frozen-denoiser run) starts its σ (one per layer, or one) from what ``pnp``
 
 The learned σ is read from the source prior's finished DEQ trial of the same seed (DEQ learns
 the equilibrium's σ; any depth, the one of the same depth first), else from its rjfb K = 10,
-T = 25 trial of that seed (the reference code's setting). A trial with neither keeps its
-``sigma_init`` (no entry in the result). Each phase can be its own Tune experiment, so that
-resume keeps working per phase.
+T = 25 trial of that seed (the reference code's setting). A trial whose source has no such trial
+in the study keeps its ``sigma_init`` (no entry in the result); one whose source trials all
+failed or diverged cannot start (:func:`chain_failures` says why). Each phase can be its own Tune
+experiment, so that resume keeps working per phase.
 """
 
 from __future__ import annotations
@@ -107,4 +108,40 @@ def chained_inits(study: StudyConfig, trials: Any) -> dict[str, dict[str, Any]]:
             continue
         sigma = _learned_sigma(row)
         out[spec.name] = {"sigma_init": sigma, "sigma_init_from": str(row.get("name", source))}
+    return out
+
+
+def _candidate(row: Mapping[str, Any], source: str, seed: int) -> bool:
+    """A trial of ``source`` and ``seed`` that :func:`source_row` would read σ from."""
+    if row.get("prior") != source or int(row.get("seed", -1)) != seed:
+        return False
+    if row.get("estimator") == "deq":
+        return True
+    return all(row.get(k) == v or _num(row.get(k)) == v for k, v in FALLBACK.items())
+
+
+def chain_failures(study: StudyConfig, trials: Any) -> dict[str, str]:
+    """``{trial name: why it cannot start}`` for the chained trials whose source prior has
+    trials to read σ from in ``trials`` (its DEQ trials of the seed, or its rjfb K = 10, T = 25
+    one) but none finished with a usable σ. A chained trial whose source has no such trial at
+    all is not listed: it keeps its configured ``sigma_init``."""
+    rows = _rows(trials)
+    inits = chained_inits(study, rows)
+    out: dict[str, str] = {}
+    for spec in study.trials():
+        source = chains(study, spec.prior)
+        if source is None or spec.name in inits:
+            continue
+        tried = [r for r in rows if _candidate(r, source, spec.seed)]
+        if not tried:
+            continue
+        fates = "; ".join(
+            f"{r.get('name', '?')}: {r.get('status', '?')}"
+            + (f" ({str(r['status_reason'])[:200]})" if r.get("status_reason") else "")
+            for r in tried
+        )
+        out[spec.name] = (
+            f"sigma_init_from {source!r}: no source trial of seed {spec.seed} finished with a "
+            f"learned sigma to start from ({fates})"
+        )
     return out

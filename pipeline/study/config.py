@@ -434,11 +434,15 @@ class PnPPrior(PriorConfig):
             learned.append("relaxation")
         if self.train_denoiser:
             net = {"drunet": "DRUNet", "dncnn": "DnCNN"}.get(self.denoiser, "denoiser")
+            lr = (
+                "one Adam group with them, at train.lr"
+                if self.denoiser_lr is None
+                else f"lr {self.denoiser_lr:g}"
+            )
             return PriorFamily(
                 "pnp_trained",
                 f"{net} inside FB, trained",
-                f"{net} inside FB, trained: all denoiser weights (lr {self.denoiser_lr:g}), "
-                f"{', '.join(learned)}",
+                f"{net} inside FB, trained: all denoiser weights ({lr}), {', '.join(learned)}",
             )
         name = FAMILIES["pnp_frozen"]
         return PriorFamily("pnp_frozen", name, f"{name}: learn {', '.join(learned)}")
@@ -802,6 +806,15 @@ class ReportConfig(_Strict):
     )
     images: PositiveInt = Field(
         4, description="test images in each trial's reconstruction grid, >= 1"
+    )
+    deq_unreliable_frac: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description=(
+            "a prior's DEQ baseline is marked unreliable when a DEQ trial's fraction of training "
+            "steps whose implicit backward missed sweep.deq.backward_tol exceeds it, in [0, 1]"
+        ),
     )
 
 

@@ -32,6 +32,8 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "test_psnr_k": "number",
     "test_psnr_1_per_image": "json",
     "test_psnr_k_per_image": "json",
+    # per image after the training-time number of iterations ((T+1)·K, N for unrolled)
+    "test_psnr_at_depth_per_image": "json",
     "train_seconds": "number",
     "seconds_per_step": "number",
     "peak_mem_mib": "number",
@@ -72,7 +74,12 @@ _TRIAL_SCHEMA: dict[str, str] = {
 }
 TRIAL_COLUMNS = list(_TRIAL_SCHEMA)
 # JSON columns holding a list per trial (parsed from the trial's result)
-JSON_LIST_COLUMNS = ("test_psnr_per_image", "test_psnr_1_per_image", "test_psnr_k_per_image")
+JSON_LIST_COLUMNS = (
+    "test_psnr_per_image",
+    "test_psnr_1_per_image",
+    "test_psnr_k_per_image",
+    "test_psnr_at_depth_per_image",
+)
 TRIAL_NUMBER_COLUMNS = tuple(c for c, kind in _TRIAL_SCHEMA.items() if kind == "number")
 
 HISTORY_COLUMNS = (

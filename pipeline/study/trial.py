@@ -47,7 +47,8 @@ class TrialResult:
     per_image_psnr: list[float] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
     # JSON columns of the trials table (plain lists/dicts): test_psnr_1_per_image,
-    # test_psnr_k_per_image, grad_groups_json (last epoch's per-group probe), inits_json
+    # test_psnr_k_per_image, test_psnr_at_depth_per_image, grad_groups_json (last epoch's
+    # per-group probe), inits_json
     json_columns: dict[str, Any] = field(default_factory=dict)
 
 
@@ -467,6 +468,7 @@ def run_trial(
     k_steps = one if spec.depth == 1 else trial.evaluate(trial.test, spec.depth)
     columns["test_psnr_1_per_image"] = one.tolist()
     columns["test_psnr_k_per_image"] = k_steps.tolist()
+    columns["test_psnr_at_depth_per_image"] = at_depth.tolist()
     metrics = {
         **extra,
         "test_psnr_1": float(one.mean()),

@@ -6,7 +6,9 @@ placement checks, the MLflow experiment and the sweep's parent run), run one Tun
 point, collect the tables onto the parent run. A sweep is identified by its grid's key (see
 :mod:`pipeline.sweep.grid`): rerunning an interrupted sweep restores the same Tune experiment from
 its storage (``<storage_path>/sweep-<key>``) and logs into the same MLflow runs (see
-:mod:`pipeline.sweep.tracking`).
+:mod:`pipeline.sweep.tracking`). A study whose PnP priors chain σ (``sigma_init_from``) runs in
+two phases, the second its own Tune experiment (``sweep-<key>-p2-<inits>``) whose trials start
+from what the first phase's trials learned (:func:`_run_trials`).
 
 Where things live on a cluster (see ``docs/cluster.md``):
 
@@ -28,6 +30,8 @@ Where things live on a cluster (see ``docs/cluster.md``):
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -177,18 +181,86 @@ def _run_trials(
     cfg: StudyConfig, grid: Grid, path: str, prepared: Path, attempt: _Attempt, ship: bool
 ) -> tuple[Any, Any]:
     """Fit every grid point as a Tune trial and collect the tables; on any error or interruption
-    the attempt's runs end KILLED or FAILED (never left RUNNING) before it propagates."""
+    the attempt's runs end KILLED or FAILED (never left RUNNING) before it propagates.
+
+    A study whose priors chain σ (``sigma_init_from``) runs in two phases, each its own Tune
+    experiment under ``ray.storage_path`` (so each resumes on its own, and a finished first
+    phase is restored, not rerun): first the trials that chain from nothing, then the chained
+    ones with their inits read from the first phase's results (:func:`_chain`). Both phases'
+    trials are children of the one parent run; the tables hold every trial in grid order."""
     try:
         trainable = _trainable(cfg, prepared, attempt, ship)
-        results = _tuner(cfg, grid, path, trainable, attempt.restoring).fit()
-        unfinished = [r for r in results if r.error is None and (r.metrics or {}).get("final") != 1]
-        if unfinished:
-            # Tune ends fit() quietly on Ctrl-C: the sweep is incomplete, not done.
-            raise KeyboardInterrupt(f"{len(unfinished)} trials did not finish")
+        first, second = split_phases(cfg, grid)
+        results = _fit(cfg, first, grid.name, path, trainable, attempt.restoring)
+        if second:
+            done, _ = collect(results, cfg)
+            second = _chain(cfg, second, done)
+            name = phase_name(grid, second)
+            p2 = f"{cfg.storage_path.rstrip('/')}/{name}"
+            # a new first phase (and parent run) starts the second one afresh as well
+            restoring = attempt.restoring and _can_restore(p2)
+            results += _fit(cfg, second, name, p2, trainable, restoring)
         return collect(results, cfg)
     except BaseException as err:
         _end_attempt(attempt, err)
         raise
+
+
+def split_phases(cfg: StudyConfig, grid: Grid) -> tuple[list[dict], list[dict]]:
+    """The grid's points in two phases (:func:`pipeline.study.chain.phases`); one phase (all
+    points first) when the study chains nothing or nothing runs before the chained trials."""
+    from pipeline.study.chain import phases
+
+    later = {t.name for t in phases(cfg)[1]}
+    first = [p for p in grid.points if p["name"] not in later]
+    second = [p for p in grid.points if p["name"] in later]
+    return (first, second) if first and second else (grid.points, [])
+
+
+def _chain(cfg: StudyConfig, points: list[dict], done: Any) -> list[dict]:
+    """The second phase's points with ``inits`` (σ learned by the source trial) or, when every
+    source trial failed, ``inits_error`` (the trial then fails with that reason, alone). Derived
+    data: the trial keys stay as they are."""
+    from pipeline.study.chain import chain_failures, chained_inits
+
+    inits, failures = chained_inits(cfg, done), chain_failures(cfg, done)
+    out = []
+    for p in points:
+        p = {k: v for k, v in p.items() if k not in ("inits", "inits_error")}
+        if p["name"] in failures:
+            p["inits_error"] = failures[p["name"]]
+        elif p["name"] in inits:
+            p["inits"] = inits[p["name"]]
+        out.append(p)
+    return out
+
+
+def phase_name(grid: Grid, points: list[dict]) -> str:
+    """The second phase's Tune experiment: ``sweep-<key>-p2-<inits>``, where ``<inits>`` hashes
+    what the first phase handed it. A first phase whose results changed (an errored source trial
+    that succeeds when retried) starts a new second phase instead of restoring one whose points
+    hold stale inits (Tune keeps a trial's config as it was first given)."""
+    derived = {p["key"]: [p.get("inits"), p.get("inits_error")] for p in points}
+    blob = json.dumps(derived, sort_keys=True).encode()
+    return f"{grid.name}-p2-{hashlib.sha256(blob).hexdigest()[:8]}"
+
+
+def _can_restore(path: str) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(path)
+
+
+def _fit(
+    cfg: StudyConfig, points: list[dict], name: str, path: str, trainable: Any, restoring: bool
+) -> list[Any]:
+    """One Tune experiment's results; ``KeyboardInterrupt`` when some trial did not finish."""
+    results = list(_tuner(cfg, points, name, path, trainable, restoring).fit())
+    unfinished = [r for r in results if r.error is None and (r.metrics or {}).get("final") != 1]
+    if unfinished:
+        # Tune ends fit() quietly on Ctrl-C: the sweep is incomplete, not done.
+        raise KeyboardInterrupt(f"{len(unfinished)} trials did not finish")
+    return results
 
 
 def _trainable(cfg: StudyConfig, prepared: Path, attempt: _Attempt, ship: bool) -> Any:
@@ -213,9 +285,11 @@ def _trainable(cfg: StudyConfig, prepared: Path, attempt: _Attempt, ship: bool) 
     )
 
 
-def _tuner(cfg: StudyConfig, grid: Grid, path: str, trainable: Any, restoring: bool) -> Any:
-    """The Tune experiment at ``path``: restored with its unfinished and errored trials, else a
-    new one with one trial per grid point."""
+def _tuner(
+    cfg: StudyConfig, points: list[dict], name: str, path: str, trainable: Any, restoring: bool
+) -> Any:
+    """The Tune experiment ``name`` at ``path``: restored with its unfinished and errored
+    trials, else a new one with one trial per point."""
     from ray import tune
 
     # Tune snapshots its state whenever a checkpoint is about to be replaced (num_to_keep=1),
@@ -225,7 +299,7 @@ def _tuner(cfg: StudyConfig, grid: Grid, path: str, trainable: Any, restoring: b
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         trainable,
-        param_space={"point": tune.grid_search(grid.points)},
+        param_space={"point": tune.grid_search(points)},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=cfg.ray.max_concurrent_trials,
             trial_name_creator=trial_name,
@@ -233,7 +307,7 @@ def _tuner(cfg: StudyConfig, grid: Grid, path: str, trainable: Any, restoring: b
             reuse_actors=True,  # imports (torch, deepinv) once per worker, not per trial
         ),
         run_config=tune.RunConfig(
-            name=grid.name,
+            name=name,
             storage_path=cfg.storage_path,
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -48,6 +48,10 @@ def train_trial(
     c = tracking.client(context.tracking_uri)
     node_id = ray.get_runtime_context().get_node_id()
     run = _open_run(study, spec, point, context, weights, node_id)
+    if point.get("inits_error"):
+        # a chained trial whose source trials all failed: it fails alone, with their fates
+        tune.report(_refuse(c, run, point["inits_error"], node_id))
+        return
     if run.finished:
         # An earlier attempt finished this trial but the driver died before Tune recorded it:
         # hand Tune the kept result instead of training again.
@@ -73,7 +77,7 @@ def _open_run(
     if point.get("inits"):  # chained initial values (a later phase of the sweep)
         params["inits"] = point["inits"]
     where = {tracking.NODE_ID: node_id, tracking.HOST: f"{socket.gethostname()}:{os.getpid()}"}
-    return tracking.open_child(
+    run = tracking.open_child(
         context.tracking_uri,
         context.experiment_id,
         context.parent_run_id,
@@ -82,6 +86,29 @@ def _open_run(
         params,
         where,
     )
+    if run.reopened and not run.finished and point.get("inits"):
+        # an earlier attempt's run (e.g. one that failed for want of a source result) lacks them
+        c = tracking.client(context.tracking_uri)
+        have = c.get_run(run.run_id).data.params
+        new = tracking.flatten({"inits": point["inits"]})
+        tracking.log_params(c, run.run_id, {k: v for k, v in new.items() if k not in have})
+    return run
+
+
+def _refuse(c: Any, run: tracking.ChildRun, reason: str, node_id: str) -> dict[str, Any]:
+    """End a trial that cannot start (its run FAILED, so a later attempt retries it) and return
+    the final result Tune is told: status ``failed`` with ``reason``."""
+    payload = {
+        "final": 1,
+        "status": "failed",
+        "status_reason": reason,
+        "theta_json": "{}",
+        "history_json": "[]",
+        "mlflow_run_id": run.run_id,
+        "node_id": node_id,
+    }
+    tracking.finish(c, run.run_id, "failed", reason, "FAILED")
+    return payload
 
 
 def _train(

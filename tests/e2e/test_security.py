@@ -560,5 +560,6 @@ def test_report_over_a_hostile_trials_table(tmp_path: Path) -> None:
         "reports",
         "reports/ablation.md",
         "reports/metrics.json",
+        "reports/configs.parquet",
         "reports/plots",
     } | {f"reports/plots/{p.name}" for p in (out / "plots").iterdir()}

@@ -356,47 +356,100 @@ def test_markdown_lists_every_trial_and_every_failure(tables, report):
     assert not list(out.glob(".report-tmp-*"))
 
 
-def test_summary_numbers_match_the_table(tables, report):
-    trials, _ = tables
+def _configs(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "configs.parquet")
+
+
+def _config(c: pd.DataFrame, prior: str, label: str) -> pd.Series:
+    rows = c[(c["prior"] == prior) & (c["label"] == label)]
+    assert len(rows) == 1, (prior, label)
+    return rows.iloc[0]
+
+
+def test_summary_states_verdicts_with_intervals(report):
+    from pipeline.report.configs import describe
+
     out, metrics = report
     md = (out / "ablation.md").read_text()
     summary = _section(md, "Summary")
+    c = _configs(out)
     header = [c.strip() for c in md.split("| trial |", 1)[1].splitlines()[0].strip("|").split("|")]
     col = ["trial", *header].index("ΔPSNR eq. (dB)")
 
-    # l1: the deep rJFB configurations are within tolerance; worst is K5-T5 at -0.040
-    worst = _table_cells(md, "l1-rjfb-K5-T5-s0")[col]
-    assert worst == "-0.040" == f"{metrics['priors']['l1']['worst_rjfb_delta_psnr_k5_t5']:+.3f}"
-    assert "within 0.040 dB of DEQ at equilibrium" in summary
-    assert f"l1 (worst {worst} dB, l1-rjfb-K5-T5-s0)" in summary
+    # the trials table keeps each trial's own difference
+    assert _table_cells(md, "l1-rjfb-K5-T5-s0")[col] == "-0.040"
+    # l1: the deep rJFB configurations are equivalent (intervals inside ±0.1 dB)
+    for label in ("rJFB K5 T5", "rJFB K10 T5"):
+        r = _config(c, "l1", label)
+        assert r["verdict"] == "equivalent"
+        assert -0.1 <= r["delta_psnr_ci_low"] <= r["delta_psnr_mean"] <= r["delta_psnr_ci_high"]
+        assert r["delta_psnr_ci_high"] <= 0.1
+        assert describe(r) in summary
+    line = next(ln for ln in summary.splitlines() if ln.startswith("- As expected, every rJFB"))
+    assert "for prior(s) l1 —" in line and "pnp" not in line.split("—")[0]
+    assert metrics["priors"]["l1"]["rjfb_k5_t5_verdict"] == "equivalent"
     assert metrics["priors"]["l1"]["rjfb_k5_t5_within_tolerance"] is True
 
-    # pnp: K10-T5 is 0.2 dB below DEQ -> the expectation is reported as failed
-    pnp = _table_cells(md, "pnp-rjfb-K10-T5-s0")[col]
-    assert pnp == "-0.200"
+    # pnp: K10-T5 is 0.2 dB below DEQ, its interval excludes the tolerance: worse
+    r = _config(c, "pnp", "rJFB K10 T5")
+    assert r["verdict"] == "worse" and r["delta_psnr_ci_high"] < -0.1
     assert "**Expectation not met** for prior pnp" in summary
-    assert f"worst {pnp} dB, pnp-rjfb-K10-T5-s0" in summary
+    assert describe(r) in summary and "rJFB K10 T5: worse, ΔPSNR -0.2" in summary
+    assert metrics["priors"]["pnp"]["rjfb_k5_t5_verdicts"]["rJFB K10 T5"] == "worse"
     assert metrics["priors"]["pnp"]["rjfb_k5_t5_within_tolerance"] is False
     assert metrics["all_priors_rjfb_k5_t5_within_tolerance"] is False
 
-    # T=0: mean loss over the finished no-restart trials, computed from the table
-    t0 = trials[(trials["estimator"] == "rjfb") & (trials["restarts"] == 0)]
-    mean_t0 = t0["delta_psnr_vs_deq"].mean()  # NaN of the diverged trial skipped
-    assert f"lose {-mean_t0:.3f} dB on average" in summary
-    assert f"{t0['delta_psnr_vs_deq'].notna().sum()} trials" in summary
+    # T=0: every finished no-restart network is worse; the diverged one has no verdict
+    line = next(ln for ln in summary.splitlines() if "truncated networks" in ln)
+    assert "(3 worse, 1 inconclusive of 4 configuration(s))" in line
+    assert "rJFB K10 T0: inconclusive, ΔPSNR —, 0 seeds" in line
+    assert "1 of 1 trials did not finish (1 diverged)" in _config(c, "pnp", "rJFB K10 T0")["note"]
 
-    # time to quality: fastest rJFB per prior, from the table's column
-    ttq_col = ["trial", *header].index("time-to-quality ×DEQ")
-    ratios = {
-        n: _table_cells(md, n)[ttq_col]
-        for n in trials.loc[(trials["prior"] == "l1") & (trials["estimator"] == "rjfb"), "name"]
-    }
+    # time to quality: the fastest configuration's mean over seeds (one seed: no interval)
     best = metrics["priors"]["l1"]["best_rjfb_time_to_quality_ratio"]
-    best_name = metrics["priors"]["l1"]["best_rjfb_time_to_quality_trial"]
-    assert ratios[best_name] == f"{best:.2f}×"
-    assert f"({best_name}) reaches DEQ's final validation PSNR − 0.05 dB" in summary
-    assert f"in {1 / best:.2f}× less time" in summary
+    label = metrics["priors"]["l1"]["best_rjfb_time_to_quality_config"]
+    rj = c[(c["prior"] == "l1") & (c["estimator"] == "rjfb")]
+    assert best == pytest.approx(rj["time_to_quality_ratio_mean"].min())
+    assert f"({label}) reaches DEQ's final validation PSNR − 0.05 dB in {best:.2f}×" in summary
+    assert "a single seed: no interval, inconclusive" in summary
     assert "2 of 17 trials did not finish (1 diverged, 1 failed)" in summary
+
+
+def test_headline_table_gives_a_verdict_per_prior_and_configuration(report):
+    out, _ = report
+    md = (out / "ablation.md").read_text()
+    head = _section(md, "Verdicts against DEQ")
+    c = _configs(out)
+    assert "| configuration | `l1` | `pnp` |" in head
+    assert "| DEQ | reference | reference |" in head
+    row = next(ln for ln in head.splitlines() if ln.startswith("| rJFB K10 T5 |"))
+    l1, pnp = (_config(c, p, "rJFB K10 T5") for p in ("l1", "pnp"))
+    assert f"equivalent {l1['delta_psnr_mean']:+.3f} [" in row
+    assert f"**worse** {pnp['delta_psnr_mean']:+.3f} [" in row
+    row = next(ln for ln in head.splitlines() if ln.startswith("| rJFB K10 T0 |"))
+    assert "inconclusive: no finished trial" in row
+    assert next(ln for ln in head.splitlines() if ln.startswith("| JFB |")).endswith("| — |")
+
+
+def test_configs_parquet_has_one_row_per_prior_and_configuration(tables, report):
+    from pipeline.report.configs import CONFIG_COLUMNS
+
+    trials, _ = tables
+    out, _ = report
+    c = _configs(out)
+    assert list(c.columns) == list(CONFIG_COLUMNS)
+    assert len(c) == len(trials)  # one seed: one trial per configuration
+    assert set(c["verdict"]) <= {"equivalent", "worse", "better", "inconclusive", "reference"}
+    assert list(c.loc[c["estimator"] == "deq", "verdict"]) == ["reference", "reference"]
+    assert c.loc[c["estimator"] == "deq", "delta_psnr_mean"].isna().all()
+    assert (c["n_seeds"] <= 1).all() and c["deq_reliable"].isna().all()
+    # the one-seed intervals are over the 16 test images
+    assert (c.loc[c["n_seeds"] == 1, "n_pairs"].isin([0, 16])).all()
+    # at depth: no per-image PSNRs there, one difference per seed: no interval
+    r = _config(c, "l1", "rJFB K5 T5")
+    assert r["n_pairs_at_depth"] == 1 and np.isnan(r["delta_psnr_at_depth_ci_low"])
+    assert r["verdict_at_depth"] == "inconclusive"
+    assert r["delta_psnr_at_depth_mean"] == pytest.approx(27.44 - 27.50)
 
 
 def test_metrics_json_is_valid_and_has_no_nan(report):
@@ -411,8 +464,13 @@ def test_metrics_json_is_valid_and_has_no_nan(report):
     assert (loaded["n_failed"], loaded["n_diverged"]) == (1, 1)
     l1 = loaded["priors"]["l1"]
     assert l1["deq_test_psnr"] == 27.5
-    assert l1["best_rjfb_delta_psnr"] == pytest.approx(0.02)
-    assert l1["best_rjfb_trial"] == "l1-rjfb-K10-T5-s0"
+    k5 = l1["configs"]["rJFB K5 T5"]
+    assert k5["verdict"] == "equivalent" and k5["n_seeds"] == 1 and k5["n_pairs"] == 16
+    assert k5["delta_psnr_ci_low"] <= k5["delta_psnr_mean"] <= k5["delta_psnr_ci_high"]
+    assert l1["configs"]["DEQ"]["verdict"] == "reference"
+    assert l1["rjfb_k1_t0_verdict"] == "worse"
+    assert l1["verdict_counts"] == {"equivalent": 2, "worse": 5, "better": 0, "inconclusive": 1}
+    assert sum(loaded["verdict_counts"].values()) == 15  # every configuration but the DEQs
     assert loaded["priors"]["pnp"]["n_diverged"] == 1 and loaded["priors"]["pnp"]["n_failed"] == 1
 
 
@@ -523,7 +581,9 @@ def test_cli_writes_the_report_from_parquet(tables, tmp_path, capsys):
     assert str(out / "ablation.md") in capsys.readouterr().out
     _assert_pngs(out)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["priors"]["l1"]["worst_rjfb_delta_psnr_k5_t5"] == pytest.approx(-0.04)
+    assert metrics["priors"]["l1"]["rjfb_k5_t5_verdict"] == "equivalent"
+    assert metrics["deq_unreliable_frac"] == 0.1
+    assert len(pd.read_parquet(out / "configs.parquet")) == len(trials)
 
 
 @pytest.mark.parametrize("missing", ["trials", "history"])
@@ -712,12 +772,13 @@ def test_gamma_above_one_is_not_reported_as_expected(family_report):
     assert m["rjfb_k5_t5_within_tolerance"] is True  # -0.085 dB: inside 0.1 dB, by chance
     assert m["rjfb_k5_t5_expected_within_tolerance"] is False
     assert metrics["noncontractive_priors"] == ["pnp_deblur"]
-    expected = next(ln for ln in summary.splitlines() if ln.startswith("- As expected"))
-    assert "pnp_deblur" not in expected and "pnp (" in expected and "drunet_fb (" in expected
+    expected = next(ln for ln in summary.splitlines() if ln.startswith("- As expected, every"))
+    assert "for prior(s) l1, pnp, drunet_fb —" in expected and "pnp_deblur" not in expected
     line = next(ln for ln in summary.splitlines() if "Not contractive" in ln)
     assert "**Not contractive** for prior pnp_deblur" in line
-    assert "γ̂ > 1 in 4 of 4 trials (γ̂ 1.100–1.280" in line
-    assert "**not expected**" in line and "worst -0.085 dB" in line
+    assert "γ̂ > 1 in 4 of 4 trials (γ̂ 1.100–1.280, largest in pnp_deblur-rjfb-K1-T0-s0)" in line
+    assert "**not expected**" in line
+    assert "measured anyway: rJFB K5 T5: equivalent, ΔPSNR -0.085 dB" in line
     cells = _table_cells(md, "pnp_deblur-rjfb-K5-T5-s0")
     assert "**1.190**" in cells
     assert "0.950" in _table_cells(md, "pnp-rjfb-K5-T5-s0")  # not bold
@@ -809,3 +870,284 @@ def _normalise(trials: pd.DataFrame) -> pd.DataFrame:
     from pipeline.report.tables import normalise_trials
 
     return normalise_trials(trials)
+
+
+# --------------------------------------------------------------------------- seeds and verdicts
+
+SEEDS = (0, 1, 2)
+N_IMAGES = 12
+# configuration -> (K, T, shift of every image in dB, per-image noise sd): K1 T0 is clearly
+# worse than DEQ, K5 T5 identical to it, K5 T0 noisy around it
+SEEDED = {"worse": (1, 0, -0.8, 0.02), "equivalent": (5, 5, 0.0, 0.0), "noisy": (5, 0, 0.0, 1.0)}
+GROUPS = {  # (K, T) -> per-group (cos, rel_err): σ gets the wrong sign at K=1
+    (1, 0): {"lambda": (0.99, 0.4), "sigma": (-0.35, 1.6), "tau": (None, 0.0)},
+    (5, 0): {"lambda": (0.999, 0.1), "sigma": (0.6, 0.5), "tau": (None, 0.0)},
+    (5, 5): {"lambda": (1.0, 0.01), "sigma": (0.95, 0.05), "tau": (None, 0.0)},
+}
+
+
+def _groups_json(k: int, t: int) -> str:
+    g = GROUPS[(k, t)]
+    return json.dumps(
+        {n: {"cos": c, "rel_err": e, "sign_agree": None if c is None else float(c > 0)}
+         for n, (c, e) in g.items()}
+    )  # fmt: skip
+
+
+def seeded_tables(
+    frac: tuple[float, ...] = (0.0, 0.02, 0.05), probe: float = 5e-5
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A prior ``pnp_blur`` with 3 seeds: DEQ and three rJFB configurations (see SEEDED), with
+    every column of the current sweep; ``frac``: each DEQ trial's backward_unconverged_frac."""
+    rng = np.random.default_rng(7)
+    base = 28.0 + rng.normal(0, 1.0, N_IMAGES)  # some test images are harder than others
+    rows, hist = [], []
+    for seed in SEEDS:
+        deq_img = base + rng.normal(0, 0.05, N_IMAGES)  # a seed trains a slightly other model
+        specs = [("deq", 1, 0, deq_img)]
+        for k, t, shift, sd in SEEDED.values():
+            specs.append(("rjfb", k, t, deq_img + shift + rng.normal(0, sd, N_IMAGES)))
+        for est, k, t, img in specs:
+            name = f"pnp_blur-deq-s{seed}" if est == "deq" else f"pnp_blur-rjfb-K{k}-T{t}-s{seed}"
+            at_depth = img - (0.3 if t == 0 and est == "rjfb" else 0.0)
+            row = _row(
+                "pnp_blur",
+                est,
+                depth=k,
+                restarts=t,
+                seed=seed,
+                name=name,
+                trial_id=f"id-{name}",
+                test_psnr=float(img.mean()),
+                test_psnr_at_depth=float(at_depth.mean()),
+                test_psnr_per_image=img.tolist(),
+                test_psnr_1=float(img.mean()) - 2.0,
+                test_psnr_1_per_image=(img - 2.0).tolist(),
+                test_psnr_k_per_image=(img - 1.0).tolist(),
+                test_psnr_at_depth_per_image=at_depth.tolist(),
+                train_seconds=100.0,
+                peak_mem_mib=100.0,
+                final_val_psnr=float(img.mean()),
+                grad_cos_vs_deq=1.0 if est == "deq" else 0.999,
+                grad_rel_err_vs_deq=0.0 if est == "deq" else GROUPS[(k, t)]["lambda"][1],
+                grad_cos_min_group_vs_deq=(
+                    1.0 if est == "deq" else min(c for c, _ in GROUPS[(k, t)].values() if c)
+                ),
+                grad_sign_agree_vs_deq=1.0 if est == "deq" else 0.9,
+                grad_groups_json="{}" if est == "deq" else _groups_json(k, t),
+                gamma_hat=0.9,
+                gamma_hat_k=0.9**k,
+                backward_unconverged_frac=frac[seed] if est == "deq" else math.nan,
+                probe_ref_backward_residual=probe,
+                deq_backward_tol=1e-4,
+            )
+            rows.append(row)
+            # DEQ reaches its final quality at 100 s; K5 T5 at 40, 50, 60 s
+            reach = 100.0 if est == "deq" else (40.0 + 10 * seed if (k, t) == (5, 5) else None)
+            for e, secs in enumerate((20.0, 40.0 + 10 * seed, 100.0)):
+                val = row["final_val_psnr"] if reach is not None and secs >= reach else 20.0
+                hist.append(
+                    {"trial_id": row["trial_id"], "name": name, "epoch": e,
+                     "elapsed_seconds": secs, "val_psnr": val}
+                )  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(hist)
+
+
+@pytest.fixture(scope="module")
+def seeded_report(tmp_path_factory) -> tuple[Path, dict, str, pd.DataFrame]:
+    out = tmp_path_factory.mktemp("seeded")
+    metrics = write_report(*seeded_tables(), out, CFG)
+    return out, metrics, (out / "ablation.md").read_text(), _configs(out)
+
+
+def test_three_seeds_worse_equivalent_and_inconclusive(seeded_report):
+    _, metrics, md, c = seeded_report
+    worse, equal, noisy = (
+        _config(c, "pnp_blur", lab) for lab in ("rJFB K1 T0", "rJFB K5 T5", "rJFB K5 T0")
+    )
+    assert (worse["verdict"], equal["verdict"], noisy["verdict"]) == (
+        "worse",
+        "equivalent",
+        "inconclusive",
+    )
+    for r in (worse, equal, noisy):  # pairs over (image, seed)
+        assert (r["n_seeds"], r["n_pairs"]) == (3, 3 * N_IMAGES)
+    assert worse["delta_psnr_mean"] == pytest.approx(-0.8, abs=0.02)
+    assert worse["delta_psnr_ci_high"] < -0.1
+    assert equal[["delta_psnr_mean", "delta_psnr_ci_low", "delta_psnr_ci_high"]].tolist() == [
+        0.0,
+        0.0,
+        0.0,
+    ]
+    # the noisy one's interval is wider than the tolerance band, on both sides of zero
+    assert noisy["delta_psnr_ci_low"] < -0.1 and noisy["delta_psnr_ci_high"] > 0
+    # at depth: per image as well, (T+1)K PSNRs 0.3 dB lower at T=0
+    assert worse["n_pairs_at_depth"] == 3 * N_IMAGES and worse["verdict_at_depth"] == "worse"
+    assert equal["verdict_at_depth"] == "equivalent"
+    assert _config(c, "pnp_blur", "DEQ")["verdict"] == "reference"
+    m = metrics["priors"]["pnp_blur"]
+    assert m["rjfb_k1_t0_verdict"] == "worse"
+    assert m["rjfb_k5_t5_verdict"] == "equivalent" and m["n_seeds"] == 3
+    assert m["verdict_counts"] == {"equivalent": 1, "worse": 1, "better": 0, "inconclusive": 1}
+    summary = _section(md, "Summary")
+    assert "rJFB K5 T5: equivalent, ΔPSNR +0.000 dB [+0.000, +0.000], 3 seeds" in summary
+    line = next(ln for ln in summary.splitlines() if "truncated networks" in ln)
+    assert "rJFB K5 T0: inconclusive, ΔPSNR " in line and "3 seeds" in line
+    head = _section(md, "Verdicts against DEQ")
+    assert re.search(
+        r"\| rJFB K1 T0 \| \*\*worse\*\* -0\.\d{3} \[-0\.\d{3}, -0\.\d{3}\] \(3\) \|", head
+    )
+
+
+def test_time_to_quality_over_seeds_has_an_interval(seeded_report):
+    _, metrics, md, c = seeded_report
+    r = _config(c, "pnp_blur", "rJFB K5 T5")
+    assert r["n_seeds_time_to_quality"] == 3
+    assert r["time_to_quality_ratio_mean"] == pytest.approx(0.5)
+    assert (
+        0.4 <= r["time_to_quality_ratio_ci_low"] < 0.5 < r["time_to_quality_ratio_ci_high"] <= 0.6
+    )
+    m = metrics["priors"]["pnp_blur"]
+    assert m["best_rjfb_time_to_quality_config"] == "rJFB K5 T5"
+    assert "faster than DEQ: the whole interval is below 1" in _section(md, "Summary")
+
+
+def test_worst_parameter_group_per_configuration(seeded_report):
+    out, metrics, md, c = seeded_report
+    worse = _config(c, "pnp_blur", "rJFB K1 T0")
+    # τ has no direction (DEQ's gradient is zero there): never the worst group
+    assert (worse["worst_group"], worse["worst_group_cos"]) == ("sigma", pytest.approx(-0.35))
+    assert worse["worst_group_rel_err"] == pytest.approx(1.6)
+    assert worse["grad_cos_min_group_mean"] == pytest.approx(-0.35)
+    assert _config(c, "pnp_blur", "DEQ")["worst_group"] == ""
+    # a group name is untrusted text: only the characters the sweep writes reach ablation.md
+    from pipeline.report.configs import worst_group
+
+    hostile = pd.DataFrame({"grad_groups_json": ['{"<b>x|y</b>": {"cos": 0.1, "rel_err": 1}}']})
+    assert worst_group(hostile) == ("_b_x_y__b_", 0.1, 1.0)
+    w = metrics["priors"]["pnp_blur"]["rjfb_worst_group"]
+    assert (w["config"], w["group"]) == ("rJFB K1 T0", "sigma")
+    summary = _section(md, "Summary")
+    assert "worst gradient group against DEQ is sigma at rJFB K1 T0, mean cosine -0.350" in summary
+    assert "smallest per-group gradient cosine -0.350 (sigma)" in summary
+    assert "| rJFB K1 T0 | 3/3 |" in md and "sigma (-0.350, 1.60e+00)" in md
+    assert (out / "plots" / "grad_groups_vs_depth.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_group_errors_feed_the_per_group_plot(seeded_report):
+    from pipeline.report.plots import group_errors
+
+    trials, _ = seeded_tables()
+    err = group_errors(_normalise(trials))
+    # τ's zero relative error has no place on a log scale; DEQ has no groups
+    assert set(err["group"]) == {"lambda", "sigma"}
+    assert len(err) == 2 * 3 * len(SEEDS)
+    assert sorted(set(err["depth"])) == [1, 5]
+
+
+def test_histograms_show_one_model_at_several_depths(seeded_report):
+    from pipeline.report.plots import depth_data, depth_model
+
+    out, _, _, _ = seeded_report
+    t = _normalise(seeded_tables()[0])
+    g = depth_model(t)
+    assert set(g["name"]) == {f"pnp_blur-rjfb-K5-T5-s{s}" for s in SEEDS}
+    data = depth_data(g)
+    assert [d[0] for d in data] == ["1 step", "K steps", "(T+1)·K steps", "equilibrium"]
+    assert all(len(d[3]) == 3 * N_IMAGES for d in data)
+    assert (out / "plots" / "psnr_histograms.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_reliable_deq_baseline_is_said_to_be(seeded_report):
+    _, metrics, md, c = seeded_report
+    m = metrics["priors"]["pnp_blur"]
+    assert m["deq_reliable"] is True and m["deq_backward_unconverged_frac_max"] == 0.05
+    assert c["deq_reliable"].all()
+    assert "DEQ baseline reliable for prior(s) pnp_blur" in _section(md, "Summary")
+    assert metrics["deq_unreliable_priors"] == []
+    assert "†" not in _section(md, "Verdicts against DEQ").split("\n\n", 2)[-1]
+
+
+@pytest.mark.parametrize("why", ["backward_unconverged_frac", "probe_ref_backward_residual"])
+def test_an_unreliable_deq_baseline_is_flagged_in_every_verdict(tmp_path, why):
+    if why == "backward_unconverged_frac":
+        tables = seeded_tables(frac=(0.0, 0.4, 0.05))  # seed 1: 40% of backward solves missed
+    else:
+        tables = seeded_tables(probe=3e-3)  # the probe reference ended above backward_tol
+    metrics = write_report(*tables, tmp_path, CFG)
+    m = metrics["priors"]["pnp_blur"]
+    assert m["deq_reliable"] is False and metrics["deq_unreliable_priors"] == ["pnp_blur"]
+    c = _configs(tmp_path)
+    assert not c["deq_reliable"].any()
+    compared = c[c["verdict"] != "reference"]
+    assert compared["note"].str.contains("against an unreliable DEQ baseline").all()
+    md = (tmp_path / "ablation.md").read_text()
+    summary = _section(md, "Summary")
+    line = next(ln for ln in summary.splitlines() if "**DEQ baseline unreliable**" in ln)
+    if why == "backward_unconverged_frac":
+        assert m["deq_unreliable_seeds"] == ["1"]
+        assert "seed 1: 40% of its training steps' implicit backward solves missed" in line
+        assert "report.deq_unreliable_frac 0.1" in line
+    else:
+        assert m["deq_unreliable_seeds"] == ["0", "1", "2"]
+        assert "backward solve at 3.0e-03 > backward_tol 0.0001" in line
+    assert "equivalent, ΔPSNR +0.000 dB [+0.000, +0.000], 3 seeds (against an unreliable" in summary
+    head = _section(md, "Verdicts against DEQ")
+    assert "**worse** †" in head and "equivalent †" in head
+    assert "DEQ baseline **unreliable**" in _section(md, "Results per prior")
+    # the threshold is the params' key: at 0.5, 40% is fine
+    if why == "backward_unconverged_frac":
+        lax = write_report(*tables, tmp_path / "lax", ReportConfig(deq_unreliable_frac=0.5))
+        assert lax["priors"]["pnp_blur"]["deq_reliable"] is True
+
+
+def test_deq_unreliable_frac_is_a_fraction():
+    from pydantic import ValidationError
+
+    assert ReportConfig().deq_unreliable_frac == 0.1
+    assert ReportConfig.model_fields["deq_unreliable_frac"].description
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValidationError):
+            ReportConfig(deq_unreliable_frac=bad)
+
+
+OLD_COLUMNS = [
+    "test_psnr_per_image",
+    "test_psnr_1_per_image",
+    "test_psnr_k_per_image",
+    "test_psnr_at_depth_per_image",
+    "grad_groups_json",
+    "grad_cos_min_group_vs_deq",
+    "grad_sign_agree_vs_deq",
+    "gamma_hat_k",
+    "backward_unconverged_frac",
+    "probe_ref_residual",
+    "probe_ref_backward_residual",
+]
+
+
+def test_a_table_without_the_new_columns_still_gets_a_report(tmp_path):
+    trials, history = seeded_tables()
+    old = trials.drop(columns=[c for c in OLD_COLUMNS if c in trials.columns])
+    metrics = write_report(old, history, tmp_path, CFG)
+    _assert_pngs(tmp_path)
+    c = _configs(tmp_path)
+    # one difference per seed: intervals over the 3 seeds, and the note says so
+    worse = _config(c, "pnp_blur", "rJFB K1 T0")
+    assert (worse["n_pairs"], worse["verdict"]) == (3, "worse")
+    assert "no per-image PSNRs: interval over seeds only" in worse["note"]
+    assert c["grad_cos_min_group_mean"].isna().all() and (c["worst_group"] == "").all()
+    assert c["deq_reliable"].isna().all()
+    m = metrics["priors"]["pnp_blur"]
+    assert m["deq_reliable"] is None and m["rjfb_worst_group"] is None
+    md = (tmp_path / "ablation.md").read_text()
+    summary = _section(md, "Summary")
+    assert "DEQ baseline reliability not judged for prior(s) pnp_blur" in summary
+    assert "have no per-image PSNRs: their interval is over seeds only" in summary
+    assert "worst gradient group" not in summary
+    # a single seed of such a table: one number per configuration, no interval, no verdict
+    one = old[old["seed"] == 0]
+    write_report(one, history, tmp_path / "one", CFG)
+    c1 = _configs(tmp_path / "one")
+    assert set(c1.loc[c1["verdict"] != "reference", "verdict"]) == {"inconclusive"}
+    assert c1.loc[c1["verdict"] != "reference", "note"].str.contains("one pair").all()

@@ -98,6 +98,9 @@ def test_weighted_l12_blur_trial_records_the_new_columns(rgb_root: Path) -> None
     assert "backward_unconverged_frac" not in m  # DEQ trials only
     cols = result.json_columns
     assert len(cols["test_psnr_1_per_image"]) == len(cols["test_psnr_k_per_image"]) == 4
+    assert len(cols["test_psnr_at_depth_per_image"]) == 4
+    at_depth = cols["test_psnr_at_depth_per_image"]
+    assert sum(at_depth) / len(at_depth) == pytest.approx(m["test_psnr_at_depth"])
     assert set(cols["grad_groups_json"]) == {"lambda", "tau", "weights", "scales"}
     assert set(cols["grad_groups_json"]["weights"]) == {"cos", "rel_err", "sign_agree"}
     json.dumps(cols)  # JSON-safe
