@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from profiles import REPO, assert_one_line_error, run_module
 
 from pipeline.study.config import load_params
-from profiles import REPO, assert_one_line_error, run_module
 
 PROFILES = REPO / "profiles"
 
