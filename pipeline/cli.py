@@ -27,6 +27,21 @@ def _parser() -> argparse.ArgumentParser:
         help="validate params.yaml and list the sweep's trials (by phase when priors chain sigma)",
     )
     check.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    profile = sub.add_parser(
+        "profile",
+        help="validate a study profile (profiles/NAME.yaml) and copy it over params.yaml",
+        description=(
+            "Replace params.yaml by a complete study profile after validating it: `paper` (the "
+            "authors' scale, for GPUs) or `gpu-smoke` (a few minutes of device time). The "
+            "previous params.yaml is kept as params.yaml.bak; `git checkout params.yaml` "
+            "restores the default 2-core study."
+        ),
+    )
+    profile.add_argument("name", nargs="?", help="a profile name (see --list) or a YAML file")
+    profile.add_argument("--list", action="store_true", help="list the profiles and exit")
+    profile.add_argument(
+        "--params", default="params.yaml", help="the file to write (default: %(default)s)"
+    )
     bench = sub.add_parser(
         "bench",
         help="time every gradient estimator against deepinv and a bare-PyTorch floor",
@@ -91,6 +106,19 @@ def _main(argv: Sequence[str] | None = None) -> int:
         print(f"  phase 2 ({len(second)} trials, sigma from phase 1's results):")
         for t in second:
             print(f"    {t.name}  (sigma_init_from {chains(cfg, t.prior)})")
+        return 0
+    if args.command == "profile":
+        from pipeline.study import profiles
+
+        if args.list or args.name is None:
+            for name, path in profiles.available().items():
+                print(f"{name}: {path}")
+            return 0
+        source, cfg, backup = profiles.apply_profile(args.name, args.params)
+        print(f"{args.params}: profile {args.name!r} ({source}), valid; {len(cfg.trials())} trials")
+        if backup is not None:
+            print(f"  the previous {args.params} is kept as {backup}")
+        print("  run it with `dvc repro`; `git checkout params.yaml` restores the default study")
         return 0
     if args.command == "bench":
         from pipeline.tools import bench

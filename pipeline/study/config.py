@@ -205,6 +205,7 @@ class TrainOverrides(_Strict):
     restart_autocast: Autocast | None = Field(None, description="replaces train.restart_autocast")
     init_jitter: float | None = Field(None, ge=0, le=1, description="replaces train.init_jitter")
     seed_train_noise: bool | None = Field(None, description="replaces train.seed_train_noise")
+    compile: bool | None = Field(None, description="replaces train.compile")
 
     @model_serializer(mode="wrap")
     def _only_written(self, handler: Any) -> dict[str, Any]:
@@ -500,6 +501,14 @@ class TrainConfig(_Strict):
         False,
         description="re-draw the TRAINING split's noise (and inpainting masks) from the "
         "trial's seed, with the same degradation (val and test stay as prepared)",
+    )
+    compile: bool = Field(
+        False,
+        description="run the no-grad applications of a training step (rJFB restarts, DEQ/JFB "
+        "forward solves) through torch.compile (dynamic=False, one graph per shape and layer, "
+        "built once per trial); the tracked block and the backward stay eager, so gradients "
+        "change only by rounding; a compiler failure stops the trial with an error naming "
+        "train.compile (no fallback). Needs a C++ compiler on CPU, Triton on CUDA",
     )
 
 

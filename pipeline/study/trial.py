@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pipeline.core.compiled import CompileError, compile_no_grad
 from pipeline.core.estimators import Estimator, block
 from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad, step_memory
 from pipeline.core.probes import psnr
@@ -148,8 +149,11 @@ class Trial:
 
     def train_step_fn(self, split, index: Tensor):
         """``step_fn`` for training: its no-grad calls under ``train.restart_autocast`` (solves
-        to a tolerance finish in full precision: DEQ, JFB, adaptive restarts)."""
+        to a tolerance finish in full precision: DEQ, JFB, adaptive restarts) and, with
+        ``train.compile``, through torch.compile (the tracked calls stay eager)."""
         step, y = self.step_fn(split, index)
+        if self.cfg.compile:
+            step = _compiled(step)
         spec = self.spec
         refine = spec.estimator in ("deq", "jfb") or spec.restart_tol is not None
         return autocast_no_grad(step, self.autocast, refine=refine), y
@@ -310,6 +314,24 @@ class Trial:
             self.optimizer.zero_grad(set_to_none=True)
 
         return step_memory(forward, backward, self.device).peak_bytes / 2**20
+
+
+def _compiled(step: Any) -> Any:
+    """``compile_no_grad(step)``; a compiler failure is one line naming ``train.compile``."""
+    fast = compile_no_grad(step)
+
+    def step_compiled(x: Tensor, layer: int = 0) -> Tensor:
+        try:
+            return fast(x, layer)
+        except CompileError as err:
+            from pipeline.util.errors import ConfigError
+
+            raise ConfigError(
+                f"train.compile: torch.compile failed ({err}); set train.compile: false to "
+                "train eagerly"
+            ) from None
+
+    return step_compiled
 
 
 def _finite(value: float, default: float) -> float:

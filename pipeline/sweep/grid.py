@@ -58,11 +58,20 @@ def trial_context(cfg: StudyConfig, prior: str) -> dict[str, Any]:
     context: dict[str, Any] = {
         "data": cfg.data.model_dump(mode="json"),
         "prior": cfg.priors[prior].model_dump(mode="json"),
-        "train": cfg.train_for(prior).model_dump(mode="json"),
+        "train": _train_context(cfg, prior),
         "deq": cfg.sweep.deq.model_dump(mode="json"),
     }
     context.update(cfg.priors[prior].trial_context(cfg))
     return context
+
+
+def _train_context(cfg: StudyConfig, prior: str) -> dict[str, Any]:
+    """The train section as a trial of ``prior`` sees it; ``compile`` only when on (it changes
+    the rounding of the untracked steps, not the trial: eager trials keep their earlier keys)."""
+    train = cfg.train_for(prior).model_dump(mode="json")
+    if not train.get("compile"):
+        train.pop("compile", None)
+    return train
 
 
 def trial_params(

@@ -10,6 +10,15 @@
 ``bench``    ``rjfb bench --suite gpu`` (:mod:`pipeline.bench`), with its issue-4 targets: the
              rJFB step against the sum of its denoiser calls, its peak memory against K tracked
              steps, bf16 restarts against TF32 ones.
+``compile``  ``train.compile`` on the paper's step (rJFB K = 10, T = 25, a full-size DRUNet
+             nc 64 nb 4, per-layer σ, RGB 128², B = 8, deblurring), float32 and bf16 restarts:
+             eager, compiled untracked block, and the floor of its denoiser calls (T·K untracked
+             + K tracked forward calls and their backward), medians side by side
+             (``compile.md``), and the θ-gradient compiled against eager within
+             ``COMPILE_GRAD_TOL``.
+``packing``  (asked for by name; needs a CUDA GPU, refuses otherwise) the real gpu-smoke sweep
+             at ``ray.gpus_per_trial`` 1, 0.5, 0.25 (:mod:`pipeline.tools.packing`):
+             ``packing.md``/``.json``, the last sweep's ``trials.parquet`` and ``ablation.md``.
 ``quality``  the test PSNR cost of bf16 restarts in training: the default study's data and
              pretrained denoiser (prepare and pretrain stages, run here on the device), then the
              ``pnp`` and ``drunet_fb`` priors trained with rJFB (K = 5, T = 3) with
@@ -39,7 +48,9 @@ from torch import Tensor
 
 from pipeline.tools.machine import machine
 
-PARTS = ("grads", "bench", "quality")
+PARTS = ("grads", "bench", "quality", "compile", "packing")
+# what runs without --parts: packing runs three real sweeps (minutes), asked for by name
+DEFAULT_PARTS = ("grads", "bench", "quality", "compile")
 # DEQ tolerances of the gradient check, forward and backward (relative residuals)
 SOLVE_TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
 REPO = Path(__file__).resolve().parents[2]
@@ -259,6 +270,194 @@ def check_quality(
 
 
 # ------------------------------------------------------------------------------------------
+# compile: the compiled untracked block against eager and the denoiser-call floor
+
+# relative difference of θ-gradients, compiled restarts against eager, that the check accepts:
+# float32: fused kernels round differently (~1e-6 relative after the restarts; the tracked
+# block is eager), bound 1e-4 as tests/core/test_compiled.py; bf16 restarts: their rounding
+# (eps 2^-8) differs between the two, contracted by the float32 tracked block, bound 1e-2 as
+# the bf16-against-float32 check of part `grads`
+COMPILE_GRAD_TOL = {"float32": 1e-4, "bfloat16": 1e-2}
+COMPILE_FULL = {"batch": 8, "size": 128, "nc": 64, "nb": 4, "depth": 10, "restarts": 25}
+COMPILE_TINY = {"batch": 1, "size": 16, "nc": 2, "nb": 1, "depth": 2, "restarts": 3}
+
+
+def _compile_case(device: torch.device, shape: dict[str, int]) -> tuple[Any, Any, Tensor, Tensor]:
+    """(scheme, physics, y, clean): PnP-FB deblurring with a seeded DRUNet, per-layer σ (K)."""
+    from pipeline.core.denoisers import build_denoiser
+    from pipeline.core.physics import build_physics, gaussian_kernel
+    from pipeline.core.schemes import PnPFB
+    from pipeline.tools.bench import crops, noise
+
+    size, k = shape["size"], shape["depth"]
+    clean, _ = crops("rgb", shape["batch"], size, 0, torch.device("cpu"))
+    physics = build_physics(
+        "blur",
+        (3, size, size),
+        noise_sigma=0.03,
+        blur_kernel=gaussian_kernel(9, 1.5),
+        device=device,
+    )
+    torch.manual_seed(0)
+    denoiser = build_denoiser("drunet", 3, nc=shape["nc"], nb=shape["nb"])
+    scheme = PnPFB(
+        denoiser,
+        sigma_init=[0.03] * k,
+        step_size=1.0,
+        learn_relaxation=False,
+        layers=k,
+        per_layer_sigma=True,
+    ).to(device)
+    clean = clean.to(device)
+    y = physics.A(clean) + 0.03 * noise(clean.shape, 1, device)
+    return scheme, physics, y, clean
+
+
+def check_compile(device: torch.device, tiny: bool = False, repeats: int = 5) -> dict[str, Any]:
+    """The rJFB step (K, T of the paper: 10, 25; a full-size DRUNet) in float32 and with bf16
+    restarts: eager, with ``train.compile`` (compiled untracked block), and the floor of its
+    denoiser calls (T·K untracked forward calls in the step's precision + K tracked calls and
+    their backward); medians side by side, and the θ-gradient compiled against eager."""
+    import statistics
+
+    from pipeline.core.compiled import compile_no_grad
+    from pipeline.core.estimators import make_estimator
+    from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad
+
+    shape = COMPILE_TINY if tiny else COMPILE_FULL
+    k, t = shape["depth"], shape["restarts"]
+    scheme, physics, y, clean = _compile_case(device, shape)
+    theta = [p for p in scheme.parameters() if p.requires_grad]
+    est = make_estimator("rjfb", depth=k, restarts=t)
+
+    def step_fn(compiled: bool, autocast: torch.dtype | None) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            step = scheme.bind(y, physics)
+            if compiled:
+                step = compile_no_grad(step)
+            step = autocast_no_grad(step, autocast)
+            loss = ((est(step, y) - clean) ** 2).mean()
+            grads = torch.autograd.grad(loss, theta)
+            return torch.cat([g.reshape(-1) for g in grads])
+
+        return run
+
+    def floor_fn(autocast: torch.dtype | None) -> Callable[[], None]:
+        den = scheme.denoiser
+        u = y.clone()
+        sigma = torch.full((u.shape[0],), 0.03, device=device)
+
+        def run() -> None:
+            with torch.inference_mode():
+                for _ in range(t * k):
+                    if autocast is None:
+                        den(u, sigma)
+                    else:
+                        with torch.autocast(device.type, dtype=autocast):
+                            den(u, sigma)
+            x = u.detach().requires_grad_()
+            out = x
+            for _ in range(k):
+                out = den(out, sigma)
+            torch.autograd.grad(out.square().mean(), [x, *den.parameters()])
+
+        return run
+
+    def _sync(device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    out: dict[str, Any] = {"shape": shape, "repeats": repeats, "rows": [], "targets": []}
+    for precision in ("float32", "bfloat16"):
+        autocast = AUTOCAST_DTYPES.get(precision)
+        eager, compiled, floor = (
+            step_fn(False, autocast),
+            step_fn(True, autocast),
+            floor_fn(autocast),
+        )
+        torch._dynamo.reset()
+        _sync(device)
+        start = time.perf_counter()
+        compiled()  # the first call compiles (one graph per layer)
+        _sync(device)
+        compile_s = time.perf_counter() - start
+        eager()  # warm-up (cuDNN autotuning, allocator)
+        floor()
+        samples: dict[str, list[float]] = {"eager": [], "compiled": [], "floor": []}
+        grads: dict[str, Tensor] = {}
+        for _ in range(repeats):  # interleaved, one of each per repetition
+            for name, fn in (("eager", eager), ("compiled", compiled), ("floor", floor)):
+                _sync(device)
+                start = time.perf_counter()
+                value = fn()
+                _sync(device)
+                samples[name].append((time.perf_counter() - start) * 1e3)
+                if value is not None:
+                    grads[name] = value
+        ms = {name: statistics.median(v) for name, v in samples.items()}
+        rel = _rel(grads["compiled"], grads["eager"])
+        tol = COMPILE_GRAD_TOL[precision]
+        out["rows"].append(
+            {
+                "precision": precision,
+                "eager_ms": ms["eager"],
+                "compiled_ms": ms["compiled"],
+                "floor_ms": ms["floor"],
+                "speedup": ms["eager"] / ms["compiled"],
+                "compiled_over_floor": ms["compiled"] / ms["floor"],
+                "eager_over_floor": ms["eager"] / ms["floor"],
+                "compile_seconds": compile_s,
+                "grad_norm": float(grads["eager"].norm()),
+                "grad_rel_diff": rel,
+                "grad_tolerance": tol,
+                "grad_ok": rel < tol,
+            }
+        )
+    bf16 = next(r for r in out["rows"] if r["precision"] == "bfloat16")
+    out["targets"] = [
+        {
+            "target": "compiled untracked block >= 1.2x faster than eager (bf16 restarts)",
+            "value": bf16["speedup"],
+            "met": bf16["speedup"] >= 1.2,
+        },
+        {
+            "target": "compiled step <= 1.05x its denoiser-call floor (bf16 restarts)",
+            "value": bf16["compiled_over_floor"],
+            "met": bf16["compiled_over_floor"] <= 1.05,
+        },
+        {
+            "target": "gradients compiled vs eager within tolerance (both precisions)",
+            "value": max(r["grad_rel_diff"] / r["grad_tolerance"] for r in out["rows"]),
+            "met": all(r["grad_ok"] for r in out["rows"]),
+        },
+    ]
+    return out
+
+
+def compile_markdown(result: dict[str, Any]) -> str:
+    """The compile table: medians side by side (ms per training step) and the targets."""
+    s = result["shape"]
+    lines = [
+        f"rJFB K={s['depth']} T={s['restarts']}, DRUNet nc {s['nc']} nb {s['nb']}, RGB "
+        f"{s['size']}², B={s['batch']}; median of {result['repeats']} (ms per step)",
+        "",
+        "| precision | eager | compiled | floor | eager/compiled | compiled/floor "
+        "| compile s | grad rel diff (tol) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['precision']} | {r['eager_ms']:.1f} | {r['compiled_ms']:.1f} | "
+            f"{r['floor_ms']:.1f} | {r['speedup']:.2f}x | {r['compiled_over_floor']:.2f}x | "
+            f"{r['compile_seconds']:.0f} | {r['grad_rel_diff']:.1e} ({r['grad_tolerance']:.0e}) |"
+        )
+    lines += ["", "| target | value | met |", "|---|---|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {t['value']:.3g} | {'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
 # driver
 
 
@@ -271,7 +470,7 @@ def _write(out: Path, name: str, result: dict[str, Any]) -> None:
 def run(
     out: Path,
     device: torch.device,
-    parts: Sequence[str] = PARTS,
+    parts: Sequence[str] = DEFAULT_PARTS,
     tiny: bool = False,
     repeats: int = 7,
     params: Path = REPO / "params.yaml",
@@ -315,6 +514,13 @@ def run(
                 result = check_quality(device, params, work, tiny=tiny, progress=not tiny)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+        elif part == "compile":
+            result = check_compile(device, tiny=tiny, repeats=1 if tiny else repeats)
+            (out / "compile.md").write_text(compile_markdown(result) + "\n")
+        elif part == "packing":
+            from pipeline.tools import packing
+
+            result = packing.run(out, device, params=packing.SMOKE, log=log)
         else:
             raise ValueError(f"unknown part {part!r}; expected some of {PARTS}")
         result["seconds"] = time.perf_counter() - started
@@ -326,10 +532,21 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """User errors (the packing part without a GPU) are one line, exit 2."""
+    from pipeline.util.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.tools.gpucheck", description=__doc__)
     parser.add_argument("--out", required=True, help="folder for <part>.json and bench.md")
     parser.add_argument("--device", default="cuda", help="torch device (default: %(default)s)")
-    parser.add_argument("--parts", default=",".join(PARTS), help="(default: %(default)s)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(DEFAULT_PARTS),
+        help=f"some of {','.join(PARTS)} (default: %(default)s)",
+    )
     parser.add_argument("--tiny", action="store_true", help="seconds-long sizes, for CPU tests")
     parser.add_argument("--repeats", type=int, default=7, help="bench repetitions (%(default)s)")
     parser.add_argument("--params", default=str(REPO / "params.yaml"), help="study params")
@@ -342,6 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"--parts: unknown {unknown}; expected some of {list(PARTS)}")
     device = torch.device(args.device)
+    if "packing" in parts:  # before any other part spends device time
+        from pipeline.tools.packing import require_gpu
+
+        require_gpu(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available (use --device cpu --tiny)")
     run(

@@ -247,3 +247,42 @@ def test_every_prior_type_has_a_scheme_builder() -> None:
     from pipeline.study.config import PRIOR_TYPES
 
     assert set(PRIOR_TYPES.values()) == set(SCHEME_BUILDERS)
+
+
+@pytest.mark.slow  # Inductor builds C++ kernels: tens of seconds on a loaded 2-core machine
+def test_compiled_untracked_steps_train_like_eager_ones(root: Path) -> None:
+    """``train.compile``: the restarts run compiled, the tracked block eager; the trial learns
+    the same θ up to float32 rounding (tests/core/test_compiled.py bounds the gradient)."""
+    study = make_study(root, pnp_c={**PNP, "train": {**PNP["train"], "compile": True}})
+    assert study.train_for("pnp_c").compile and not study.train_for("pnp").compile
+    torch._dynamo.reset()
+    a = run_trial(study, TrialSpec(prior="pnp", estimator="rjfb", depth=2, restarts=3),
+                  root / "prepared")  # fmt: skip
+    b = run_trial(study, TrialSpec(prior="pnp_c", estimator="rjfb", depth=2, restarts=3),
+                  root / "prepared")  # fmt: skip
+    assert a.status == b.status == "finished"
+    for key in ("sigma", "tau", "relaxation"):
+        assert b.theta[key] == pytest.approx(a.theta[key], rel=1e-4), key
+    assert b.metrics["test_psnr"] == pytest.approx(a.metrics["test_psnr"], abs=1e-3)
+
+
+def test_a_compiler_failure_names_train_compile(root: Path, monkeypatch) -> None:
+    """No silent fallback: a failing torch.compile stops the trial with one line naming the
+    setting (a backend that raises stands in for a missing C++ compiler or Triton)."""
+    from pipeline.core import compiled
+    from pipeline.study import trial as trial_module
+
+    def broken(gm, inputs):
+        raise RuntimeError("no working C++ compiler\n(details)")
+
+    monkeypatch.setattr(
+        trial_module, "compile_no_grad", lambda step: compiled.compile_no_grad(step, backend=broken)
+    )
+    torch._dynamo.reset()
+    study = make_study(root, pnp_c={**PNP, "train": {**PNP["train"], "compile": True}})
+    with pytest.raises(ConfigError) as info:
+        run_trial(study, TrialSpec(prior="pnp_c", estimator="rjfb", depth=2, restarts=1),
+                  root / "prepared")  # fmt: skip
+    message = str(info.value)
+    assert message.startswith("train.compile: torch.compile failed") and "\n" not in message
+    assert "no working C++ compiler" in message

@@ -20,7 +20,8 @@ from pipeline.tools import bench, gpucheck
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gpucheck")
-    gpucheck.run(out, torch.device("cpu"), tiny=True, log=lambda _: None)
+    parts = ("grads", "bench", "quality")  # compile: its own (slow) test below
+    gpucheck.run(out, torch.device("cpu"), parts, tiny=True, log=lambda _: None)
     return out
 
 
@@ -115,3 +116,65 @@ def test_out_of_memory_rows_are_reported_not_fatal() -> None:
     problem.reference = torch.ones(1, dtype=torch.float64)
     row = bench._row(case, problem)
     assert math.isnan(row["ms_per_step"]) and row["error"] == case.error
+
+
+@pytest.mark.slow  # Inductor compiles C++ kernels: tens of seconds on a loaded 2-core machine
+def test_compile_part_times_eager_compiled_and_the_floor(tmp_path: Path) -> None:
+    """Part ``compile`` at tiny size (DRUNet nc 2, rJFB K=2 T=3): every column is there, and the
+    gradient of the compiled untracked block agrees with eager within the stated tolerance."""
+    gpucheck.run(tmp_path, torch.device("cpu"), ("compile",), tiny=True, log=lambda _: None)
+    result = json.loads((tmp_path / "compile.json").read_text())
+    assert [r["precision"] for r in result["rows"]] == ["float32", "bfloat16"]
+    for row in result["rows"]:
+        for key in ("eager_ms", "compiled_ms", "floor_ms", "compile_seconds"):
+            assert row[key] > 0, (key, row)
+        assert row["grad_norm"] > 0 and row["grad_ok"], row
+        assert row["grad_tolerance"] == gpucheck.COMPILE_GRAD_TOL[row["precision"]]
+    assert len(result["targets"]) == 3
+    table = (tmp_path / "compile.md").read_text()
+    assert "| float32 |" in table and "| bfloat16 |" in table and "floor" in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_packing_refuses_without_a_gpu(tmp_path: Path) -> None:
+    from profiles import REPO, assert_one_line_error, run_module
+
+    for args in (
+        ["pipeline.tools.gpucheck", "--parts", "packing", "--device", "cpu"],
+        ["pipeline.tools.packing", "--device", "cpu"],
+    ):
+        result = run_module(*args, "--out", str(tmp_path / "out"), cwd=REPO)
+        assert_one_line_error(result, r"packing: needs a CUDA GPU \(none visible\)")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_packing_table_from_measured_runs() -> None:
+    """The packing summary's format, from made-up runs (the real ones need a GPU): trials per
+    hour, gain over 1 GPU per trial, per-trial slowdown against its solo time, targets."""
+    from pipeline.tools import packing
+
+    def trials(seconds: list[float]) -> list[dict]:
+        return [
+            {"name": f"t{i}", "status": "finished", "train_seconds": s, "peak_mem_mib": 100.0 * i}
+            for i, s in enumerate(seconds, 1)
+        ]
+
+    gpu = {"gpu_samples": 3, "gpu_util_mean": 50.0, "gpu_util_p95": 90.0, "gpu_mem_peak_mib": 9e3}
+    runs = [
+        {"fraction": 1.0, "wall_seconds": 400.0, "trials": trials([10, 20, 30, 40]), "gpu": gpu},
+        {"fraction": 0.25, "wall_seconds": 160.0, "trials": trials([12, 22, 45, 44]), "gpu": gpu},
+    ]
+    result = packing.summarise(runs)
+    one, quarter = result["rows"]
+    assert one["trials_per_hour"] == pytest.approx(36.0) and one["gain_vs_1"] == 1.0
+    assert quarter["gain_vs_1"] == pytest.approx(2.5)
+    assert quarter["slowdown_vs_solo_max"] == pytest.approx(1.5)
+    assert quarter["peak_mem_mib_max"] == 400.0
+    assert [t["met"] for t in result["targets"]] == [True, True]
+    text = packing.markdown({"card": "NVIDIA H200", **result})
+    assert "NVIDIA H200" in text and "| 0.25 | 4/4 | 160 | 90.0 | 2.50x | 50 / 90 |" in text
+    params = packing.fraction_params(
+        {"priors": {"p": {"type": "pnp", "weights": "m.pt"}}, "ray": {}}, 0.25, Path("/w.pt")
+    )
+    assert params["ray"] == {"gpus_per_trial": 0.25, "max_concurrent_trials": 4}
+    assert params["priors"]["p"]["weights"] == "/w.pt"
