@@ -637,8 +637,8 @@ class TrialSpec(_Strict):
 
 class SweepConfig(_Strict):
     """The grid. ``deq``/``jfb`` run once per prior and seed; ``rjfb`` over depths × restarts ×
-    starts × restart_tols; ``unrolled`` over ``unrolled_iterations``; ``extra_trials`` add
-    explicit points (deduplicated)."""
+    starts × restart_tols; ``unrolled`` over ``unrolled_iterations``; ``points`` add explicit
+    configurations that run with every seed; ``extra_trials`` add explicit trials (deduplicated)."""
 
     priors: list[str] = Field(
         min_length=1, description="priors of the priors section the grid runs, non-empty"
@@ -662,6 +662,11 @@ class SweepConfig(_Strict):
     unrolled_iterations: list[PositiveInt] = Field(
         [20], min_length=1, description="unrolled: step counts N, each >= 1"
     )
+    points: list[TrialSpec] = Field(
+        [],
+        description="explicit configurations (a trial without its seed) that run with every "
+        "seed of sweep.seeds, after the grid (a duplicate of a grid point is dropped)",
+    )
     extra_trials: list[TrialSpec] = Field(
         [], description="explicit trials added to the grid (a duplicate of a grid point is dropped)"
     )
@@ -669,6 +674,13 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _non_empty(self) -> SweepConfig:
+        for i, t in enumerate(self.points):
+            if "seed" in t.model_fields_set:
+                raise _Located(
+                    ("points", i, "seed"),
+                    "a point runs with every seed of sweep.seeds: drop its seed (or move it to "
+                    "extra_trials)",
+                )
         only_tols = all(t is not None for t in self.restart_tols)
         if "rjfb" in self.estimators and only_tols and all(r == 0 for r in self.restarts):
             raise _Located(
@@ -722,6 +734,7 @@ class SweepConfig(_Strict):
                             seed=seed,
                         )
                     )
+        out += [t.model_copy(update={"seed": seed}) for t in self.points for seed in self.seeds]
         return out + list(self.extra_trials)
 
 
@@ -858,12 +871,12 @@ class StudyConfig(_Strict):
         for i, name in enumerate(self.sweep.priors):
             if name not in self.priors:
                 raise _Located(("sweep", "priors", i), did_you_mean("prior", name, self.priors))
-        for i, t in enumerate(self.sweep.extra_trials):
-            if t.prior not in self.priors:
-                raise _Located(
-                    ("sweep", "extra_trials", i, "prior"),
-                    did_you_mean("prior", t.prior, self.priors),
-                )
+        for key in ("points", "extra_trials"):
+            for i, t in enumerate(getattr(self.sweep, key)):
+                if t.prior not in self.priors:
+                    raise _Located(
+                        ("sweep", key, i, "prior"), did_you_mean("prior", t.prior, self.priors)
+                    )
         for name, prior in self.priors.items():
             side = prior.min_side()
             if self.data.patch_size % side:

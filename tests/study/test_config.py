@@ -408,3 +408,37 @@ def test_prior_type_messages_come_from_the_registry() -> None:
     assert prior_types_text() == "'wavelet' or 'pnp'"
     with pytest.raises(ValueError, match="did you mean 'wavelet'"):
         parse_prior({"type": "wavlet"})
+
+
+def test_points_run_with_every_seed() -> None:
+    """``sweep.points``: a configuration without its seed runs once per seed, after the grid;
+    a point that writes a seed, or names an unknown prior, is refused with its key."""
+    raw = {
+        "priors": {"l1": {"type": "wavelet", "levels": 2}},
+        "sweep": {
+            "priors": ["l1"],
+            "estimators": ["deq"],
+            "seeds": [0, 3],
+            "points": [{"prior": "l1", "estimator": "rjfb", "depth": 2, "restarts": 1}],
+            "extra_trials": [{"prior": "l1", "estimator": "jfb", "seed": 7}],
+        },
+    }
+    names = [t.name for t in parse_params(raw).trials()]
+    assert names == [
+        "l1-deq-s0",
+        "l1-deq-s3",
+        "l1-rjfb-K2-T1-s0",
+        "l1-rjfb-K2-T1-s3",
+        "l1-jfb-s7",
+    ]
+    seeded = {
+        **raw,
+        "sweep": {**raw["sweep"], "points": [{"prior": "l1", "estimator": "jfb", "seed": 1}]},
+    }
+    with pytest.raises(
+        ConfigError, match=r"sweep\.points\[0\]\.seed: a point runs with every seed"
+    ):
+        parse_params(seeded)
+    unknown = {**raw, "sweep": {**raw["sweep"], "points": [{"prior": "l2", "estimator": "jfb"}]}}
+    with pytest.raises(ConfigError, match=r"sweep\.points\[0\]\.prior: .*'l2'"):
+        parse_params(unknown)
