@@ -1,6 +1,6 @@
 """Fixtures shared by the whole suite. Helpers that are plain functions (the tiny study, a stage
-run as a user runs it, services a test starts) live in ``tests/profiles.py``; this folder is put
-on ``sys.path`` by pytest because it holds this file, so ``from profiles import ...`` works from
+run as a user runs it, services a test starts) live in ``tests/helpers.py``; this folder is put
+on ``sys.path`` by pytest because it holds this file, so ``from helpers import ...`` works from
 every subfolder."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 pipeline's outputs, and the MLflow UI's view of its store).
 
 ``dvc repro`` runs in a scratch git checkout of the project files with a params.yaml shrunk to a
-handful of small trials (``profiles.TINY``); its output is kept beside the checkout
+handful of small trials (``helpers.TINY``); its output is kept beside the checkout
 (:func:`repro_log`).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from profiles import TINY, copy_project, repro_log
+from helpers import TINY, copy_project, repro_log
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600):

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from profiles import HEAVY, STAGES, assert_refused, poison, run_module, run_stage, tiny_data, tree
+from helpers import HEAVY, STAGES, assert_refused, poison, run_module, run_stage, tiny_data, tree
 
 VALID: dict[str, Any] = {
     "data": tiny_data(source="imgs", patches_per_image=2),
@@ -465,7 +465,7 @@ ALL_HEAVY = HEAVY
 
 @pytest.fixture(scope="module")
 def prepared_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from profiles import prepare_tiny
+    from helpers import prepare_tiny
 
     return prepare_tiny(tmp_path_factory.mktemp("src") / "prepared")
 
@@ -535,7 +535,7 @@ def start_fake_mlflow(cwd: Path) -> str:
     """An HTTP server answering /health with 200 OK that is not MLflow (a static file server)."""
     import sys
 
-    from profiles import wait_http
+    from helpers import wait_http
 
     from pipeline.tools.procs import free_port
 
@@ -923,7 +923,7 @@ def test_prepare_removes_the_scratch_folders_of_dead_runs_only(tmp_path: Path) -
 
 
 def test_a_refused_sweep_leaves_no_lock_file_or_folder(tmp_path: Path) -> None:
-    from profiles import TINY
+    from helpers import TINY
 
     from pipeline.study.config import parse_params
     from pipeline.sweep.cluster import sweep_lock

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from headless import Browser, find_chromium
-from profiles import ProcessGroup, base_env, free_port, wait_http
+from helpers import ProcessGroup, base_env, free_port, wait_http
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from profiles import repro_log
+from helpers import repro_log
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -299,7 +299,7 @@ def test_prepared_data_with_pickled_objects_is_refused(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real prepared folder of the tiny study (bundled images), made once for the module."""
-    from profiles import tiny_data
+    from helpers import tiny_data
 
     from pipeline.study.config import parse_params
     from pipeline.study.data import prepare
@@ -362,7 +362,7 @@ def test_manifest_file_names_are_confined_to_the_folder(
 def test_node_side_unpack_writes_only_inside_the_cache(tmp_path: Path, prepared: Path) -> None:
     """Even a hand-made bundle (not from read_manifest) cannot make a node write outside its
     cache folder."""
-    from profiles import tree
+    from helpers import tree
 
     from pipeline.sweep.shipping import PreparedBundle, materialize, pack_prepared
     from pipeline.util.errors import DataError
@@ -384,7 +384,7 @@ def test_node_side_unpack_writes_only_inside_the_cache(tmp_path: Path, prepared:
 def test_sweep_refuses_a_traversing_manifest_before_anything_is_written(
     tmp_path: Path, prepared: Path
 ) -> None:
-    from profiles import assert_one_line_error, run_module, tree
+    from helpers import assert_one_line_error, run_module, tree
 
     cwd = tmp_path / "study"
     cwd.mkdir()
@@ -439,7 +439,7 @@ def manifest_format_only(out: Path) -> None:
 def test_prepare_never_replaces_a_folder_it_did_not_make(
     tmp_path: Path, prepared: Path, case: str, pattern: str
 ) -> None:
-    from profiles import assert_one_line_error, run_module, tree
+    from helpers import assert_one_line_error, run_module, tree
 
     cwd = tmp_path / "study"
     cwd.mkdir()
@@ -511,7 +511,7 @@ def test_report_over_a_hostile_trials_table(tmp_path: Path) -> None:
     import math
 
     import pandas as pd
-    from profiles import tree
+    from helpers import tree
 
     from pipeline.report import write_report
     from pipeline.study.config import ReportConfig

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from profiles import TINY
+from helpers import TINY
 
 from pipeline.study.chain import chained_inits, phases
 from pipeline.study.config import TrialSpec, parse_params

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from profiles import REPO, assert_one_line_error, run_module, tiny_data
+from helpers import REPO, assert_one_line_error, run_module, tiny_data
 
 VALID = {
     "data": tiny_data(source="imgs", patches_per_image=2),

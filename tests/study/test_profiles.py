@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from profiles import REPO, assert_one_line_error, run_module
+from helpers import REPO, assert_one_line_error, run_module
 
 from pipeline.study.config import load_params
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from profiles import tiny_data
+from helpers import tiny_data
 from test_sweep_checks import save_denoiser
 
 PNP = {

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from profiles import REPO, TINY, LocalCluster, base_env, copy_project
+from helpers import REPO, TINY, LocalCluster, base_env, copy_project
 
 EXPECTED = {
     "l1-deq-s0",

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from profiles import assert_one_line_error, run_module, tiny_data, tree
+from helpers import assert_one_line_error, run_module, tiny_data, tree
 
 STUDY: dict[str, Any] = {
     "data": tiny_data(patches_per_image=2),

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from profiles import tiny_data
+from helpers import tiny_data
 
 from pipeline.sweep import tracking
 

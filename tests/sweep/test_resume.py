@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from profiles import TINY, ProcessGroup, base_env, copy_project, mlflow_db_state
+from helpers import TINY, ProcessGroup, base_env, copy_project, mlflow_db_state
 
 EPOCHS = 8
 

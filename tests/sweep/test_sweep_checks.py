@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from profiles import assert_refused, run_stage, tiny_data, tree
+from helpers import assert_refused, run_stage, tiny_data, tree
 
 STUDY: dict[str, Any] = {
     "data": tiny_data(patches_per_image=2),

@@ -137,7 +137,7 @@ def test_compile_part_times_eager_compiled_and_the_floor(tmp_path: Path) -> None
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
 def test_packing_refuses_without_a_gpu(tmp_path: Path) -> None:
-    from profiles import REPO, assert_one_line_error, run_module
+    from helpers import REPO, assert_one_line_error, run_module
 
     for args in (
         ["pipeline.tools.gpucheck", "--parts", "packing", "--device", "cpu"],
