@@ -635,6 +635,21 @@ class TrialSpec(_Strict):
         return "-".join(parts)
 
 
+class TrialPoint(TrialSpec):
+    """A configuration without its seed: ``sweep.points`` run it with every seed. Its dumps
+    leave the seed out, so a dump validates back to the same point (Ray hands trials the study
+    as a dump)."""
+
+    @model_serializer(mode="wrap")
+    def _without_seed(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        out.pop("seed", None)
+        return out
+
+    def with_seed(self, seed: int) -> TrialSpec:
+        return TrialSpec.model_validate({**self.model_dump(), "seed": seed})
+
+
 class SweepConfig(_Strict):
     """The grid. ``deq``/``jfb`` run once per prior and seed; ``rjfb`` over depths × restarts ×
     starts × restart_tols; ``unrolled`` over ``unrolled_iterations``; ``points`` add explicit
@@ -662,7 +677,7 @@ class SweepConfig(_Strict):
     unrolled_iterations: list[PositiveInt] = Field(
         [20], min_length=1, description="unrolled: step counts N, each >= 1"
     )
-    points: list[TrialSpec] = Field(
+    points: list[TrialPoint] = Field(
         [],
         description="explicit configurations (a trial without its seed) that run with every "
         "seed of sweep.seeds, after the grid (a duplicate of a grid point is dropped)",
@@ -734,7 +749,7 @@ class SweepConfig(_Strict):
                             seed=seed,
                         )
                     )
-        out += [t.model_copy(update={"seed": seed}) for t in self.points for seed in self.seeds]
+        out += [t.with_seed(seed) for t in self.points for seed in self.seeds]
         return out + list(self.extra_trials)
 
 

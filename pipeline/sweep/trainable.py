@@ -17,6 +17,7 @@ from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.sweep import tracking
 from pipeline.sweep.grid import trial_params
 from pipeline.sweep.shipping import PreparedBundle, WeightsBundle, localize_weights, materialize
+from pipeline.util.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,23 @@ def tune_trainable(
     bundle: PreparedBundle | None = None,
     weights: WeightsBundle | None = None,
 ) -> None:
-    train_trial(config["point"], context, bundle, weights)
+    try:
+        train_trial(config["point"], context, bundle, weights)
+    except Exception as err:
+        raise shippable_error(err) from None
+
+
+def shippable_error(err: Exception) -> Exception:
+    """``err`` if it is the project's own or a builtin exception, else a RuntimeError with its
+    type and message.
+
+    Ray re-raises a trial's exception on the driver as a class derived from the original one;
+    for some third-party exceptions (pydantic's ValidationError) that class cannot be built,
+    and the driver then stops the whole sweep instead of failing that trial.
+    """
+    if isinstance(err, UserError) or type(err).__module__ == "builtins":
+        return err
+    return RuntimeError(f"{type(err).__name__}: {err}")
 
 
 def trial_name(trial: Any) -> str:

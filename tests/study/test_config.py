@@ -423,7 +423,10 @@ def test_points_run_with_every_seed() -> None:
             "extra_trials": [{"prior": "l1", "estimator": "jfb", "seed": 7}],
         },
     }
-    names = [t.name for t in parse_params(raw).trials()]
+    cfg = parse_params(raw)
+    names = [t.name for t in cfg.trials()]
+    # trials get the study as a dump: it validates back to the same trials
+    assert StudyConfig.model_validate(cfg.model_dump(mode="json")).trials() == cfg.trials()
     assert names == [
         "l1-deq-s0",
         "l1-deq-s3",

@@ -93,3 +93,29 @@ def test_trial_key_follows_the_weights_file(tmp_path: Path) -> None:
     assert trial_key(study, spec) != key
     other = pnp_study(steps=7)
     assert trial_key(other, spec) == trial_key(study, spec)  # pretrain acts through the file only
+
+
+def test_a_trial_error_the_driver_cannot_rebuild_is_shipped_as_text() -> None:
+    """Tune pickles a trial's exception to the driver; pydantic's ValidationError cannot be
+    rebuilt there (Ray then stops the whole sweep), so it travels as a RuntimeError with its
+    type and message, while the project's own errors travel as they are."""
+    import pickle
+
+    from pydantic import BaseModel, ValidationError
+
+    from pipeline.sweep.trainable import shippable_error
+    from pipeline.util.errors import DataError
+
+    class M(BaseModel):
+        x: int
+
+    try:
+        M(x="no")
+    except ValidationError as err:
+        shipped = shippable_error(err)
+    assert type(shipped) is RuntimeError and str(shipped).startswith("ValidationError: ")
+    pickle.loads(pickle.dumps(shipped))
+    builtin = ValueError("v")
+    assert shippable_error(builtin) is builtin
+    own = DataError("prepared/train.npz: truncated")
+    assert shippable_error(own) is own
