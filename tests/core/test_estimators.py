@@ -503,7 +503,9 @@ def test_deq_releases_everything_after_backward():
     del x, loss
     gc.collect()
     assert z_ref() is None and implicit_ref() is None
-    assert live_tensors() == before
+    # no more tensors alive than before (a leak adds some; in a full run, objects other tests
+    # left behind may be collected meanwhile, so the count can only be bounded from above)
+    assert live_tensors() <= before
     # Diagnostics hold plain Python numbers only.
     for value in vars(est.last).values():
         assert value is None or isinstance(value, (bool, int, float))

@@ -86,20 +86,6 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for the module (run_sweep reuses an initialised Ray and leaves it up)."""
-    import ray
-
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def swept(root: Path, ray_session) -> dict[str, Any]:
     from pipeline.report import write_report
     from pipeline.study.config import load_params
