@@ -96,10 +96,10 @@ def _check_before_ray(cfg: StudyConfig, prepared: Path, check_pnp_weights: bool)
     check_job_paths(cfg)
     if check_pnp_weights:
         check_weights(cfg, prepared)
-    _check_search(cfg)
+    check_search(cfg)
 
 
-def _check_search(cfg: StudyConfig) -> None:
+def check_search(cfg: StudyConfig) -> None:
     """A tuned sweep does not chain priors (yet): refuse before anything starts."""
     from pipeline.study.chain import phases
 
@@ -243,7 +243,7 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: _Attempt) 
         path = _search_path(cfg, grid, i)
         restoring = attempt.restoring and _can_restore(path)
         name = path.rsplit("/", 1)[1]
-        tuner = _search_tuner(cfg, point, name, path, trainable, restoring)
+        tuner = search_tuner(cfg, point, name, path, trainable, restoring)
         results = tuner.fit()
         _check_search_done(results)
         _mark_pruned(attempt, point, results)
@@ -265,7 +265,7 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: _Attempt) 
     return _fit(cfg, points, name, path, trainable, restoring)
 
 
-def _search_tuner(
+def search_tuner(
     cfg: StudyConfig, point: dict, name: str, path: str, trainable: Any, restoring: bool
 ) -> Any:
     """One configuration's search: a Tune experiment sampling lr under ASHA on val_psnr."""
