@@ -553,6 +553,52 @@ class PretrainConfig(_Strict):
         return {key: getattr(self, key) for key in DENOISER_ARCH[kind or self.denoiser]}
 
 
+class TuneDist(_Strict):
+    """A continuous hyperparameter's distribution for the tuned search."""
+
+    dist: Literal["loguniform", "uniform"] = Field(
+        "loguniform", description="how Tune samples it: loguniform or uniform on [low, high]"
+    )
+    low: PositiveFloat = Field(description="lower bound, > 0")
+    high: PositiveFloat = Field(description="upper bound, > low")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TuneDist:
+        if self.high <= self.low:
+            raise _Located(("high",), f"must be > low {self.low:g}, got {self.high:g}")
+        return self
+
+
+class TuneSpace(_Strict):
+    """The hyperparameters a tuned sweep searches per grid point."""
+
+    lr: TuneDist = Field(
+        default_factory=lambda: TuneDist(low=1e-3, high=0.3),
+        description="learning rate of the trial (replaces train.lr and a prior's train.lr)",
+    )
+
+
+class TuneOptions(_Strict):
+    """``sweep.search: tuned``: per grid point, a search then the best configuration per seed."""
+
+    samples: PositiveInt = Field(
+        8, description="configurations sampled per grid point in the search phase, >= 1"
+    )
+    algorithm: Literal["optuna", "random"] = Field(
+        "optuna", description="search algorithm: optuna (TPE, seeded) or random (seeded)"
+    )
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="seed of the search algorithm")
+    grace_period: PositiveInt = Field(
+        1, description="ASHA: epochs every search trial runs before it can be pruned, >= 1"
+    )
+    search_seed: Seed = Field(
+        0, description="the trial seed the search phase trains with (the final phase: sweep.seeds)"
+    )
+    space: TuneSpace = Field(
+        default_factory=TuneSpace, description="what is searched (lr: {dist, low, high})"
+    )
+
+
 class DEQOptions(_Strict):
     tol: PositiveFloat = Field(
         1e-4, description="relative residual the forward solves of DEQ and JFB stop at, > 0"
@@ -686,6 +732,15 @@ class SweepConfig(_Strict):
         [], description="explicit trials added to the grid (a duplicate of a grid point is dropped)"
     )
     deq: DEQOptions = Field(DEQOptions(), description="the solves of DEQ (and JFB's forward)")
+    search: Literal["grid", "tuned"] = Field(
+        "grid",
+        description="grid: every trial at the configured lr; tuned: per grid point (seedless) a "
+        "Ray Tune search of sweep.tune.space under ASHA on val_psnr, then the best configuration "
+        "on every seed",
+    )
+    tune: TuneOptions = Field(
+        default_factory=TuneOptions, description="the tuned search (sweep.search: tuned)"
+    )
 
     @model_validator(mode="after")
     def _non_empty(self) -> SweepConfig:

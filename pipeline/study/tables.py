@@ -21,6 +21,8 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "start": "text",
     "iterations": "number",
     "seed": "seed",
+    # sweep.search: tuned: the learning rate its configuration's search chose (else NaN)
+    "tuned_lr": "number",
     "status": "text",
     "status_reason": "text",
     "test_psnr": "number",

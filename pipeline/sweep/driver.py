@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -53,11 +54,11 @@ from pipeline.sweep.cluster import (
     init_ray,
     sweep_lock,
 )
-from pipeline.sweep.grid import Grid, build_grid
+from pipeline.sweep.grid import Grid, build_grid, config_of, search_points, with_lr
 from pipeline.sweep.results import collect, write_tables
 from pipeline.sweep.shipping import check_weights, pack_prepared, pack_weights
 from pipeline.sweep.trainable import TrialContext, trial_name, tune_trainable
-from pipeline.util.errors import DataError
+from pipeline.util.errors import ConfigError, DataError
 
 
 def run_sweep(
@@ -73,9 +74,11 @@ def run_sweep(
     _check_before_ray(cfg, prepared, check_pnp_weights)
     grid = build_grid(cfg)
     path = f"{cfg.storage_path.rstrip('/')}/{grid.name}"
+    # the Tune experiment an interrupted attempt leaves first: the grid's, or the first search
+    anchor = path if cfg.sweep.search == "grid" else _search_path(cfg, grid, 0)
     with sweep_lock(cfg, grid.key), _ray(cfg) as started:
         ship = _check_cluster(cfg, started)
-        attempt = _open_attempt(cfg, grid, path)
+        attempt = _open_attempt(cfg, grid, path, anchor)
         trials, history = _run_trials(cfg, grid, path, prepared, attempt, ship)
         _log_results(attempt, trials, history)
         return trials, history
@@ -93,6 +96,18 @@ def _check_before_ray(cfg: StudyConfig, prepared: Path, check_pnp_weights: bool)
     check_job_paths(cfg)
     if check_pnp_weights:
         check_weights(cfg, prepared)
+    check_search(cfg)
+
+
+def check_search(cfg: StudyConfig) -> None:
+    """A tuned sweep does not chain priors (yet): refuse before anything starts."""
+    from pipeline.study.chain import phases
+
+    if cfg.sweep.search == "tuned" and phases(cfg)[1]:
+        raise ConfigError(
+            "sweep.search: tuned does not support priors with sigma_init_from (a chained "
+            f"second phase: {', '.join(t.name for t in phases(cfg)[1][:3])}): use search: grid"
+        )
 
 
 def _check_prepared(prepared: Path) -> None:
@@ -153,13 +168,14 @@ class _Attempt:
     tags: dict[str, str]  # of every run: the code's git commit, the DVC experiment
 
 
-def _open_attempt(cfg: StudyConfig, grid: Grid, path: str) -> _Attempt:
-    """The MLflow experiment and the sweep's parent run (reopened when Tune restores ``path``)."""
+def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, anchor: str) -> _Attempt:
+    """The MLflow experiment and the sweep's parent run (reopened when Tune restores
+    ``anchor``, the sweep's first Tune experiment)."""
     from ray import tune
 
     uri = cfg.tracking_uri
     experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment)
-    restoring = tune.Tuner.can_restore(path)
+    restoring = tune.Tuner.can_restore(anchor)
     tags = tracking.code_tags(cfg.root)
     parent = tracking.parent_run(
         uri,
@@ -194,6 +210,8 @@ def _run_trials(
     trials are children of the one parent run; the tables hold every trial in grid order."""
     try:
         trainable = _trainable(cfg, prepared, attempt, ship)
+        if cfg.sweep.search == "tuned":
+            return collect(_run_tuned(cfg, grid, trainable, attempt), cfg)
         first, second = split_phases(cfg, grid)
         results = _fit(cfg, first, grid.name, path, trainable, attempt.restoring)
         if second:
@@ -208,6 +226,143 @@ def _run_trials(
     except BaseException as err:
         _end_attempt(attempt, err)
         raise
+
+
+def _search_path(cfg: StudyConfig, grid: Grid, i: int) -> str:
+    return f"{cfg.storage_path.rstrip('/')}/{grid.name}-search-{i}"
+
+
+def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: _Attempt) -> list[Any]:
+    """``sweep.search: tuned``: per seedless configuration a search (its own Tune experiment
+    ``sweep-<key>-search-<i>``: ``sweep.tune.samples`` learning rates from the search
+    algorithm, under ASHA on val_psnr), then every grid point at its configuration's best lr
+    (the Tune experiment ``sweep-<key>-tuned-<lrs>``). Every trial of both is a child run of
+    the parent; the pruned ones end with ``rjfb.status = pruned``."""
+    best: dict[str, float | None] = {}
+    for i, point in enumerate(search_points(cfg, grid)):
+        path = _search_path(cfg, grid, i)
+        restoring = attempt.restoring and _can_restore(path)
+        name = path.rsplit("/", 1)[1]
+        tuner = search_tuner(cfg, point, name, path, trainable, restoring)
+        results = tuner.fit()
+        _check_search_done(results)
+        _mark_pruned(attempt, point, results)
+        best[point["config"]] = best_lr(results)
+    points = []
+    for p in grid.points:
+        lr = best[config_of(p)]
+        if lr is None:
+            prior = p["trial"]["prior"]
+            q = with_lr(p, cfg.train_for(prior).lr, "tuned")
+            q["inits_error"] = f"search: no sample of {config_of(p)} finished"
+        else:
+            q = with_lr(p, lr, "tuned")
+        points.append(q)
+    blob = json.dumps([p["key"] for p in points]).encode()
+    name = f"{grid.name}-tuned-{hashlib.sha256(blob).hexdigest()[:8]}"
+    path = f"{cfg.storage_path.rstrip('/')}/{name}"
+    restoring = attempt.restoring and _can_restore(path)
+    return _fit(cfg, points, name, path, trainable, restoring)
+
+
+def search_tuner(
+    cfg: StudyConfig, point: dict, name: str, path: str, trainable: Any, restoring: bool
+) -> Any:
+    """One configuration's search: a Tune experiment sampling lr under ASHA on val_psnr."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    # a trial's last report holds its final metrics, not val_psnr: ASHA lets it pass
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if restoring:
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    opts = cfg.sweep.tune
+    space = opts.space.lr
+    sample = tune.loguniform if space.dist == "loguniform" else tune.uniform
+    if opts.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg: Any = OptunaSearch(seed=opts.seed)
+    else:
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=opts.seed)
+    epochs = cfg.train_for(point["trial"]["prior"]).epochs
+    return tune.Tuner(
+        trainable,
+        param_space={"point": point, "lr": sample(space.low, space.high)},
+        tune_config=tune.TuneConfig(
+            metric="val_psnr",
+            mode="max",
+            search_alg=search_alg,
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                # one report per epoch, then the final one: ASHA stops a trial at max_t
+                max_t=max(epochs, opts.grace_period) + 1,
+                grace_period=opts.grace_period,
+            ),
+            num_samples=opts.samples,
+            max_concurrent_trials=cfg.ray.max_concurrent_trials,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=cfg.storage_path,
+            failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _trial_states(results: Any) -> list[tuple[Any, str]]:
+    """Each result with its Tune trial's status (TERMINATED, ERROR, PENDING, …)."""
+    trials = results._experiment_analysis.trials  # the ResultGrid's own order
+    return [(r, t.status) for r, t in zip(results, trials, strict=True)]
+
+
+def _check_search_done(results: Any) -> None:
+    """``KeyboardInterrupt`` when the search stopped with trials left to run (Ctrl-C)."""
+    left = [r for r, status in _trial_states(results) if status not in ("TERMINATED", "ERROR")]
+    if left:
+        raise KeyboardInterrupt(f"{len(left)} search trials did not finish")
+
+
+def is_pruned(result: Any, status: str) -> bool:
+    """A search trial the scheduler stopped: it ended, without error, before its final report."""
+    return (
+        status == "TERMINATED" and result.error is None and (result.metrics or {}).get("final") != 1
+    )
+
+
+def _mark_pruned(attempt: _Attempt, point: dict, results: Any) -> None:
+    """The child runs of the pruned search trials end KILLED with ``rjfb.status = pruned``."""
+    from pipeline.sweep.trainable import PRUNED_REASON
+
+    c = attempt.client
+    for r, status in _trial_states(results):
+        if not is_pruned(r, status):
+            continue
+        key = with_lr(point, float(r.config["lr"]), "search")["key"]
+        run_id = tracking.child_run_id(c, attempt.experiment_id, attempt.parent_run_id, key)
+        if run_id is not None:
+            run = c.get_run(run_id)
+            if run.data.tags.get(tracking.STATUS) != "pruned" or run.info.status == "RUNNING":
+                tracking.finish(c, run_id, "pruned", PRUNED_REASON, "KILLED")
+
+
+def best_lr(results: Any) -> float | None:
+    """The sampled lr whose trial finished with the highest validation PSNR (ties: the smaller
+    lr); ``None`` when no sample finished."""
+    scored = []
+    for r in results:
+        m = r.metrics or {}
+        done = r.error is None and m.get("final") == 1 and m.get("status") == "finished"
+        if done and math.isfinite(float(m.get("final_val_psnr", math.nan))):
+            scored.append((-float(m["final_val_psnr"]), float(r.config["lr"])))
+    return min(scored)[1] if scored else None
 
 
 def split_phases(cfg: StudyConfig, grid: Grid) -> tuple[list[dict], list[dict]]:

@@ -40,8 +40,46 @@ def build_grid(cfg: StudyConfig) -> Grid:
         {"trial": t.model_dump(mode="json"), "name": t.name, "key": trial_key(cfg, t)}
         for t in cfg.trials()
     ]
-    keys = sorted(p["key"] for p in points)
+    keys: list[Any] = sorted(p["key"] for p in points)
+    if cfg.sweep.search == "tuned":  # another sweep than the grid's (same trials, searched lr)
+        keys = [keys, cfg.sweep.tune.model_dump(mode="json")]
     return Grid(points, hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12])
+
+
+def search_points(cfg: StudyConfig, grid: Grid) -> list[dict[str, Any]]:
+    """``sweep.search: tuned``: one search point per seedless grid configuration, in grid
+    order, trained with ``sweep.tune.search_seed``; ``config`` names that configuration."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in grid.points:
+        spec = TrialSpec.model_validate(p["trial"])
+        config = _config_name(spec)
+        if config not in out:
+            s = spec.model_copy(update={"seed": cfg.sweep.tune.search_seed})
+            out[config] = {
+                "trial": s.model_dump(mode="json"),
+                "name": f"{config}-search",
+                "key": trial_key(cfg, s),
+                "config": config,
+            }
+    return list(out.values())
+
+
+def _config_name(spec: TrialSpec) -> str:
+    """A trial's name without its seed (``wl1-rjfb-K5-T0``)."""
+    return spec.name.rsplit("-s", 1)[0]
+
+
+def with_lr(point: dict[str, Any], lr: float, role: str) -> dict[str, Any]:
+    """``point`` trained at learning rate ``lr``: a search sample (``role`` ``search``, named
+    after its lr) or a final trial (``tuned``, same name); its key hashes the lr in."""
+    key = hashlib.sha256(f"{point['key']}:{role}:{lr!r}".encode()).hexdigest()[:16]
+    name = f"{point['name']}-lr{lr:.3g}" if role == "search" else point["name"]
+    return {**point, "key": key, "name": name, "lr": lr, "role": role}
+
+
+def config_of(point: dict[str, Any]) -> str:
+    """The seedless configuration a grid point belongs to."""
+    return _config_name(TrialSpec.model_validate(point["trial"]))
 
 
 def trial_key(cfg: StudyConfig, spec: TrialSpec) -> str:
@@ -80,6 +118,10 @@ def trial_params(
     """A trial's MLflow parameters: its grid point and :func:`trial_context` with the configured
     weights path, and the sha256 of the shipped file where the node has no copy at that path."""
     params = {"trial": point["trial"], **trial_context(cfg, prior)}
+    if point.get("role") == "tuned":
+        params["tuned_lr"] = point["lr"]
+    elif point.get("role") == "search":
+        params["search_lr"] = point["lr"]
     if bundle is not None and prior in bundle.priors:
         params["weights_sha256"] = bundle.priors[prior]
     return params

@@ -36,6 +36,7 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
             "start": spec.start,
             "iterations": spec.iterations,
             "seed": spec.seed,
+            "tuned_lr": float(point["lr"]) if point.get("role") == "tuned" else math.nan,
             "prior_family": family.key,
             "prior_label": family.label,
             "deq_tol": cfg.sweep.deq.tol,

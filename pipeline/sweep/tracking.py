@@ -251,6 +251,12 @@ def _find(c, experiment_id: str, tags: Mapping[str, str], status: str | None = N
     return _search(c, experiment_id, query)
 
 
+def child_run_id(c, experiment_id: str, parent_run_id: str, trial_key: str) -> str | None:
+    """The id of the child run of ``trial_key`` under the parent, if any."""
+    runs = _find(c, experiment_id, {PARENT: parent_run_id, TRIAL_KEY: trial_key})
+    return runs[0].info.run_id if runs else None
+
+
 def parent_run(
     uri: str,
     experiment_id: str,

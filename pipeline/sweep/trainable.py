@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.sweep import tracking
-from pipeline.sweep.grid import trial_params
+from pipeline.sweep.grid import trial_params, with_lr
 from pipeline.sweep.shipping import PreparedBundle, WeightsBundle, localize_weights, materialize
 from pipeline.util.errors import UserError
 
@@ -49,8 +49,11 @@ def train_trial(
     import ray
     from ray import tune
 
-    study = StudyConfig.model_validate(context.study).with_root(Path(context.root))
     spec = TrialSpec.model_validate(point["trial"])
+    raw = context.study
+    if point.get("lr") is not None:  # a tuned sweep's trial: its own learning rate
+        raw = with_study_lr(raw, spec.prior, float(point["lr"]))
+    study = StudyConfig.model_validate(raw).with_root(Path(context.root))
     c = tracking.client(context.tracking_uri)
     node_id = ray.get_runtime_context().get_node_id()
     run = _open_run(study, spec, point, context, weights, node_id)
@@ -70,7 +73,10 @@ def train_trial(
         tracking.log_dataset(c, run.run_id, tracking.DatasetRef(**context.dataset))
     interval = context.system_metrics_interval_s
     with tracking.system_metrics(context.tracking_uri, run.run_id, interval, run.reopened):
-        result, progress = _train(study, spec, context, c, run, bundle, weights, point.get("inits"))
+        search = point.get("role") == "search"
+        result, progress = _train(
+            study, spec, context, c, run, bundle, weights, point.get("inits"), search
+        )
     tune.report(_log_final(c, run, result, progress, node_id))
 
 
@@ -134,6 +140,7 @@ def _train(
     bundle: PreparedBundle | None,
     weights: WeightsBundle | None,
     inits: dict[str, Any] | None = None,
+    search: bool = False,
 ) -> tuple[Any, _Progress]:
     """Train from Tune's checkpoint, if any; the run ends KILLED or FAILED when training does."""
     from ray import tune
@@ -146,7 +153,9 @@ def _train(
     if run.reopened:
         c.set_tag(run_id, "rjfb.resumed_from_epoch", str(int(resume["epoch"]) if resume else 0))
 
-    progress = _Progress(c, run_id, logged, context.checkpoint_every_s)
+    # a search trial reports every epoch: the scheduler (ASHA) decides on each
+    every_s = 0.0 if search else context.checkpoint_every_s
+    progress = _Progress(c, run_id, logged, every_s)
     artifacts = Path(tune.get_context().get_trial_dir()) / "artifacts"
     try:
         prepared = materialize(bundle) if bundle is not None else Path(context.prepared)
@@ -163,6 +172,11 @@ def _train(
         )
     except KeyboardInterrupt:
         tracking.finish(c, run_id, "interrupted", "interrupted", "KILLED")
+        raise
+    except SystemExit:  # Tune stopped the trial (ASHA pruned it)
+        with contextlib.suppress(Exception):
+            progress.log_pending()
+        tracking.finish(c, run_id, "pruned", PRUNED_REASON, "KILLED")
         raise
     except BaseException as err:
         with contextlib.suppress(Exception):
@@ -288,14 +302,29 @@ def load_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
     return None
 
 
+PRUNED_REASON = "stopped early by the ASHA scheduler (search phase)"
+
+
+def with_study_lr(study: dict[str, Any], prior: str, lr: float) -> dict[str, Any]:
+    """The study (its JSON dump) with ``prior``'s trials at learning rate ``lr``."""
+    priors = dict(study["priors"])
+    prior_cfg = dict(priors[prior])
+    prior_cfg["train"] = {**(prior_cfg.get("train") or {}), "lr": lr}
+    priors[prior] = prior_cfg
+    return {**study, "priors": priors}
+
+
 def tune_trainable(
     config: dict[str, Any],
     context: TrialContext,
     bundle: PreparedBundle | None = None,
     weights: WeightsBundle | None = None,
 ) -> None:
+    point = config["point"]
+    if config.get("lr") is not None:  # a search sample: the point at the sampled lr
+        point = with_lr(point, float(config["lr"]), "search")
     try:
-        train_trial(config["point"], context, bundle, weights)
+        train_trial(point, context, bundle, weights)
     except Exception as err:
         raise shippable_error(err) from None
 
@@ -314,4 +343,6 @@ def shippable_error(err: Exception) -> Exception:
 
 
 def trial_name(trial: Any) -> str:
-    return str(trial.config["point"]["name"])
+    lr = trial.config.get("lr")
+    name = str(trial.config["point"]["name"])
+    return name if lr is None else with_lr(trial.config["point"], float(lr), "search")["name"]
