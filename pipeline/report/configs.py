@@ -47,6 +47,7 @@ CONFIG_COLUMNS = (
     "n_seeds",
     "n_pairs",
     "test_psnr_mean",
+    "tuned_lr",
     "delta_psnr_mean",
     "delta_psnr_ci_low",
     "delta_psnr_ci_high",
@@ -264,6 +265,8 @@ def _config_row(
         n_trials=len(g),
         n_seeds=int(fin["seed_key"].nunique()),
         test_psnr_mean=_mean(fin["test_psnr"]),
+        # the learning rate a tuned sweep chose for this configuration (NaN: a grid sweep)
+        tuned_lr=_mean(g["tuned_lr"]),
         grad_cos_mean=_mean(fin["grad_cos_vs_deq"]),
         grad_cos_min_group_mean=_mean(fin["grad_cos_min_group_vs_deq"]),
         grad_sign_agree_mean=_mean(fin["grad_sign_agree_vs_deq"]),

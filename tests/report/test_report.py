@@ -443,6 +443,7 @@ def test_configs_parquet_has_one_row_per_prior_and_configuration(tables, report)
     assert list(c.loc[c["estimator"] == "deq", "verdict"]) == ["reference", "reference"]
     assert c.loc[c["estimator"] == "deq", "delta_psnr_mean"].isna().all()
     assert (c["n_seeds"] <= 1).all() and c["deq_reliable"].isna().all()
+    assert c["tuned_lr"].isna().all()  # a grid sweep: no tuned rate
     # the one-seed intervals are over the 16 test images
     assert (c.loc[c["n_seeds"] == 1, "n_pairs"].isin([0, 16])).all()
     # at depth: no per-image PSNRs there, one difference per seed: no interval
@@ -1151,3 +1152,15 @@ def test_a_table_without_the_new_columns_still_gets_a_report(tmp_path):
     c1 = _configs(tmp_path / "one")
     assert set(c1.loc[c1["verdict"] != "reference", "verdict"]) == {"inconclusive"}
     assert c1.loc[c1["verdict"] != "reference", "note"].str.contains("one pair").all()
+
+
+def test_configs_say_which_rate_a_tuned_arm_used(tmp_path):
+    """A tuned sweep records each trial's chosen rate (``tuned_lr``); configs.parquet carries
+    it per configuration, so the comparison says at which rate each arm trained."""
+    trials, history = seeded_tables()
+    rates = {"deq": 0.05, "rjfb": 0.12}
+    trials = trials.assign(tuned_lr=[rates[e] for e in trials["estimator"]])
+    write_report(trials, history, tmp_path, CFG)
+    c = _configs(tmp_path)
+    assert _config(c, "pnp_blur", "DEQ")["tuned_lr"] == pytest.approx(0.05)
+    assert _config(c, "pnp_blur", "rJFB K5 T5")["tuned_lr"] == pytest.approx(0.12)
