@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +366,50 @@ class LocalCluster:
         stop_all(self.groups)
         kill_strays(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def experiment_runs(cfg: Any) -> list[Any]:
+    """Every MLflow run of the study's experiment (parents and children)."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=cfg.tracking_uri)
+    exp = c.get_experiment_by_name(cfg.mlflow.experiment)
+    return c.search_runs([exp.experiment_id], max_results=1000)
+
+
+def sweep_and_rerun(
+    root: Path, after_rerun: Callable[[Any], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The study in ``root`` swept in-process, then swept again (a rerun, which must be a
+    no-op), from ``root`` as the working directory (MLflow puts a new experiment's artifacts
+    under the cwd's mlruns/). ``after_rerun(cfg)`` may run more sweeps; its dict is merged in.
+    Needs a Ray session (the ``ray_session`` fixture)."""
+    from pipeline.study.config import load_params
+    from pipeline.sweep.driver import run_sweep
+
+    cfg = load_params(root / "params.yaml")
+    prepared = root / "data" / "prepared"
+    here = Path.cwd()
+    os.chdir(root)
+    try:
+        start = time.perf_counter()
+        trials, history = run_sweep(cfg, prepared)
+        first_s = time.perf_counter() - start
+        runs = experiment_runs(cfg)
+        start = time.perf_counter()
+        again, again_history = run_sweep(cfg, prepared)
+        rerun_s = time.perf_counter() - start
+        extra = after_rerun(cfg) if after_rerun is not None else {}
+    finally:
+        os.chdir(here)
+    return {
+        "cfg": cfg,
+        "trials": trials,
+        "history": history,
+        "runs": runs,
+        "again": again,
+        "again_history": again_history,
+        "runs_after": experiment_runs(cfg),
+        "seconds": (first_s, rerun_s),
+        **extra,
+    }

@@ -12,14 +12,12 @@ grid order, and running the sweep again changes nothing (no new runs).
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import tiny_data
+from helpers import sweep_and_rerun, tiny_data
 from test_sweep_checks import save_denoiser
 
 PNP = {
@@ -81,41 +79,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _runs(cfg: Any) -> list[Any]:
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(tracking_uri=cfg.tracking_uri)
-    exp = c.get_experiment_by_name("chain")
-    return c.search_runs([exp.experiment_id], max_results=1000)
-
-
 @pytest.fixture(scope="module")
 def swept(root: Path, ray_session) -> dict[str, Any]:
-    from pipeline.study.config import load_params
-    from pipeline.sweep.driver import run_sweep
-
-    cfg = load_params(root / "params.yaml")
-    here = Path.cwd()
-    os.chdir(root)  # MLflow puts a new experiment's artifacts under the cwd's mlruns/
-    try:
-        start = time.perf_counter()
-        trials, history = run_sweep(cfg, root / "data" / "prepared")
-        first_s = time.perf_counter() - start
-        runs = _runs(cfg)
-        start = time.perf_counter()
-        again, again_history = run_sweep(cfg, root / "data" / "prepared")  # a rerun: a no-op
-    finally:
-        os.chdir(here)
-    return {
-        "cfg": cfg,
-        "trials": trials,
-        "history": history,
-        "runs": runs,
-        "again": again,
-        "again_history": again_history,
-        "runs_after": _runs(cfg),
-        "seconds": (first_s, time.perf_counter() - start),
-    }
+    return sweep_and_rerun(root)
 
 
 def test_the_chained_trials_start_from_the_sigma_their_source_learned(

@@ -9,15 +9,13 @@ search trial ends KILLED with ``rjfb.status = pruned``; running the sweep again 
 
 from __future__ import annotations
 
-import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import tiny_data
+from helpers import sweep_and_rerun, tiny_data
 
 STUDY: dict[str, Any] = {
     "data": tiny_data(patches_per_image=2),
@@ -56,48 +54,19 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _runs(cfg: Any) -> list[Any]:
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(tracking_uri=cfg.tracking_uri)
-    exp = c.get_experiment_by_name("tuned")
-    return c.search_runs([exp.experiment_id], max_results=1000)
-
-
 @pytest.fixture(scope="module")
 def swept(root: Path, ray_session) -> dict[str, Any]:
-    from pipeline.study.config import load_params
     from pipeline.sweep.driver import run_sweep
 
-    cfg = load_params(root / "params.yaml")
-    here = Path.cwd()
-    os.chdir(root)  # MLflow puts a new experiment's artifacts under the cwd's mlruns/
-    try:
-        start = time.perf_counter()
-        trials, history = run_sweep(cfg, root / "data" / "prepared")
-        first_s = time.perf_counter() - start
-        runs = _runs(cfg)
-        start = time.perf_counter()
-        again, again_history = run_sweep(cfg, root / "data" / "prepared")
-        rerun_s = time.perf_counter() - start
+    def lose_the_final_phase(cfg: Any) -> dict[str, Any]:
         # the final phase's experiment lost (a driver killed before Tune saved it): the search
         # is restored, picks the same lr, and the final trials find their finished runs
         for d in Path(cfg.storage_path).glob("sweep-*-tuned-*"):
             shutil.rmtree(d)
         lost, _ = run_sweep(cfg, root / "data" / "prepared")
-    finally:
-        os.chdir(here)
-    return {
-        "cfg": cfg,
-        "trials": trials,
-        "history": history,
-        "runs": runs,
-        "again": again,
-        "again_history": again_history,
-        "lost": lost,
-        "runs_after": _runs(cfg),
-        "seconds": (first_s, rerun_s),
-    }
+        return {"lost": lost}
+
+    return sweep_and_rerun(root, lose_the_final_phase)
 
 
 def _children(runs: list[Any]) -> tuple[Any, list[Any], list[Any]]:
