@@ -451,10 +451,9 @@ def compile_markdown(result: dict[str, Any]) -> str:
             f"{r['floor_ms']:.1f} | {r['speedup']:.2f}x | {r['compiled_over_floor']:.2f}x | "
             f"{r['compile_seconds']:.0f} | {r['grad_rel_diff']:.1e} ({r['grad_tolerance']:.0e}) |"
         )
-    lines += ["", "| target | value | met |", "|---|---|---|"]
-    for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['value']:.3g} | {'yes' if t['met'] else 'no'} |")
-    return "\n".join(lines)
+    from pipeline.tools.packing import targets_table
+
+    return "\n".join(lines + targets_table(result["targets"]))
 
 
 # ------------------------------------------------------------------------------------------

@@ -221,10 +221,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{util} | {mem} | {r['peak_mem_mib_max']:.0f} | "
             f"{r['slowdown_vs_solo_median']:.2f} / {r['slowdown_vs_solo_max']:.2f} |"
         )
-    lines += ["", "| target | value | met |", "|---|---|---|"]
-    for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['value']:.3g} | {'yes' if t['met'] else 'no'} |")
-    return "\n".join(lines)
+    return "\n".join(lines + targets_table(result["targets"]))
 
 
 def _trials(path: Path) -> list[dict[str, Any]]:
@@ -350,3 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def targets_table(targets: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines of a device check's targets (what was aimed at, the value, met or not)."""
+    lines = ["", "| target | value | met |", "|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t['target']} | {t['value']:.3g} | {'yes' if t['met'] else 'no'} |")
+    return lines
