@@ -1,10 +1,13 @@
-"""Stage ``pretrain``: train the PnP denoiser on the prepared training patches.
+"""Stage ``pretrain``: train the PnP denoiser on crops of the training images, score it.
 
 python -m stages.pretrain [--params params.yaml] [--prepared data/prepared]
                           [--out models/denoiser.pt] [--quiet] [--threads N]
 
 Writes the weights only (a state dict, loadable with ``torch.load(weights_only=True)``) to
-``--out`` and the validation PSNR per noise level to the same path with a ``.json`` suffix.
+``--out`` and its scores (val and test PSNR per noise level beside the noisy input's and the
+classical denoisers') to the same path with a ``.json`` suffix. A denoiser worse than its noisy
+input at some evaluated σ fails the stage (exit 2, nothing written) unless
+``pretrain.allow_weak``.
 The device follows ``train.device`` (``auto``: CUDA when present).
 """
 
@@ -21,7 +24,7 @@ from pipeline.util.cli import positive_int, run_cli
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stages.pretrain",
-        description="Train the PnP denoiser (params: pretrain) on the prepared training patches.",
+        description="Train the PnP denoiser (params: pretrain) on crops of the training images.",
     )
     parser.add_argument("--params", default="params.yaml", help="params file (%(default)s)")
     parser.add_argument("--prepared", default="data/prepared", help="(%(default)s)")
@@ -56,14 +59,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(cfg.train.device)
     assert metrics_path(out) == metrics_file
     metrics = pretrain(cfg, Path(args.prepared), out, progress=not args.quiet, device=device)
+    rows = metrics["test"]
     gains = ", ".join(
-        f"σ={s}: {v['input_psnr']:.2f} -> {v['denoised_psnr']:.2f} dB"
-        for s, v in metrics["val"].items()
+        f"σ={k}: {v['input_psnr']:.2f} -> {v['denoised_psnr']:.2f} dB" for k, v in rows.items()
     )
+    weak = f"; WEAK at {len(metrics['weak'])} (split, σ) (allow_weak)" if metrics["weak"] else ""
     print(
         f"pretrain: {metrics['denoiser']} {metrics['arch']} ({metrics['parameters']} weights, "
         f"{metrics['steps']} steps, {metrics['train_seconds']:.0f} s) -> {out}; "
-        f"val {gains}; metrics in {metrics_path(out)}"
+        f"test {gains}{weak}; metrics in {metrics_path(out)}"
     )
     return 0
 

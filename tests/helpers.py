@@ -39,6 +39,9 @@ def tiny_data(**changes: Any) -> dict[str, Any]:
         "val_images": 1,
         "test_images": 1,
         "degradation": {"kind": "denoising", "noise_sigma": 0.1},
+        # a small pool of pretraining crops (the default 2048 of 48x48 is the real study's)
+        "pretrain_patches": 32,
+        "pretrain_patch_size": 32,
         **changes,
     }
 
@@ -65,7 +68,15 @@ TINY = {
         "l1": {"type": "wavelet", "norm": "l1", "levels": 2, "reg_init": 0.01, "step_size": 0.3}
     },
     # dvc.yaml's pretrain stage declares these params: DVC needs them present in the file.
-    "pretrain": {"nc": 4, "steps": 2, "batch_size": 4, "val_sigmas": [0.1]},
+    # two steps make a weak denoiser on purpose: allow_weak keeps it (the report says so)
+    "pretrain": {
+        "nc": 4,
+        "steps": 2,
+        "batch_size": 4,
+        "crop": 16,
+        "eval_sigmas": [0.1],
+        "allow_weak": True,
+    },
     "train": {"epochs": 2, "batch_size": 4, "probe_batch_size": 2, "lr": 0.05, "device": "cpu"},
     "sweep": {
         "priors": ["l1"],

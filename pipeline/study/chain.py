@@ -76,13 +76,21 @@ def source_row(
         and r.get("status") == "finished"
         and _learned_sigma(r) is not None
     ]
-    deq = [r for r in mine if r.get("estimator") == "deq"]
+    deq = [r for r in mine if plain_deq(r)]
     if deq:
         return sorted(deq, key=lambda r: (int(r.get("depth", 1)) != depth, int(r["depth"])))[0]
     for r in mine:
         if all(r.get(k) == v or _num(r.get(k)) == v for k, v in FALLBACK.items()):
             return r
     return None
+
+
+def plain_deq(row: Mapping[str, Any]) -> bool:
+    """A DEQ trial without Jacobian regularisation (older tables have no jac_reg column)."""
+    if row.get("estimator") != "deq":
+        return False
+    weight = _num(row.get("jac_reg"))
+    return weight is None or not math.isfinite(weight) or weight == 0
 
 
 def _num(value: Any) -> float | None:
@@ -115,7 +123,7 @@ def _candidate(row: Mapping[str, Any], source: str, seed: int) -> bool:
     """A trial of ``source`` and ``seed`` that :func:`source_row` would read σ from."""
     if row.get("prior") != source or int(row.get("seed", -1)) != seed:
         return False
-    if row.get("estimator") == "deq":
+    if plain_deq(row):
         return True
     return all(row.get(k) == v or _num(row.get(k)) == v for k, v in FALLBACK.items())
 

@@ -172,6 +172,14 @@ class DataConfig(_Strict):
     )
     val_images: PositiveInt = Field(2, description="source images of the validation split, >= 1")
     test_images: PositiveInt = Field(2, description="source images of the test split, >= 1")
+    pretrain_patches: PositiveInt = Field(
+        2048,
+        description="random crops of the train images kept for the pretrain stage "
+        "(pretrain.npz; val and test images never enter it), >= 1",
+    )
+    pretrain_patch_size: int = Field(
+        48, ge=8, le=1024, description="side of those crops, in [8, 1024]; >= pretrain.crop"
+    )
     degradation: Degradation = Field(
         Degradation(), description="how observations are made from the clean patches"
     )
@@ -403,6 +411,9 @@ class PnPPrior(PriorConfig):
     )
     nc: PositiveInt | None = Field(None, description="DRUNet widths (n, 2n, 4n, 8n)")
     nb: PositiveInt | None = Field(None, description="DRUNet residual blocks per scale")
+    residual: bool | None = Field(
+        None, description="DRUNet predicts the noise, D = y − N(y, σ) (official weights: false)"
+    )
     depth: PositiveInt | None = Field(None, description="DnCNN layers")
     nf: PositiveInt | None = Field(None, description="DnCNN features")
     train: TrainOverrides | None = Field(
@@ -420,7 +431,7 @@ class PnPPrior(PriorConfig):
     def min_side(self) -> int:
         return 8 if self.denoiser == "drunet" else 1
 
-    def arch(self, pretrain: PretrainConfig) -> dict[str, int]:
+    def arch(self, pretrain: PretrainConfig) -> dict[str, int | bool]:
         """The denoiser architecture: this prior's own keys, else the ``pretrain`` section's."""
         arch = pretrain.arch(self.denoiser)
         return {k: v if getattr(self, k) is None else getattr(self, k) for k, v in arch.items()}
@@ -513,29 +524,54 @@ class TrainConfig(_Strict):
 
 
 class PretrainConfig(_Strict):
-    """The ``pretrain`` stage: a denoiser trained on the prepared training patches with Gaussian
-    noise of level σ ~ U[sigma_min, sigma_max]; PnP priors load its weights."""
+    """The ``pretrain`` stage: a denoiser trained on random crops of the training images
+    (``pretrain.npz`` of the prepared folder) with Gaussian noise of level σ drawn in
+    [sigma_min, sigma_max]; PnP priors load its weights. It is measured against its noisy input
+    and classical denoisers on the val and test patches, and refused when it is worse than its
+    input at any evaluated σ (unless ``allow_weak``)."""
 
     denoiser: DenoiserName = Field("drunet", description="the network trained: drunet or dncnn")
     nc: PositiveInt = Field(8, description="DRUNet widths (n, 2n, 4n, 8n)")
     nb: PositiveInt = Field(1, description="DRUNet residual blocks per scale")
+    residual: bool = Field(
+        True, description="DRUNet predicts the noise, D = y − N(y, σ) (false: deepinv's form)"
+    )
     depth: PositiveInt = Field(7, description="DnCNN layers")
     nf: PositiveInt = Field(32, description="DnCNN features")
     sigma_min: float = Field(
-        0.01, gt=0, le=1, description="lowest training noise level, in (0, 1] and <= sigma_max"
+        0.002, gt=0, le=1, description="lowest training noise level, in (0, 1] and <= sigma_max"
     )
     sigma_max: float = Field(0.2, gt=0, le=1, description="highest training noise level, in (0, 1]")
-    steps: PositiveInt = Field(1000, description="optimiser steps, >= 1")
-    lr: PositiveFloat = Field(2e-3, description="Adam learning rate, > 0")
-    batch_size: PositiveInt = Field(16, description="patches per step, >= 1")
-    crop: PositiveInt | None = Field(None, description="random crops of this side (null: none)")
+    sigma_log_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="share of training σ drawn log-uniformly (the rest uniformly) in "
+        "[sigma_min, sigma_max]: PnP's learned σ live at the low end",
+    )
+    steps: PositiveInt = Field(2000, description="optimiser steps, >= 1")
+    lr: PositiveFloat = Field(2e-3, description="Adam learning rate, > 0 (cosine-decayed)")
+    batch_size: PositiveInt = Field(32, description="crops per step, >= 1")
+    crop: PositiveInt | None = Field(
+        None, description="side of the random training crops (null: the whole pretrain patches)"
+    )
     seed: Seed = Field(
         0, description="seed of the initialisation, the batches and the noise; 0 to 2**32 - 1"
     )
-    val_sigmas: list[Annotated[float, Field(gt=0, le=1)]] = Field(
-        [0.05, 0.1, 0.2],
+    eval_sigmas: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.01, 0.03, 0.05, 0.1, 0.2],
         min_length=1,
-        description="noise levels of the validation PSNR (models/denoiser.json), each in (0, 1]",
+        description="noise levels of the val / test evaluation (models/denoiser.json), in (0, 1]",
+    )
+    allow_weak: bool = Field(
+        False,
+        description="keep a denoiser worse than its noisy input at some evaluated σ (else the "
+        "stage fails); the report then says so in its first lines",
+    )
+    bm3d: bool = Field(
+        False,
+        description="score BM3D too (the bm3d extra: pip install -e '.[bm3d]'; about 0.5 s a "
+        "patch per σ on one core); TV and wavelet BayesShrink are always scored",
     )
 
     @model_validator(mode="after")
@@ -548,7 +584,7 @@ class PretrainConfig(_Strict):
             raise _Located(("crop",), f"must be divisible by 8 for DRUNet, got {self.crop}")
         return self
 
-    def arch(self, kind: str | None = None) -> dict[str, int]:
+    def arch(self, kind: str | None = None) -> dict[str, int | bool]:
         """Architecture options of ``kind`` (default: this section's denoiser)."""
         return {key: getattr(self, key) for key in DENOISER_ARCH[kind or self.denoiser]}
 
@@ -646,6 +682,13 @@ class TrialSpec(_Strict):
     seed: Seed = Field(
         0, description="seed of θ's training order and the trial's RNG; 0 to 2**32 - 1"
     )
+    jac_reg: float = Field(
+        0.0,
+        ge=0,
+        le=1e6,
+        description="deq only: weight of the Jacobian penalty ‖J_Φ(x*)‖_F² / n at the fixed "
+        "point (torchdeq's jac_reg, one Hutchinson probe) added to the loss; 0: plain DEQ",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrialSpec:
@@ -659,6 +702,8 @@ class TrialSpec(_Strict):
             raise _Located(("restart_tol",), "applies to rjfb trials only")
         if self.restarts != 0 and self.estimator != "rjfb":
             raise _Located(("restarts",), f"applies to rjfb trials only, not {self.estimator}")
+        if self.jac_reg != 0 and self.estimator != "deq":
+            raise _Located(("jac_reg",), f"applies to deq trials only, not {self.estimator}")
         return self
 
     @property
@@ -675,6 +720,8 @@ class TrialSpec(_Strict):
                 parts.append(f"K{self.depth}")
         elif self.depth != 1:
             parts.append(f"K{self.depth}")
+        if self.jac_reg:
+            parts.append(f"jr{self.jac_reg!r}")  # shortest exact form: no collisions
         if self.start != "y":
             parts.append(self.start)
         parts.append(f"s{self.seed}")
@@ -955,10 +1002,10 @@ class StudyConfig(_Strict):
                     f"must be divisible by {side} for prior {name!r}, got {self.data.patch_size}",
                 )
         crop = self.pretrain.crop
-        if crop is not None and crop > self.data.patch_size:
+        if crop is not None and crop > self.data.pretrain_patch_size:
             raise _Located(
                 ("pretrain", "crop"),
-                f"must be <= data.patch_size {self.data.patch_size}, got {crop}",
+                f"must be <= data.pretrain_patch_size {self.data.pretrain_patch_size}, got {crop}",
             )
         deg = self.data.degradation
         if deg.kind == "blur" and deg.blur_size > self.data.patch_size:

@@ -8,6 +8,10 @@ the inpainting masks if any, and the index of the source image of every patch; p
 
 ``load_split(prepared_dir, split)`` reads one split back as tensors and rebuilds its physics.
 
+``pretrain.npz`` holds ``data.pretrain_patches`` random crops (side ``data.pretrain_patch_size``)
+of the *train* images only, clean: what the pretrain stage trains the denoiser on
+(``load_pretrain_pool``). Val and test images never enter it.
+
 Sources (``data.source``):
 
 * ``"bundled"``: natural photographs that ship inside the scikit-image wheel (read from the
@@ -57,6 +61,9 @@ MANIFEST = "manifest.json"
 
 
 KERNEL = "kernel.npy"
+
+
+PRETRAIN = "pretrain.npz"
 
 
 FORMAT_VERSION = 1
@@ -271,7 +278,9 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
             where = f"bundled image {im.name!r}" if source == "bundled" else f"{source}/{im.name}"
             raise DataError(f"{where}: image is {h}x{w}, smaller than data.patch_size {p}")
 
-    streams = np.random.SeedSequence(data.seed % 2**64).spawn(1 + len(SPLITS))
+    # one stream per split, then the pretraining crops': spawned children depend only on their
+    # index, so adding the last stream left the splits' bytes unchanged
+    streams = np.random.SeedSequence(data.seed % 2**64).spawn(2 + len(SPLITS))
     order = np.random.default_rng(streams[0]).permutation(len(images))
     counts = {"train": data.train_images, "val": data.val_images, "test": data.test_images}
     members: dict[str, list[int]] = {}
@@ -280,6 +289,15 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
         members[split] = [int(i) for i in order[start : start + counts[split]]]
         start += counts[split]
     unused = sorted(int(i) for i in order[start:])
+    q = data.pretrain_patch_size
+    for i in members["train"]:
+        _, h, w = images[i].pixels.shape
+        if h < q or w < q:
+            name = images[i].name
+            where = f"bundled image {name!r}" if source == "bundled" else f"{source}/{name}"
+            raise DataError(
+                f"{where}: train image is {h}x{w}, smaller than data.pretrain_patch_size {q}"
+            )
 
     kernel = make_kernel(data.degradation) if data.degradation.kind == "blur" else None
     import deepinv.physics  # noqa: F401  (seconds: import before the progress bar starts)
@@ -287,12 +305,15 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
     arrays: dict[str, dict[str, np.ndarray]] = {}
     bar = _progress(total=needed, enabled=progress)
     try:
-        for split, stream in zip(SPLITS, streams[1:], strict=True):
+        for split, stream in zip(SPLITS, streams[1:-1], strict=True):
             arrays[split] = _make_split(
                 [images[i] for i in members[split]], members[split], data, kernel, stream, bar
             )
     finally:
         bar.close()
+    pool = pretrain_crops(
+        [images[i] for i in members["train"]], members["train"], data, streams[-1]
+    )
 
     tmp = out_dir.parent / _scratch_name(out_dir, "tmp")
     try:
@@ -300,6 +321,7 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
         files: dict[str, str] = {}
         for split in SPLITS:
             files[f"{split}.npz"] = write_npz(tmp / f"{split}.npz", arrays[split])
+        files[PRETRAIN] = write_npz(tmp / PRETRAIN, pool)
         if kernel is not None:
             files[KERNEL] = _write_npy(tmp / KERNEL, kernel)
         manifest = {
@@ -323,6 +345,12 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
                     ),
                 }
                 for split in SPLITS
+            },
+            "pretrain": {
+                "patches": int(pool["clean"].shape[0]),
+                "patch_size": q,
+                "images": [images[i].name for i in members["train"]],
+                "image_indices": members["train"],
             },
             "files": files,
         }
@@ -395,6 +423,30 @@ def _make_split(
     if mask_all:
         out["mask"] = np.ascontiguousarray(np.concatenate(mask_all), dtype=np.float32)
     return out
+
+
+def pretrain_crops(
+    images: list[SourceImage],
+    indices: list[int],
+    data: DataConfig,
+    stream: np.random.SeedSequence,
+) -> dict[str, np.ndarray]:
+    """``data.pretrain_patches`` clean random crops of side ``data.pretrain_patch_size`` of the
+    given (train) images, each image drawn with probability proportional to its area, so large
+    photographs are not under-sampled against small ones."""
+    rng = np.random.default_rng(stream)
+    q, n = data.pretrain_patch_size, data.pretrain_patches
+    area = np.array([im.pixels.shape[1] * im.pixels.shape[2] for im in images], dtype=np.float64)
+    which = rng.choice(len(images), size=n, p=area / area.sum())
+    crops = np.empty((n, images[0].pixels.shape[0], q, q), dtype=np.float32)
+    for k, j in enumerate(which):
+        _, h, w = images[j].pixels.shape
+        top, left = int(rng.integers(0, h - q + 1)), int(rng.integers(0, w - q + 1))
+        crops[k] = images[j].pixels[:, top : top + q, left : left + q]
+    return {
+        "clean": np.ascontiguousarray(crops),
+        "image_index": np.asarray([indices[j] for j in which], dtype=np.int64),
+    }
 
 
 def _torch_seed(ss: np.random.SeedSequence) -> int:
@@ -660,7 +712,7 @@ def read_manifest(prepared_dir: Path) -> dict[str, Any]:
 
 
 # The only files a prepared folder holds besides its manifest: plain names, never paths.
-PREPARED_FILES = (*(f"{s}.npz" for s in SPLITS), KERNEL)
+PREPARED_FILES = (*(f"{s}.npz" for s in SPLITS), PRETRAIN, KERNEL)
 
 MAX_MANIFEST_BYTES = 16 << 20
 # The largest array a prepared split may hold (bytes): a header or manifest claiming more is
@@ -743,6 +795,24 @@ def _check_manifest(m: dict[str, Any], path: Path) -> None:
     if (d.kind == "blur") != (KERNEL in files):
         need = "lists no" if d.kind == "blur" else f"lists {KERNEL} but the degradation is not"
         raise DataError(f"{path}: files: {need} {KERNEL if d.kind == 'blur' else 'blur'}{stale}")
+    pool = m.get("pretrain")
+    if pool is not None:  # absent in folders prepared before pretrain.npz existed
+        if not isinstance(pool, dict):
+            raise bad("pretrain", "a mapping", pool)
+        n = integer("pretrain.patches", pool.get("patches"), 1, 2**40)
+        q = integer("pretrain.patch_size", pool.get("patch_size"), 8, 1024)
+        if n * channels * q * q * 4 > MAX_ARRAY_BYTES:
+            raise DataError(
+                f"{path}: pretrain.patches: {n} crops of {channels}x{q}x{q} exceed the "
+                f"{MAX_ARRAY_BYTES >> 30} GiB limit of a prepared array{stale}"
+            )
+        indices = pool.get("image_indices")
+        if not isinstance(indices, list) or not all(type(i) is int for i in indices):
+            raise bad("pretrain.image_indices", "a list of integers", indices)
+        if PRETRAIN not in files:
+            raise DataError(f"{path}: files: {PRETRAIN} is not listed{stale}")
+    elif PRETRAIN in files:
+        raise DataError(f"{path}: files: lists {PRETRAIN} but the manifest has no pretrain{stale}")
     for key in ("source", "color"):
         if key in m and not isinstance(m[key], str):
             raise bad(key, "a string", m[key])
@@ -774,6 +844,41 @@ def _expected_arrays(manifest: dict[str, Any], split: SplitName) -> dict[str, tu
     if manifest["degradation"]["kind"] == "inpainting":
         out["mask"] = ((n, 1, p, p), np.dtype(np.float32))
     return out
+
+
+def _pool_arrays(manifest: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """The arrays of ``pretrain.npz`` -> (shape, dtype) as the (checked) manifest says."""
+    n, q = manifest["pretrain"]["patches"], manifest["pretrain"]["patch_size"]
+    return {
+        "clean": ((n, manifest["channels"], q, q), np.dtype(np.float32)),
+        "image_index": ((n,), np.dtype(np.int64)),
+    }
+
+
+def load_pretrain_pool(prepared_dir: Path, device: Any = "cpu") -> torch.Tensor:
+    """The clean pretraining crops of the train images (N, C, S, S), checked against the
+    manifest: checksum, shapes, values finite in [0, 1], and every crop from a train image."""
+    import torch
+
+    prepared_dir = Path(prepared_dir)
+    manifest = read_manifest(prepared_dir)
+    stale = "; rerun `dvc repro prepare`"
+    path = prepared_dir / PRETRAIN
+    if "pretrain" not in manifest:
+        raise DataError(f"{prepared_dir}: no pretraining crops ({PRETRAIN}){stale}")
+    _check_file(path, manifest["files"].get(PRETRAIN), stale)
+    _check_arrays(path, _pool_arrays(manifest), stale)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            clean, index = z["clean"], z["image_index"]
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: unreadable ({err}){stale}") from None
+    train = set(manifest["splits"]["train"].get("image_indices", []))
+    if not set(np.unique(index).tolist()) <= train:
+        raise DataError(f"{path}: crops from images outside the train split{stale}")
+    if not np.isfinite(clean).all() or (clean.size and (clean.min() < 0 or clean.max() > 1)):
+        raise DataError(f"{path}: crops hold values outside [0, 1] or not finite{stale}")
+    return torch.from_numpy(clean).to(device)
 
 
 def _npy_header(f: Any, label: str, stale: str) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -853,6 +958,8 @@ def verify_prepared(prepared_dir: Path) -> dict[str, Any]:
         _check_file(prepared_dir / name, manifest["files"][name], stale)
     for split in SPLITS:
         _check_arrays(prepared_dir / f"{split}.npz", _expected_arrays(manifest, split), stale)
+    if PRETRAIN in manifest["files"]:
+        _check_arrays(prepared_dir / PRETRAIN, _pool_arrays(manifest), stale)
     if KERNEL in manifest["files"]:
         _check_kernel(prepared_dir / KERNEL, manifest, stale)
     return manifest

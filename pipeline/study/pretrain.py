@@ -1,16 +1,25 @@
-"""Pretrain the PnP denoiser: Gaussian denoising of the prepared training patches.
+"""Pretrain the PnP denoiser on crops of the training images, and measure it against what it
+replaces.
 
-``pretrain(cfg, prepared, out)`` trains a deepinv DRUNet (reduced widths) or DnCNN, built by
-:func:`pipeline.schemes.build_denoiser`, on the clean patches of the ``train`` split: each step
-draws a batch (random flips / quarter turns, optional random crops), one noise level per patch
-σ ~ U[sigma_min, sigma_max] and Gaussian noise of that level, and minimises the squared error of
-``D(x + σ n, σ)`` to ``x`` with Adam (cosine-decayed learning rate). Every random draw comes from
-``pretrain.seed``: the same seed gives the same weights (on the same machine and thread count).
+``pretrain(cfg, prepared, out)`` trains a deepinv DRUNet (reduced widths; by default predicting
+the noise, ``residual``) or DnCNN, built by :func:`pipeline.core.denoisers.build_denoiser`, on
+the prepared folder's ``pretrain.npz``: random crops of the *train* images only. Each step draws
+a batch of random ``crop``-sized sub-crops (each flipped / turned at random), one noise level per
+crop — a share ``sigma_log_fraction`` log-uniform, the rest uniform in [sigma_min, sigma_max] —
+and minimises the squared error of ``D(x + σ n, σ)`` to ``x`` with Adam (cosine-decayed learning
+rate). Every random draw comes from ``pretrain.seed``: the same seed gives the same weights (on
+the same machine and thread count). The val and test patches are read only after training, to
+score it.
+
+Scores (``<out>.json``), per split (val, test) and σ of ``eval_sigmas``, all on the same seeded
+noise: the noisy input's PSNR, the denoiser's, and the classical denoisers'
+(:mod:`pipeline.study.classical`: TV with its weight chosen on val, wavelet BayesShrink, BM3D
+when installed). A denoiser worse than its noisy input at any evaluated σ is refused
+(:class:`WeakDenoiser`, exit 2 from the stage, nothing written) unless ``allow_weak``; then the
+file says ``"allow_weak": true`` and lists the σ where it lost, and the report repeats it.
 
 It writes the weights only — ``torch.save(model.state_dict())`` to a temporary file renamed over
-``out``, loadable with ``torch.load(weights_only=True)`` — and ``<out>.json``: the validation PSNR
-per noise level on the (held-out) ``val`` split's clean patches, noisy input against denoised,
-with fixed seeded noise. The test split is never read.
+``out``, loadable with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -26,10 +35,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from pipeline.util.errors import UserError
+
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.study.config import PretrainConfig, StudyConfig
 
-__all__ = ["evaluate_denoiser", "metrics_path", "pretrain", "save_weights"]
+__all__ = [
+    "WeakDenoiser",
+    "evaluate_denoiser",
+    "metrics_path",
+    "pretrain",
+    "save_weights",
+    "train_denoiser",
+]
 
 
 def metrics_path(out: Path) -> Path:
@@ -38,48 +56,71 @@ def metrics_path(out: Path) -> Path:
     return Path(out).with_suffix(".json")
 
 
-def _augment(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Random horizontal flip and quarter turn of the whole batch (patches are square)."""
-    if torch.rand((), generator=gen) < 0.5:
-        x = x.flip(-1)
-    k = int(torch.randint(0, 4, (), generator=gen))
-    return torch.rot90(x, k, dims=(-2, -1)) if k else x
+def _training_batch(pool: Tensor, batch: int, side: int | None, gen: torch.Generator) -> Tensor:
+    """``batch`` random crops of side ``side`` of random pool crops, each flipped and turned
+    at random (the pool's crops are square)."""
+    index = torch.randint(0, len(pool), (batch,), generator=gen)
+    full = pool.shape[-1]
+    side = full if side is None else min(side, full)
+    offsets = torch.randint(0, full - side + 1, (batch, 2), generator=gen)
+    flips = torch.rand(batch, generator=gen) < 0.5
+    turns = torch.randint(0, 4, (batch,), generator=gen)
+    out = []
+    for i in range(batch):
+        top, left = int(offsets[i, 0]), int(offsets[i, 1])
+        x = pool[int(index[i]), :, top : top + side, left : left + side]
+        if flips[i]:
+            x = x.flip(-1)
+        out.append(torch.rot90(x, int(turns[i]), dims=(-2, -1)))
+    return torch.stack(out)
 
 
-def _crop(x: Tensor, side: int | None, gen: torch.Generator) -> Tensor:
-    if side is None or side >= x.shape[-1]:
-        return x
-    h, w = x.shape[-2:]
-    top = int(torch.randint(0, h - side + 1, (), generator=gen))
-    left = int(torch.randint(0, w - side + 1, (), generator=gen))
-    return x[..., top : top + side, left : left + side]
+def _noise_levels(cfg: PretrainConfig, batch: int, gen: torch.Generator) -> Tensor:
+    """σ per crop: log-uniform with probability ``sigma_log_fraction``, else uniform."""
+    lo, hi = cfg.sigma_min, cfg.sigma_max
+    uniform = lo + (hi - lo) * torch.rand(batch, generator=gen)
+    logu = torch.exp(
+        math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(batch, generator=gen)
+    )
+    pick = torch.rand(batch, generator=gen) < cfg.sigma_log_fraction
+    return torch.where(pick, logu, uniform)
 
 
 @torch.no_grad()
 def evaluate_denoiser(
-    model: nn.Module, clean: Tensor, sigmas: list[float], seed: int, batch_size: int = 16
+    model: nn.Module,
+    clean: Tensor,
+    sigmas: list[float],
+    seed: int,
+    batch_size: int = 16,
+    noisy: list[Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean PSNR (dB, peak 1) of noisy input and denoised output for each σ, fixed noise."""
+    """Mean PSNR (dB, peak 1) of noisy input and denoised output for each σ, on fixed noise
+    (``noisy``, one tensor per σ; default :func:`~pipeline.study.classical.noisy_copies` of
+    ``seed``)."""
     from pipeline.core.probes import psnr
+    from pipeline.study.classical import noisy_copies
 
     was_training = model.training
     model.eval()
+    noisy = noisy_copies(clean, sigmas, seed) if noisy is None else noisy
     out: dict[str, dict[str, float]] = {}
-    for j, sigma in enumerate(sigmas):
-        gen = torch.Generator().manual_seed(seed * 1000 + j)
-        noise = torch.randn(clean.shape, generator=gen).to(clean.device)
-        noisy = clean + sigma * noise
+    for sigma, y_all in zip(sigmas, noisy, strict=True):
         den = []
         for i in range(0, len(clean), batch_size):
-            y = noisy[i : i + batch_size]
+            y = y_all[i : i + batch_size]
             den.append(model(y, torch.full((len(y),), sigma, device=y.device)))
         denoised = torch.cat(den)
         out[f"{sigma:g}"] = {
-            "input_psnr": float(psnr(noisy.clamp(0, 1), clean).mean()),
+            "input_psnr": float(psnr(y_all.clamp(0, 1), clean).mean()),
             "denoised_psnr": float(psnr(denoised.clamp(0, 1), clean).mean()),
         }
     model.train(was_training)
     return out
+
+
+class WeakDenoiser(UserError):
+    """The trained denoiser is worse than its noisy input at some evaluated σ (exit 2)."""
 
 
 def save_weights(model: nn.Module, out: Path) -> Path:
@@ -131,39 +172,32 @@ def _non_finite(value: float, step: int, cfg: PretrainConfig) -> Exception:
     )
 
 
-def pretrain(
-    study: StudyConfig,
-    prepared: Path,
-    out: Path,
+def train_denoiser(
+    cfg: PretrainConfig,
+    pool: Tensor,
     *,
     progress: bool = True,
     device: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Train the denoiser of ``study.pretrain`` on ``prepared``'s train split; write ``out``
-    (weights) and ``metrics_path(out)`` (validation PSNR per σ). Returns the metrics."""
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the denoiser of ``cfg`` on ``pool`` (clean crops, (N, C, S, S)): the only data it
+    sees. Returns the model (eval mode) and its training record."""
     from tqdm import tqdm
 
-    from pipeline.study.data import load_split
-
-    cfg = study.pretrain
     device = torch.device(device)
-    train = load_split(Path(prepared), "train", device=device).clean
-    val = load_split(Path(prepared), "val", device=device).clean
-    model = build(cfg, int(train.shape[1])).to(device)
+    model = build(cfg, int(pool.shape[1])).to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr / 10)
     gen = torch.Generator().manual_seed(cfg.seed)
-    batch = min(cfg.batch_size, len(train))
+    pool = pool.cpu()  # crops are cut on the CPU (the generator's device), then moved
     start = time.perf_counter()
     running = float("nan")
     bar = tqdm(range(cfg.steps), desc="pretrain", unit="step", disable=not progress, leave=False)
     for step in bar:
-        index = torch.randperm(len(train), generator=gen)[:batch]
-        x = _crop(_augment(train[index.to(device)], gen), cfg.crop, gen)
-        sigma = cfg.sigma_min + (cfg.sigma_max - cfg.sigma_min) * torch.rand(batch, generator=gen)
+        x = _training_batch(pool, cfg.batch_size, cfg.crop, gen)
+        sigma = _noise_levels(cfg, cfg.batch_size, gen)
         noise = torch.randn(x.shape, generator=gen)
-        sigma, noise = sigma.to(device), noise.to(device)
+        x, sigma, noise = x.to(device), sigma.to(device), noise.to(device)
         y = x + sigma.view(-1, 1, 1, 1) * noise
         loss = ((model(y, sigma) - x) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -176,18 +210,102 @@ def pretrain(
         running = value if math.isnan(running) else 0.9 * running + 0.1 * value
         bar.set_postfix(mse=f"{running:.2e}")
     bar.close()
-    seconds = time.perf_counter() - start
-    val_metrics = evaluate_denoiser(model, val, list(cfg.val_sigmas), seed=cfg.seed)
+    model.eval()
+    record = {
+        "steps": cfg.steps,
+        "train_seconds": round(time.perf_counter() - start, 3),
+        "final_train_mse": running,
+        "pool_crops": int(pool.shape[0]),
+    }
+    return model, record
+
+
+def score(
+    model: nn.Module,
+    val: Tensor,
+    test: Tensor,
+    sigmas: list[float],
+    seed: int,
+    bm3d: bool = False,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per split and σ: input, denoised and classical PSNRs on the same seeded noise (val and
+    test noise from different seeds)."""
+    from pipeline.study.classical import classical_scores, noisy_copies
+
+    val_noisy = noisy_copies(val, sigmas, seed)
+    test_noisy = noisy_copies(test, sigmas, seed + 1)
+    classical = classical_scores(val, val_noisy, test, test_noisy, sigmas, bm3d=bm3d)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for split, clean, noisy in (("val", val, val_noisy), ("test", test, test_noisy)):
+        learned = evaluate_denoiser(model, clean, sigmas, seed, noisy=noisy)
+        out[split] = {k: {**learned[k], **classical[split][k]} for k in learned}
+    return out
+
+
+def weak_levels(scores: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    """Every (split, σ) where the denoised PSNR is below the noisy input's."""
+    return [
+        {
+            "split": split,
+            "sigma": float(key),
+            "input_psnr": v["input_psnr"],
+            "denoised_psnr": v["denoised_psnr"],
+        }
+        for split, rows in scores.items()
+        for key, v in rows.items()
+        if v["denoised_psnr"] < v["input_psnr"]
+    ]
+
+
+def pretrain(
+    study: StudyConfig,
+    prepared: Path,
+    out: Path,
+    *,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Train the denoiser of ``study.pretrain`` on ``prepared``'s pretraining crops, score it
+    on the val and test patches, refuse it when weak (:class:`WeakDenoiser`, nothing written)
+    unless ``allow_weak``; write ``out`` (weights) and ``metrics_path(out)``. Returns the
+    metrics."""
+    from pipeline.study.data import load_pretrain_pool, load_split
+
+    cfg = study.pretrain
+    prepared = Path(prepared)
+    # everything is read and checked before the minutes of training
+    pool = load_pretrain_pool(prepared)
+    val = load_split(prepared, "val").clean
+    test = load_split(prepared, "test").clean
+    if cfg.bm3d:  # missing: fail before the minutes of training, not after
+        from pipeline.study.classical import require_bm3d
+
+        require_bm3d()
+    model, record = train_denoiser(cfg, pool, progress=progress, device=device)
+    start = time.perf_counter()
+    scores = score(model.cpu(), val, test, list(cfg.eval_sigmas), seed=cfg.seed, bm3d=cfg.bm3d)
+    weak = weak_levels(scores)
+    if weak and not cfg.allow_weak:
+        w = weak[0]
+        raise WeakDenoiser(
+            f"pretrain: the denoiser is worse than its noisy input at σ={w['sigma']:g} on the "
+            f"{w['split']} patches ({w['denoised_psnr']:.2f} dB against {w['input_psnr']:.2f} dB"
+            f"{f'; {len(weak) - 1} more' if len(weak) > 1 else ''}); train it longer or set "
+            "pretrain.allow_weak: true to keep it (the report will say so)"
+        )
     out = save_weights(model, Path(out))
     metrics = {
         "denoiser": cfg.denoiser,
         "arch": cfg.arch(),
-        "channels": int(train.shape[1]),
+        "channels": int(pool.shape[1]),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "steps": cfg.steps,
-        "train_seconds": round(seconds, 3),
-        "final_train_mse": running,
-        "val": val_metrics,
+        **record,
+        "score_seconds": round(time.perf_counter() - start, 3),
+        "sigma_range": [cfg.sigma_min, cfg.sigma_max],
+        "allow_weak": cfg.allow_weak,
+        "weak": weak,
+        "val": scores["val"],
+        "test": scores["test"],
     }
     _write_json(metrics_path(out), metrics)
     return metrics

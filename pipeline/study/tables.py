@@ -20,6 +20,8 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "restart_tol": "number",
     "start": "text",
     "iterations": "number",
+    # deq: the Jacobian penalty's weight (0: plain DEQ)
+    "jac_reg": "number",
     "seed": "seed",
     # sweep.search: tuned: the learning rate its configuration's search chose (else NaN)
     "tuned_lr": "number",
@@ -52,6 +54,9 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "gamma_hat_k": "number",
     # DEQ trials: fraction of training steps whose implicit backward missed backward_tol
     "backward_unconverged_frac": "number",
+    # DEQ trials: the first epoch whose trained K-block measured γ̂_K >= 1 (no unique fixed
+    # point is guaranteed from then on: the report calls that DEQ undefined); NaN: never
+    "deq_undefined_epoch": "number",
     # the DEQ reference of the last probe: its forward and backward relative residuals
     "probe_ref_residual": "number",
     "probe_ref_backward_residual": "number",

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from pipeline.core.compiled import CompileError, compile_no_grad
 from pipeline.core.estimators import Estimator, block
+from pipeline.core.jacobian import jacobian_penalty
 from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad, step_memory
 from pipeline.core.probes import psnr
 from pipeline.core.solvers import anderson
@@ -111,6 +112,8 @@ class Trial:
         self.autocast = AUTOCAST_DTYPES.get(self.cfg.restart_autocast or "")
         self.optimizer = self._optimizer()
         self.generator = torch.Generator().manual_seed(spec.seed)
+        # the Jacobian penalty's probes: their own stream, so the training order stays the seed's
+        self.jac_generator = torch.Generator().manual_seed(spec.seed + 7919)
         # Warm starts: each training sample's last iterate (the paper's implicit truncation).
         self.bank = self.train.observed.clone() if spec.start == "warm" else None
         probe = min(self.cfg.probe_batch_size, len(self.val))
@@ -166,6 +169,7 @@ class Trial:
             "scheme": self.scheme.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "jac_generator": self.jac_generator.get_state(),
             "rng": torch.get_rng_state(),
             "bank": self.bank,
             "history": json.dumps(self.history),
@@ -178,6 +182,8 @@ class Trial:
         self.scheme.load_state_dict(state["scheme"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if "jac_generator" in state:
+            self.jac_generator.set_state(state["jac_generator"])
         torch.set_rng_state(state["rng"])
         if state["bank"] is not None:
             self.bank = state["bank"].to(self.device)
@@ -206,6 +212,8 @@ class Trial:
             x0 = self.bank[index] if self.bank is not None else y
             x = self.estimator(step, x0)
             loss = ((x - self.train.clean[index]) ** 2).mean()
+            if self.spec.jac_reg:
+                loss = loss + self.spec.jac_reg * self.jacobian_penalty(index, x)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             _check_finite(loss, x, self.scheme)
@@ -224,6 +232,12 @@ class Trial:
         finite = [r for r in backward if math.isfinite(r)]
         self.train_backward_residual = max(finite) if finite else None
         return sum(losses) / len(losses), sum(seconds) / len(seconds)
+
+    def jacobian_penalty(self, index: Tensor, x: Tensor) -> Tensor:
+        """‖J‖_F² / n of the K-block at the estimator's output (its fixed point for DEQ), in
+        full precision and eager (the penalty differentiates the block twice)."""
+        step, _ = self.step_fn(self.train, index)
+        return jacobian_penalty(block(step, self.spec.depth), x, self.jac_generator)
 
     @torch.no_grad()
     def solve(self, split, index: Tensor, iterations: int | None = None) -> Tensor:
@@ -314,6 +328,16 @@ class Trial:
             self.optimizer.zero_grad(set_to_none=True)
 
         return step_memory(forward, backward, self.device).peak_bytes / 2**20
+
+
+def undefined_epoch(history: list[dict[str, float]]) -> float:
+    """The first epoch whose trained K-block measured γ̂_K >= 1 (from then on the scheme need
+    not have a unique fixed point, and DEQ's solution and gradient are undefined); NaN if
+    none did."""
+    for row in history:
+        if row.get("gamma_hat_k", 0.0) >= 1.0:
+            return float(row["epoch"])
+    return math.nan
 
 
 def _compiled(step: Any) -> Any:
@@ -453,6 +477,9 @@ def run_trial(
     extra: dict[str, float] = {}
     if trial.backward_steps:  # DEQ: steps whose implicit backward missed backward_tol
         extra["backward_unconverged_frac"] = trial.backward_unconverged / trial.backward_steps
+    undefined = undefined_epoch(trial.history) if spec.estimator == "deq" else math.nan
+    if math.isfinite(undefined):  # left out otherwise: the table's NaN (no NaN metric logged)
+        extra["deq_undefined_epoch"] = undefined
     if status != "finished":
         last = trial.history[-1] if trial.history else {}
         return TrialResult(

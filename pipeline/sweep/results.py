@@ -35,6 +35,7 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
             "restart_tol": math.nan if spec.restart_tol is None else spec.restart_tol,
             "start": spec.start,
             "iterations": spec.iterations,
+            "jac_reg": spec.jac_reg,
             "seed": spec.seed,
             "tuned_lr": float(point["lr"]) if point.get("role") == "tuned" else math.nan,
             "prior_family": family.key,

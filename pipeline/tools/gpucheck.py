@@ -182,7 +182,14 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 TINY_QUALITY = {
     "data": {"patch_size": 32, "patches_per_image": 2, "train_images": 2, "val_images": 1},
     "data_test_images": 1,
-    "pretrain": {"nc": 4, "steps": 3, "batch_size": 4, "crop": 16, "val_sigmas": [0.1]},
+    "pretrain": {
+        "nc": 4,
+        "steps": 3,
+        "batch_size": 4,
+        "crop": 16,
+        "eval_sigmas": [0.1],
+        "allow_weak": True,
+    },
     "train": {"epochs": 1, "batch_size": 2, "probe_batch_size": 2},
     "prior_train": {"epochs": 1, "eval_max_iter": 20},
 }

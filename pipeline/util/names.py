@@ -19,8 +19,12 @@ SOLVER_NAMES: tuple[str, ...] = ("fixed_point", "anderson")
 WAVELET_NAMES: tuple[str, ...] = ("haar", *(f"db{i}" for i in range(1, 39)))
 
 # denoiser -> the architecture keys a params file may set (PnP priors, the pretrain section);
-# ``core.denoisers`` accepts these and a few more deepinv options
-DENOISER_ARCH: dict[str, tuple[str, ...]] = {"drunet": ("nc", "nb"), "dncnn": ("depth", "nf")}
+# ``core.denoisers`` accepts these and a few more deepinv options. DRUNet's ``residual``: the
+# network predicts the noise, D(y, σ) = y − N(y, σ) (deepinv's and the official weights: false)
+DENOISER_ARCH: dict[str, tuple[str, ...]] = {
+    "drunet": ("nc", "nb", "residual"),
+    "dncnn": ("depth", "nf"),
+}
 
 # torch dtypes autocast may run the untracked applications in (``core.precision``)
 AUTOCAST_NAMES: tuple[str, ...] = ("bfloat16", "float16")

@@ -770,7 +770,15 @@ def pretrain_params(cwd: Path, **pretrain: Any) -> None:
         cwd,
         {
             **SWEEP_VALID,
-            "pretrain": {"nc": 4, "steps": 2, "batch_size": 2, "val_sigmas": [0.1], **pretrain},
+            "pretrain": {
+                "nc": 4,
+                "steps": 2,
+                "batch_size": 2,
+                "crop": 16,
+                "eval_sigmas": [0.1],
+                "allow_weak": True,
+                **pretrain,
+            },
         },
     )
 

@@ -26,6 +26,8 @@ SMALL = {
     "train_images": 3,
     "val_images": 1,
     "test_images": 1,
+    "pretrain_patches": 16,
+    "pretrain_patch_size": 32,
 }
 
 
@@ -140,7 +142,13 @@ def test_manifest_records_everything(bundled_gray: Path) -> None:
     assert m["source"] == "bundled" and m["seed"] == 3 and m["channels"] == 1
     assert m["patch_size"] == 32 and m["patches_per_image"] == 2
     assert m["degradation"]["kind"] == "denoising" and m["degradation"]["noise_sigma"] == 0.1
-    assert set(m["files"]) == {"train.npz", "val.npz", "test.npz"}
+    assert set(m["files"]) == {"train.npz", "val.npz", "test.npz", "pretrain.npz"}
+    pool = m["pretrain"]
+    assert pool["images"] == m["splits"]["train"]["images"]
+    assert pool["image_indices"] == m["splits"]["train"]["image_indices"]
+    with np.load(bundled_gray / "pretrain.npz") as z:
+        assert z["clean"].shape == (pool["patches"], 1, pool["patch_size"], pool["patch_size"])
+        assert set(z["image_index"].tolist()) <= set(pool["image_indices"])
     for split in SPLITS:
         a = arrays(bundled_gray, split)
         assert m["splits"][split]["observed_psnr"] == observation_psnr(a["observed"], a["clean"])
@@ -408,3 +416,20 @@ def test_load_split_validates(bundled_gray: Path, tmp_path: Path) -> None:
     assert np.array_equal(s.clean.numpy(), a["clean"])
     assert np.array_equal(s.observed.numpy(), a["observed"])
     assert s.degradation == json.loads((bundled_gray / "manifest.json").read_text())["degradation"]
+
+
+def test_a_train_image_smaller_than_the_pretraining_crops_is_named(tmp_path: Path) -> None:
+    import skimage.io
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        skimage.io.imsave(folder / f"im{i}.png", (rng.random((40, 40)) * 255).astype(np.uint8))
+    cfg = make_cfg(tmp_path, source=str(folder), pretrain_patch_size=48)
+    with pytest.raises(
+        DataError,
+        match=r"im[0-9]\.png: train image is 40x40, smaller than data\.pretrain_patch_size 48",
+    ):
+        prepare(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -36,17 +36,18 @@ def _study(raw: dict[str, Any], root: Path = Path("/nonexistent")) -> StudyConfi
 
 
 def test_keys_are_stable() -> None:
+    # changed once more with the pretraining crops (data.pretrain_*) and TrialSpec.jac_reg
     grid = build_grid(_study(STUDY))
     assert {p["name"]: p["key"] for p in grid.points} == {
-        "l1-deq-s0": "9c672392e2b88683",
-        "l1-rjfb-K2-T0-s0": "3fb577139fcf9a9a",
-        "l1-rjfb-K2-T1-s0": "163e08f181a9e378",
-        "pnp-deq-s0": "5d818df90b74e629",
-        "pnp-rjfb-K2-T0-s0": "01441b6da0a331bc",
-        "pnp-rjfb-K2-T1-s0": "704061d4136f87f7",
+        "l1-deq-s0": "bde001844fb94f2c",
+        "l1-rjfb-K2-T0-s0": "09c3fb7de297a926",
+        "l1-rjfb-K2-T1-s0": "1fcf8892b4ab89e9",
+        "pnp-deq-s0": "ae274f6819fcc299",
+        "pnp-rjfb-K2-T0-s0": "302c20494cec80ae",
+        "pnp-rjfb-K2-T1-s0": "ae8f1b04e2cde157",
     }
-    assert grid.key == "7b22edee788b"
-    assert grid.name == "sweep-7b22edee788b"
+    assert grid.key == "9c784d032ed4"
+    assert grid.name == "sweep-9c784d032ed4"
 
 
 def test_grid_points_follow_the_trials_in_order() -> None:
@@ -68,6 +69,7 @@ def test_a_prior_train_override_is_part_of_the_key() -> None:
 
 def _drunet_file(path: Path, seed: int) -> None:
     torch.manual_seed(seed)
+    # the residual form has DRUNet's parameters: the same state dict loads either way
     torch.save(build_denoiser("drunet", 1, nc=4, nb=2).state_dict(), path)
 
 
@@ -86,7 +88,7 @@ def test_trial_key_follows_the_weights_file(tmp_path: Path) -> None:
     study = pnp_study()
     spec = study.trials()[0]
     context = trial_context(study, "pnp")
-    assert context["denoiser_arch"] == {"nc": 4, "nb": 2}
+    assert context["denoiser_arch"] == {"nc": 4, "nb": 2, "residual": True}
     assert len(context["weights_sha256"]) == 64
     key = trial_key(study, spec)
     _drunet_file(tmp_path / "w.pt", seed=5)  # retrained
