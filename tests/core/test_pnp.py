@@ -339,12 +339,12 @@ def _pnp_study(root: Path, prior: dict, **pretrain) -> object:
 def test_prior_architecture_defaults_to_the_pretrain_section(tmp_path: Path) -> None:
     _drunet_file(tmp_path, nc=4, nb=2)
     study = _pnp_study(tmp_path, {"weights": "w.pt"})
-    assert study.denoiser_arch("pnp") == {"nc": 4, "nb": 2}
+    assert study.denoiser_arch("pnp") == {"nc": 4, "nb": 2, "residual": True}
     check_denoisers(study, channels=1)  # loads
-    # official-style weights: the prior names its own architecture
+    # official-style weights: the prior names its own architecture (they output the image)
     _drunet_file(tmp_path, "big.pt", nc=6, nb=1)
-    own = _pnp_study(tmp_path, {"weights": "big.pt", "nc": 6, "nb": 1})
-    assert own.denoiser_arch("pnp") == {"nc": 6, "nb": 1}
+    own = _pnp_study(tmp_path, {"weights": "big.pt", "nc": 6, "nb": 1, "residual": False})
+    assert own.denoiser_arch("pnp") == {"nc": 6, "nb": 1, "residual": False}
     check_denoisers(own, channels=1)
     wrong = _pnp_study(tmp_path, {"weights": "big.pt"})
     with pytest.raises(ConfigError, match=r"priors\.pnp: .*big\.pt.*do not match.*nc=6"):
@@ -354,6 +354,21 @@ def test_prior_architecture_defaults_to_the_pretrain_section(tmp_path: Path) -> 
         check_denoisers(missing, channels=1)
     with pytest.raises(ConfigError, match=r"priors\.pnp\.depth: is not an option of denoiser"):
         _pnp_study(tmp_path, {"depth": 5})
+
+
+def test_residual_drunet_is_the_input_minus_the_same_network(tmp_path: Path) -> None:
+    # same parameters, same state dict: D_res(y, σ) = y − D(y, σ) exactly, σ as float or (B,)
+    path = _drunet_file(tmp_path, nc=4, nb=1)
+    plain = build_denoiser("drunet", 1, weights=path, nc=4, nb=1).eval()
+    res = build_denoiser("drunet", 1, weights=path, nc=4, nb=1, residual=True).eval()
+    y = torch.rand(3, 1, 16, 16, generator=_gen(5))
+    sigma = torch.tensor([0.01, 0.05, 0.2])
+    with torch.no_grad():
+        torch.testing.assert_close(res(y, sigma), y - plain(y, sigma), rtol=0, atol=0)
+        torch.testing.assert_close(res(y, 0.05), y - plain(y, 0.05), rtol=0, atol=0)
+    assert list(res.state_dict()) == list(plain.state_dict())
+    with pytest.raises(ConfigError, match=r"priors\.pnp\.residual: is not an option of denoiser"):
+        _pnp_study(tmp_path, {"denoiser": "dncnn", "residual": True})
 
 
 def test_bf16_solves_to_a_tolerance_finish_in_float32_with_refine() -> None:

@@ -286,3 +286,31 @@ def test_a_compiler_failure_names_train_compile(root: Path, monkeypatch) -> None
     message = str(info.value)
     assert message.startswith("train.compile: torch.compile failed") and "\n" not in message
     assert "no working C++ compiler" in message
+
+
+def test_jac_reg_is_a_deq_option_named_in_the_trial() -> None:
+    spec = TrialSpec(prior="pnp", estimator="deq", depth=2, jac_reg=0.5)
+    assert spec.name == "pnp-deq-K2-jr0.5-s0"
+    assert TrialSpec(prior="pnp", estimator="deq").name == "pnp-deq-s0"  # 0: plain DEQ
+    with pytest.raises(ValueError, match="jac_reg"):
+        TrialSpec(prior="pnp", estimator="rjfb", jac_reg=1.0)
+
+
+def test_jacobian_regularised_deq_trains_against_the_penalty(root: Path) -> None:
+    # same seed, same data: the penalty is the only difference, and it changes what is learned;
+    # a large weight trades reconstruction error for a smaller Jacobian at the fixed point
+    study = make_study(root)
+    plain = run_trial(study, TrialSpec(prior="pnp", estimator="deq"), root / "prepared")
+    reg = run_trial(study, TrialSpec(prior="pnp", estimator="deq", jac_reg=50.0), root / "prepared")
+    assert plain.status == reg.status == "finished"
+    assert plain.theta["sigma"] != reg.theta["sigma"]
+    assert reg.history[-1]["gamma_hat"] < plain.history[-1]["gamma_hat"]
+
+
+def test_undefined_epoch_is_the_first_with_a_non_contracting_block() -> None:
+    from pipeline.study.trial import undefined_epoch
+
+    rows = [{"epoch": 1.0, "gamma_hat_k": 0.9}, {"epoch": 2.0, "gamma_hat_k": 1.02}]
+    assert undefined_epoch(rows) == 2.0
+    assert undefined_epoch(rows + [{"epoch": 3.0, "gamma_hat_k": 0.95}]) == 2.0
+    assert math.isnan(undefined_epoch(rows[:1]))
