@@ -312,5 +312,5 @@ def test_undefined_epoch_is_the_first_with_a_non_contracting_block() -> None:
 
     rows = [{"epoch": 1.0, "gamma_hat_k": 0.9}, {"epoch": 2.0, "gamma_hat_k": 1.02}]
     assert undefined_epoch(rows) == 2.0
-    assert undefined_epoch(rows + [{"epoch": 3.0, "gamma_hat_k": 0.95}]) == 2.0
+    assert undefined_epoch([*rows, {"epoch": 3.0, "gamma_hat_k": 0.95}]) == 2.0
     assert math.isnan(undefined_epoch(rows[:1]))
