@@ -42,11 +42,13 @@ class WeightsBundle:
 
 
 def pack_prepared(prepared: Path) -> PreparedBundle:
-    """The manifest and the files it lists, as bytes (checked again where they are unpacked)."""
-    from pipeline.study.data import MANIFEST, read_manifest
+    """The manifest and the files it lists that trials read, as bytes (checked again where
+    they are unpacked). The pretraining crops stay behind: only the pretrain stage reads them,
+    and at paper scale they are hundreds of MB per node."""
+    from pipeline.study.data import MANIFEST, PRETRAIN, read_manifest
 
     manifest = read_manifest(prepared)
-    names = [MANIFEST, *sorted(manifest.get("files", {}))]
+    names = [MANIFEST, *sorted(n for n in manifest.get("files", {}) if n != PRETRAIN)]
     files = {}
     for name in names:
         path = prepared / name

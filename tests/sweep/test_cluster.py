@@ -42,13 +42,16 @@ def test_prepared_data_ships_as_a_bundle_and_unpacks_once(tmp_path: Path) -> Non
     files = {"train.npz": b"a" * 10, "val.npz": b"b", "test.npz": b"c"}
     for name, blob in files.items():
         (src / name).write_bytes(blob)
+    (src / "pretrain.npz").write_bytes(b"d" * 100)  # the pretrain stage's alone: not shipped
+    listed = {**files, "pretrain.npz": b"d" * 100}
     manifest = {
         "format": 1,
         "channels": 1,
         "patch_size": 8,
         "degradation": {"kind": "denoising", "noise_sigma": 0.1},
         "splits": {s: {"patches": 1} for s in ("train", "val", "test")},
-        "files": {k: hashlib.sha256(v).hexdigest() for k, v in files.items()},
+        "pretrain": {"patches": 1, "patch_size": 8, "image_indices": [0]},
+        "files": {k: hashlib.sha256(v).hexdigest() for k, v in listed.items()},
     }
     (src / MANIFEST).write_text(json.dumps(manifest))
     (src / "notes.txt").write_text("not listed: not shipped")
