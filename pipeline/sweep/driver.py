@@ -174,7 +174,7 @@ def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, anchor: str) -> _Atte
     from ray import tune
 
     uri = cfg.tracking_uri
-    experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment)
+    experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment, cfg.artifact_location)
     restoring = tune.Tuner.can_restore(anchor)
     tags = tracking.code_tags(cfg.root)
     parent = tracking.parent_run(
