@@ -63,19 +63,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.sweep.driver import run_sweep
     from pipeline.sweep.preflight import all_failed, stale_checked
     from pipeline.sweep.registry import register_best
-    from pipeline.sweep.results import write_tables
     from pipeline.util.paths import check_output_dir
 
     cfg = load_params(args.params)
     check_output_dir(Path(args.out), "--out")
     cfg = stale_checked(cfg, Path(args.prepared), allow_stale=args.allow_stale_data)
     _terminate_gracefully()
-    trials, history = run_sweep(cfg, Path(args.prepared), check_pnp_weights=True)
+    # the tables are written (as a pair) before the sweep's parent run ends FINISHED
+    trials, _ = run_sweep(cfg, Path(args.prepared), check_pnp_weights=True, out=Path(args.out))
     verdict = all_failed(trials)
     if verdict:  # no results to write: the tables stay as the last useful sweep left them
         print(f"error: {verdict}", file=sys.stderr)
         return 1
-    write_tables(trials, history, Path(args.out))
     counts = trials["status"].value_counts().to_dict()
     print(f"sweep: {len(trials)} trials {counts}; tables in {args.out}/")
     for best in register_best(cfg.tracking_uri, cfg.mlflow.experiment, trials):

@@ -62,13 +62,21 @@ from pipeline.util.errors import ConfigError, DataError
 
 
 def run_sweep(
-    cfg: StudyConfig, prepared: Path, *, check_pnp_weights: bool = False
+    cfg: StudyConfig,
+    prepared: Path,
+    *,
+    check_pnp_weights: bool = False,
+    out: Path | None = None,
 ) -> tuple[Any, Any]:
     """Run (or resume) the sweep; return the trials table and the per-epoch history table.
 
     ``check_pnp_weights`` (the sweep stage): load every PnP prior's weights on the driver after
     the cheap checks and before Ray or MLflow start (``check_weights``), so a bad file stops
     the sweep instead of failing its trials one by one.
+
+    ``out``: where the tables go (``trials.parquet``, ``history.parquet``), written before the
+    parent run ends FINISHED (a sweep whose every trial failed leaves the previous tables): a
+    FINISHED parent always has its tables, and a write that fails ends it FAILED.
     """
     prepared = Path(prepared)
     _check_before_ray(cfg, prepared, check_pnp_weights)
@@ -80,7 +88,7 @@ def run_sweep(
         ship = _check_cluster(cfg, started)
         attempt = _open_attempt(cfg, grid, path, anchor)
         trials, history = _run_trials(cfg, grid, path, prepared, attempt, ship)
-        _log_results(attempt, trials, history)
+        finish_attempt(attempt, trials, history, out)
         return trials, history
 
 
@@ -495,12 +503,22 @@ def _end_attempt(attempt: _Attempt, err: BaseException) -> None:
 # --------------------------------------------------------------------------- collect
 
 
-def _log_results(attempt: _Attempt, trials: Any, history: Any) -> None:
-    """The parent run ends FINISHED with the trial counts and both tables as artifacts."""
-    c, parent = attempt.client, attempt.parent_run_id
-    failed = int((trials["status"] != "finished").sum())
-    tracking.log_metrics(c, parent, {"trials": len(trials), "trials_not_finished": failed}, step=0)
-    with tempfile.TemporaryDirectory() as d:  # the results travel with the parent run too
-        write_tables(trials, history, Path(d))
-        tracking.log_artifacts(c, parent, sorted(Path(d).glob("*.parquet")))
-    tracking.finish(c, parent, "finished")
+def finish_attempt(attempt: _Attempt, trials: Any, history: Any, out: Path | None) -> None:
+    """The tables into ``out``, then the parent run ends FINISHED with the trial counts and both
+    tables as artifacts; when any of it fails the parent ends FAILED (never FINISHED without its
+    tables) and the error propagates. A sweep whose every trial failed
+    (:func:`preflight.all_failed`) leaves the tables in ``out`` as they were."""
+    try:
+        if out is not None and preflight.all_failed(trials) is None:
+            write_tables(trials, history, Path(out))
+        c, parent = attempt.client, attempt.parent_run_id
+        failed = int((trials["status"] != "finished").sum())
+        counts = {"trials": len(trials), "trials_not_finished": failed}
+        tracking.log_metrics(c, parent, counts, step=0)
+        with tempfile.TemporaryDirectory() as d:  # the results travel with the parent run too
+            write_tables(trials, history, Path(d))
+            tracking.log_artifacts(c, parent, sorted(Path(d).glob("*.parquet")))
+        tracking.finish(c, parent, "finished")
+    except BaseException as err:
+        _end_attempt(attempt, err)
+        raise
