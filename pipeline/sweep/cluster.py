@@ -75,7 +75,8 @@ def in_ray_job() -> bool:
 
 
 def init_ray(cfg: StudyConfig) -> bool:
-    """Connect to the configured cluster or start a local Ray. Returns whether we started it."""
+    """Connect to the configured cluster (its address used as given) or start a local Ray bound
+    to loopback (:func:`start_local_ray`). Returns whether we started it."""
     import ray
 
     if ray.is_initialized():
@@ -91,11 +92,7 @@ def init_ray(cfg: StudyConfig) -> bool:
                 runtime_env = {"py_modules": [str(Path(pipeline.__file__).parent)]}
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         else:
-            ray.init(
-                num_cpus=cfg.ray.num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=True,
-            )
+            start_local_ray(cfg.ray.num_cpus or os.cpu_count() or 1, log_to_driver=True)
     except Exception as err:
         where = address or "a local Ray"
         hint = ""
@@ -107,6 +104,41 @@ def init_ray(cfg: StudyConfig) -> bool:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"ray.address: cannot connect to {where} ({first}){hint}") from None
     return True
+
+
+LOOPBACK = "127.0.0.1"
+# Ray on Linux resolves a loopback node address to the machine's interface address ("so other
+# nodes can reach it"), and its servers then listen there or on every interface; with cluster
+# support off (what Ray does on macOS and Windows) every process binds to 127.0.0.1.
+_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local_ray(num_cpus: int, **kwargs: Any) -> None:
+    """A single-node Ray on this machine whose every listener (GCS, raylet, object manager,
+    workers, dashboard and runtime-env agents) binds to 127.0.0.1: nothing of it is reachable
+    from the network. No dashboard. ``kwargs`` go to ``ray.init``."""
+    import ray
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    # read by this process (already imported: the module constant) and by the Ray processes
+    # it starts (the environment they inherit)
+    os.environ[_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            dashboard_host=LOOPBACK,
+            _node_ip_address=LOOPBACK,
+            **kwargs,
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_CLUSTER_ENV, None)
+        else:
+            os.environ[_CLUSTER_ENV] = saved_env
 
 
 def alive_nodes() -> list[dict[str, Any]]:
