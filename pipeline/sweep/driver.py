@@ -84,12 +84,46 @@ def run_sweep(
     path = f"{cfg.storage_path.rstrip('/')}/{grid.name}"
     # the Tune experiment an interrupted attempt leaves first: the grid's, or the first search
     anchor = path if cfg.sweep.search == "grid" else _search_path(cfg, grid, 0)
-    with sweep_lock(cfg, grid.key), _ray(cfg) as started:
+    with sweep_lock(cfg, grid.key):
+        done = _finished_tables(cfg, grid, path, anchor)
+        if done is not None:  # never restored (nor Ray started): its tables are its result
+            if out is not None and preflight.all_failed(done[0]) is None:
+                write_tables(*done, Path(out))
+            return done
+        return _sweep(cfg, grid, path, anchor, prepared, out)
+
+
+def _sweep(
+    cfg: StudyConfig, grid: Grid, path: str, anchor: str, prepared: Path, out: Path | None
+) -> tuple[Any, Any]:
+    """Start Ray, open the attempt (restoring the verified Tune state of an interrupted one),
+    run the trials and finish."""
+    # before Ray starts: state this checkout did not write is refused with nothing started
+    restoring = _can_restore(cfg, anchor)
+    with _ray(cfg) as started:
         ship = _check_cluster(cfg, started)
-        attempt = _open_attempt(cfg, grid, path, anchor)
+        attempt = _open_attempt(cfg, grid, path, restoring)
         trials, history = _run_trials(cfg, grid, path, prepared, attempt, ship)
         finish_attempt(attempt, trials, history, out)
         return trials, history
+
+
+def _finished_tables(
+    cfg: StudyConfig, grid: Grid, path: str, anchor: str
+) -> tuple[Any, Any] | None:
+    """The tables of this sweep when it already finished: its newest parent run (of this Tune
+    experiment) ended FINISHED with both tables as artifacts, read as parquet. ``None`` when it
+    did not, or when its first Tune experiment is gone (deleting it starts the sweep afresh)."""
+    from pipeline.sweep import tunestate
+
+    if not tunestate.exists(anchor):
+        return None
+    c = tracking.client(cfg.tracking_uri)
+    exp = c.get_experiment_by_name(cfg.mlflow.experiment)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        return None
+    run_id = tracking.finished_parent(c, exp.experiment_id, grid.key, path)
+    return None if run_id is None else tracking.load_tables(c, run_id)
 
 
 # --------------------------------------------------------------------------- validate
@@ -176,14 +210,11 @@ class _Attempt:
     tags: dict[str, str]  # of every run: the code's git commit, the DVC experiment
 
 
-def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, anchor: str) -> _Attempt:
-    """The MLflow experiment and the sweep's parent run (reopened when Tune restores
-    ``anchor``, the sweep's first Tune experiment)."""
-    from ray import tune
-
+def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, restoring: bool) -> _Attempt:
+    """The MLflow experiment and the sweep's parent run (reopened when Tune restores the
+    sweep's first Tune experiment: ``restoring``)."""
     uri = cfg.tracking_uri
     experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment, cfg.artifact_location)
-    restoring = tune.Tuner.can_restore(anchor)
     tags = tracking.code_tags(cfg.root)
     parent = tracking.parent_run(
         uri,
@@ -228,7 +259,7 @@ def _run_trials(
             name = phase_name(grid, second)
             p2 = f"{cfg.storage_path.rstrip('/')}/{name}"
             # a new first phase (and parent run) starts the second one afresh as well
-            restoring = attempt.restoring and _can_restore(p2)
+            restoring = attempt.restoring and _can_restore(cfg, p2)
             results += _fit(cfg, second, name, p2, trainable, restoring)
         return collect(results, cfg)
     except BaseException as err:
@@ -249,10 +280,10 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: _Attempt) 
     best: dict[str, float | None] = {}
     for i, point in enumerate(search_points(cfg, grid)):
         path = _search_path(cfg, grid, i)
-        restoring = attempt.restoring and _can_restore(path)
+        restoring = attempt.restoring and _can_restore(cfg, path)
         name = path.rsplit("/", 1)[1]
         tuner = search_tuner(cfg, point, name, path, trainable, restoring)
-        results = tuner.fit()
+        results = _signed_fit(tuner, path)
         _check_search_done(results)
         _mark_pruned(attempt, point, results)
         best[point["config"]] = best_lr(results)
@@ -269,7 +300,7 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: _Attempt) 
     blob = json.dumps([p["key"] for p in points]).encode()
     name = f"{grid.name}-tuned-{hashlib.sha256(blob).hexdigest()[:8]}"
     path = f"{cfg.storage_path.rstrip('/')}/{name}"
-    restoring = attempt.restoring and _can_restore(path)
+    restoring = attempt.restoring and _can_restore(cfg, path)
     return _fit(cfg, points, name, path, trainable, restoring)
 
 
@@ -284,7 +315,7 @@ def search_tuner(
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if restoring:
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        return _open_tuner(cfg, path, lambda: _restore(path, trainable))
     opts = cfg.sweep.tune
     space = opts.space.lr
     sample = tune.loguniform if space.dist == "loguniform" else tune.uniform
@@ -297,30 +328,35 @@ def search_tuner(
 
         search_alg = BasicVariantGenerator(random_state=opts.seed)
     epochs = cfg.train_for(point["trial"]["prior"]).epochs
-    return tune.Tuner(
-        trainable,
-        param_space={"point": point, "lr": sample(space.low, space.high)},
-        tune_config=tune.TuneConfig(
-            metric="val_psnr",
-            mode="max",
-            search_alg=search_alg,
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                # one report per epoch, then the final one: ASHA stops a trial at max_t
-                max_t=max(epochs, opts.grace_period) + 1,
-                grace_period=opts.grace_period,
+    return _open_tuner(
+        cfg,
+        path,
+        lambda: tune.Tuner(
+            trainable,
+            param_space={"point": point, "lr": sample(space.low, space.high)},
+            tune_config=tune.TuneConfig(
+                metric="val_psnr",
+                mode="max",
+                search_alg=search_alg,
+                scheduler=ASHAScheduler(
+                    time_attr="training_iteration",
+                    # one report per epoch, then the final one: ASHA stops a trial at max_t
+                    max_t=max(epochs, opts.grace_period) + 1,
+                    grace_period=opts.grace_period,
+                ),
+                num_samples=opts.samples,
+                max_concurrent_trials=cfg.ray.max_concurrent_trials,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+                reuse_actors=True,
             ),
-            num_samples=opts.samples,
-            max_concurrent_trials=cfg.ray.max_concurrent_trials,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=cfg.storage_path,
-            failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=cfg.storage_path,
+                failure_config=tune.FailureConfig(max_failures=0),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[_signer(name)],
+            ),
         ),
     )
 
@@ -412,17 +448,57 @@ def phase_name(grid: Grid, points: list[dict]) -> str:
     return f"{grid.name}-p2-{hashlib.sha256(blob).hexdigest()[:8]}"
 
 
-def _can_restore(path: str) -> bool:
+def _can_restore(cfg: StudyConfig, path: str) -> bool:
+    """Whether Tune left an experiment at ``path`` to restore; refused (one line, exit 2) when
+    its state is not what this checkout's driver wrote (:func:`tunestate.verify`)."""
     from ray import tune
 
-    return tune.Tuner.can_restore(path)
+    from pipeline.sweep import tunestate
+
+    if not tune.Tuner.can_restore(path):
+        return False
+    tunestate.verify(cfg.root, path)
+    return True
+
+
+def _restore(path: str, trainable: Any) -> Any:
+    from ray import tune
+
+    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+
+
+def _signer(name: str) -> Any:
+    from pipeline.sweep import tunestate
+
+    return tunestate.SignState(name)
+
+
+def _open_tuner(cfg: StudyConfig, path: str, make: Any) -> Any:
+    """``make()`` (a new or a restored Tuner, which writes ``tuner.pkl``), with every state
+    file Tune writes for ``path`` signed from now on (:mod:`pipeline.sweep.tunestate`)."""
+    from pipeline.sweep import tunestate
+
+    tunestate.activate(cfg.root, path)
+    tuner = make()
+    tunestate.record_tuner(cfg.root, path)
+    return tuner
+
+
+def _signed_fit(tuner: Any, path: str) -> Any:
+    """``tuner.fit()``, and Tune's last save signed however it ended."""
+    from pipeline.sweep import tunestate
+
+    try:
+        return tuner.fit()
+    finally:
+        tunestate.sign_staged(path)
 
 
 def _fit(
     cfg: StudyConfig, points: list[dict], name: str, path: str, trainable: Any, restoring: bool
 ) -> list[Any]:
     """One Tune experiment's results; ``KeyboardInterrupt`` when some trial did not finish."""
-    results = list(_tuner(cfg, points, name, path, trainable, restoring).fit())
+    results = list(_signed_fit(_tuner(cfg, points, name, path, trainable, restoring), path))
     unfinished = [r for r in results if r.error is None and (r.metrics or {}).get("final") != 1]
     if unfinished:
         # Tune ends fit() quietly on Ctrl-C: the sweep is incomplete, not done.
@@ -470,21 +546,26 @@ def _tuner(
     # which is what resume needs; it warns about it on every short epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if restoring:
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    return tune.Tuner(
-        trainable,
-        param_space={"point": tune.grid_search(points)},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=cfg.ray.max_concurrent_trials,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-            reuse_actors=True,  # imports (torch, deepinv) once per worker, not per trial
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=cfg.storage_path,
-            failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        return _open_tuner(cfg, path, lambda: _restore(path, trainable))
+    return _open_tuner(
+        cfg,
+        path,
+        lambda: tune.Tuner(
+            trainable,
+            param_space={"point": tune.grid_search(points)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=cfg.ray.max_concurrent_trials,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+                reuse_actors=True,  # imports (torch, deepinv) once per worker, not per trial
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=cfg.storage_path,
+                failure_config=tune.FailureConfig(max_failures=0),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[_signer(name)],
+            ),
         ),
     )
 

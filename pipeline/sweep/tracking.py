@@ -338,6 +338,30 @@ def parent_run(
     return run.info.run_id
 
 
+def finished_parent(c, experiment_id: str, sweep_key: str, tune_path: str) -> str | None:
+    """The id of the sweep's newest parent run of the Tune experiment ``tune_path`` when it
+    ended FINISHED (the sweep is done), else None."""
+    for run in _find(c, experiment_id, {SWEEP_KEY: sweep_key}):
+        if PARENT in run.data.tags or run.data.tags.get(TUNE_PATH, tune_path) != tune_path:
+            continue
+        return run.info.run_id if run.info.status == "FINISHED" else None
+    return None
+
+
+def load_tables(c, run_id: str) -> tuple[Any, Any] | None:
+    """The trials and history tables a parent run keeps as artifacts (parquet, read as data),
+    or None when either is missing or unreadable."""
+    import pandas as pd
+
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            trials = pd.read_parquet(c.download_artifacts(run_id, "trials.parquet", d))
+            history = pd.read_parquet(c.download_artifacts(run_id, "history.parquet", d))
+    except Exception:  # absent or damaged: the sweep is rebuilt from its Tune state
+        return None
+    return trials, history
+
+
 @dataclass(frozen=True)
 class ChildRun:
     """A trial's child run: its id and how the trial found it."""
