@@ -495,6 +495,12 @@ def _scratch_name(out_dir: Path, kind: str) -> str:
     return f".{out_dir.name}.{kind}-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def scratch_path(out: Path, kind: str = "tmp") -> Path:
+    """A scratch folder's path beside ``out`` named as :func:`remove_stale_scratch` knows it
+    (``.<out name>.<kind>-<host>-<pid>-<random>``), for any stage's temporary output."""
+    return out.parent / _scratch_name(out, kind)
+
+
 STALE_SCRATCH_S = 24 * 3600  # another host's (or an old-style) leftover: removed after a day
 
 

@@ -170,7 +170,12 @@ def _check_prepared(prepared: Path) -> None:
 def _ray(cfg: StudyConfig) -> Iterator[bool]:
     """Ray for the sweep: the configured cluster, or a local one (yields whether we started it,
     and then shut it down)."""
+    from pipeline.util.signals import terminate_as_interrupt
+
     started = init_ray(cfg)
+    # ray.init replaced the SIGTERM handler with one that exits without unwinding: SIGTERM is
+    # Ctrl-C again (Tune stops and saves, the runs end KILLED)
+    terminate_as_interrupt()
     try:
         yield started
     finally:
