@@ -152,7 +152,7 @@ def _write_atomically(
     The folder (``<out>/.report.tmp-<host>-<pid>-<random>``) is removed however the write ends,
     an interruption included (SIGTERM is Ctrl-C: :mod:`pipeline.util.signals`); one that a
     killed (SIGKILL) run left is removed by the next run once its process is gone."""
-    from pipeline.study.data import remove_stale_scratch, scratch_path
+    from pipeline.util.scratch import remove_stale_scratch, scratch_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(out_dir / "report")

@@ -203,7 +203,7 @@ def _check_cluster(cfg: StudyConfig, started: bool) -> bool:
 
 
 @dataclass(frozen=True)
-class _Attempt:
+class Attempt:
     """One attempt at a sweep in the tracking store: its parent run, and whether it restores
     the Tune experiment an earlier attempt left."""
 
@@ -215,7 +215,7 @@ class _Attempt:
     tags: dict[str, str]  # of every run: the code's git commit, the DVC experiment
 
 
-def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, restoring: bool) -> _Attempt:
+def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, restoring: bool) -> Attempt:
     """The MLflow experiment and the sweep's parent run (reopened when Tune restores the
     sweep's first Tune experiment: ``restoring``)."""
     uri = cfg.tracking_uri
@@ -235,14 +235,14 @@ def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, restoring: bool) -> _
     if restoring:
         # Children left RUNNING by a killed driver: the trials Tune resumes reopen theirs.
         tracking.close_children(c, experiment_id, parent, "KILLED", "driver interrupted")
-    return _Attempt(uri, c, experiment_id, parent, restoring, tags)
+    return Attempt(uri, c, experiment_id, parent, restoring, tags)
 
 
 # --------------------------------------------------------------------------- run
 
 
 def _run_trials(
-    cfg: StudyConfig, grid: Grid, path: str, prepared: Path, attempt: _Attempt, ship: bool
+    cfg: StudyConfig, grid: Grid, path: str, prepared: Path, attempt: Attempt, ship: bool
 ) -> tuple[Any, Any]:
     """Fit every grid point as a Tune trial and collect the tables; on any error or interruption
     the attempt's runs end KILLED or FAILED (never left RUNNING) before it propagates.
@@ -276,7 +276,7 @@ def _search_path(cfg: StudyConfig, grid: Grid, i: int) -> str:
     return f"{cfg.storage_path.rstrip('/')}/{grid.name}-search-{i}"
 
 
-def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: _Attempt) -> list[Any]:
+def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: Attempt) -> list[Any]:
     """``sweep.search: tuned``: per seedless configuration a search (its own Tune experiment
     ``sweep-<key>-search-<i>``: ``sweep.tune.samples`` learning rates from the search
     algorithm, under ASHA on val_psnr), then every grid point at its configuration's best lr
@@ -386,7 +386,7 @@ def is_pruned(result: Any, status: str) -> bool:
     )
 
 
-def _mark_pruned(attempt: _Attempt, point: dict, results: Any) -> None:
+def _mark_pruned(attempt: Attempt, point: dict, results: Any) -> None:
     """The child runs of the pruned search trials end KILLED with ``rjfb.status = pruned``."""
     from pipeline.sweep.trainable import PRUNED_REASON
 
@@ -511,7 +511,7 @@ def _fit(
     return results
 
 
-def _trainable(cfg: StudyConfig, prepared: Path, attempt: _Attempt, ship: bool) -> Any:
+def _trainable(cfg: StudyConfig, prepared: Path, attempt: Attempt, ship: bool) -> Any:
     """``tune_trainable`` bound to what every trial needs and to the sweep's resources."""
     from ray import tune
 
@@ -575,7 +575,7 @@ def _tuner(
     )
 
 
-def _end_attempt(attempt: _Attempt, err: BaseException) -> None:
+def _end_attempt(attempt: Attempt, err: BaseException) -> None:
     """End the parent and its RUNNING children KILLED (interrupted) or FAILED (an error)."""
     interrupted = isinstance(err, KeyboardInterrupt)
     status = "KILLED" if interrupted else "FAILED"
@@ -589,7 +589,7 @@ def _end_attempt(attempt: _Attempt, err: BaseException) -> None:
 # --------------------------------------------------------------------------- collect
 
 
-def finish_attempt(attempt: _Attempt, trials: Any, history: Any, out: Path | None) -> None:
+def finish_attempt(attempt: Attempt, trials: Any, history: Any, out: Path | None) -> None:
     """The tables into ``out``, then the parent run ends FINISHED with the trial counts and both
     tables as artifacts; when any of it fails the parent ends FAILED (never FINISHED without its
     tables) and the error propagates. A sweep whose every trial failed

@@ -1192,7 +1192,7 @@ def test_an_interrupted_report_leaves_no_scratch(tables, tmp_path: Path, sig: in
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dead = subprocess.Popen(["true"])
     dead.wait()  # a pid whose process is gone: its scratch folder is a SIGKILLed run's
-    from pipeline.study.data import host_tag
+    from pipeline.util.scratch import host_tag
 
     leftover = out / f".report.tmp-{host_tag()}-{dead.pid}-0123abcd"
     (leftover / "plots").mkdir(parents=True)

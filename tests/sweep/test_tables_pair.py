@@ -39,13 +39,13 @@ def test_a_full_disk_leaves_the_old_pair_no_temp_files_and_a_failed_parent(
     tmp_path: Path,
 ) -> None:
     from pipeline.sweep import tracking
-    from pipeline.sweep.driver import _Attempt, finish_attempt
+    from pipeline.sweep.driver import Attempt, finish_attempt
     from pipeline.util.errors import DataError
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = tracking.ensure_experiment(uri, "pair", (tmp_path / "mlartifacts").as_uri())
     parent = tracking.parent_run(uri, exp, "k", "sweep-k", {}, resume=False)
-    attempt = _Attempt(uri, tracking.client(uri), exp, parent, False, {})
+    attempt = Attempt(uri, tracking.client(uri), exp, parent, False, {})
     trials, history = _tables(200_000)  # ~1.6 MB of history: cannot fit
     with small_filesystem("512k", tmp_path) as disk:
         out = disk / "reports"
