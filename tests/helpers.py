@@ -382,8 +382,8 @@ def sweep_and_rerun(
     root: Path, after_rerun: Callable[[Any], dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """The study in ``root`` swept in-process, then swept again (a rerun, which must be a
-    no-op), from ``root`` as the working directory (MLflow puts a new experiment's artifacts
-    under the cwd's mlruns/). ``after_rerun(cfg)`` may run more sweeps; its dict is merged in.
+    no-op: a finished sweep is not restored), from ``root`` as the working directory.
+    ``after_rerun(cfg)`` may run more sweeps; its dict is merged in.
     Needs a Ray session (the ``ray_session`` fixture)."""
     from pipeline.study.config import load_params
     from pipeline.sweep.driver import run_sweep

@@ -189,6 +189,12 @@ def check_job_paths(cfg: StudyConfig) -> None:
             f"ray.storage_path {cfg.storage_path} is inside the job's temporary working dir: "
             "an interrupted sweep cannot resume from it; set ray.storage_path to shared storage"
         )
+    if not os.environ.get("RJFB_STATE_DIR", "").strip():
+        _warn(
+            "RJFB_STATE_DIR is not set: the key that vouches for this sweep's Tune state is kept "
+            "in the job's temporary working dir, so the next job refuses to resume it; set "
+            "RJFB_STATE_DIR (runtime_env env_vars) to a private folder on the head node"
+        )
     if cfg.tracking_uri.startswith("sqlite:") and str(cfg.root) in cfg.tracking_uri:
         _warn(
             f"mlflow.tracking_uri {cfg.tracking_uri} is inside the job's temporary working dir: "

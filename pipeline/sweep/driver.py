@@ -5,8 +5,10 @@ tracking store, Ray address, job paths, PnP weights), start the services (Ray, r
 placement checks, the MLflow experiment and the sweep's parent run), run one Tune trial per grid
 point, collect the tables onto the parent run. A sweep is identified by its grid's key (see
 :mod:`pipeline.sweep.grid`): rerunning an interrupted sweep restores the same Tune experiment from
-its storage (``<storage_path>/sweep-<key>``) and logs into the same MLflow runs (see
-:mod:`pipeline.sweep.tracking`). A study whose PnP priors chain σ (``sigma_init_from``) runs in
+its storage (``<storage_path>/sweep-<key>``), once its state is verified as this checkout's own
+(:mod:`pipeline.sweep.tunestate`), and logs into the same MLflow runs (see
+:mod:`pipeline.sweep.tracking`); rerunning a finished one returns the tables its parent run keeps,
+restoring nothing. A study whose PnP priors chain σ (``sigma_init_from``) runs in
 two phases, the second its own Tune experiment (``sweep-<key>-p2-<inits>``) whose trials start
 from what the first phase's trials learned (:func:`_run_trials`).
 

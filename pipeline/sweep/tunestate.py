@@ -6,8 +6,9 @@ algorithm's or callbacks' state, a trial's ``error.pkl``. That folder is shared 
 (docs/threat-model.md): a planted ``tuner.pkl`` would run its code in the driver. So
 
 * the checkout keeps a secret key, ``<repo>/.rjfb/state.key`` (made on first use, mode 0600,
-  git-ignored; ``.rjfb/`` is the directory of params.yaml's, never the storage), and for each
-  Tune experiment a record ``<repo>/.rjfb/tune-state/<experiment>-<path digest>.json`` of the
+  git-ignored; ``<repo>`` is the directory of params.yaml, never the storage; ``$RJFB_STATE_DIR``
+  replaces ``<repo>/.rjfb`` where the checkout is temporary, as a Ray job's working dir is), and
+  for each Tune experiment a record ``.rjfb/tune-state/<experiment>-<path digest>.json`` of the
   keyed digests (HMAC-SHA256 of name and bytes, :func:`pipeline.util.hashing.keyed_digest`) of
   every state file the driver wrote: ``tuner.pkl`` as soon as the Tuner wrote it
   (:func:`record_tuner`), the others from Tune's private staging folder on the driver each time
@@ -40,6 +41,7 @@ from pipeline.util.errors import UserError
 from pipeline.util.hashing import keyed_digest, same_digest
 
 STATE_DIR = ".rjfb"
+STATE_DIR_ENV = "RJFB_STATE_DIR"
 KEY_FILE = "state.key"
 TUNER_PKL = "tuner.pkl"
 # written by Ray to probe the storage; Ray only checks that it exists, never reads it
@@ -54,10 +56,16 @@ class TuneStateError(UserError):
 # --------------------------------------------------------------------------- key and record
 
 
+def state_dir(root: Path) -> Path:
+    """Where the key and the records live: ``$RJFB_STATE_DIR``, else ``<root>/.rjfb``."""
+    configured = os.environ.get(STATE_DIR_ENV, "").strip()
+    return Path(configured).expanduser() if configured else Path(root) / STATE_DIR
+
+
 def _key(root: Path) -> bytes:
     """This checkout's secret key (made once: 32 random bytes, readable by its owner only)."""
-    folder = Path(root) / STATE_DIR
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder = state_dir(root)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / KEY_FILE
     with contextlib.suppress(FileExistsError):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -80,7 +88,7 @@ class StateBook:
         self.experiment = experiment.rstrip("/")
         name = self.experiment.rsplit("/", 1)[-1]
         tag = hashlib.sha256(self.experiment.encode()).hexdigest()[:12]
-        self.path = self.root / STATE_DIR / "tune-state" / f"{name}-{tag}.json"
+        self.path = state_dir(self.root) / "tune-state" / f"{name}-{tag}.json"
         self._seen: dict[str, tuple[int, int]] = {}  # label -> (size, mtime_ns) signed last
 
     def load(self) -> dict[str, list[str]]:

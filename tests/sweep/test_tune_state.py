@@ -179,3 +179,17 @@ def test_a_folder_from_another_checkout_is_refused(
     other.mkdir()
     with pytest.raises(tunestate.TuneStateError, match="no record of writing it"):
         tunestate.verify(other, str(interrupted["folder"]))
+
+
+def test_rjfb_state_dir_moves_the_key_and_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A temporary checkout (a Ray job's working dir) keeps them in ``$RJFB_STATE_DIR``."""
+    from pipeline.sweep import tunestate
+
+    monkeypatch.setenv("RJFB_STATE_DIR", str(tmp_path / "private"))
+    assert tunestate.state_dir(tmp_path / "checkout") == tmp_path / "private"
+    book = tunestate.StateBook(tmp_path / "checkout", "/storage/sweep-k")
+    book.add({"tuner.pkl": "00"})
+    assert book.path.parent == tmp_path / "private" / "tune-state"
+    assert not (tmp_path / "checkout").exists()
