@@ -7,8 +7,8 @@ point, collect the tables onto the parent run. A sweep is identified by its grid
 :mod:`pipeline.sweep.grid`): rerunning an interrupted sweep restores the same Tune experiment from
 its storage (``<storage_path>/sweep-<key>``), once its state is verified as this checkout's own
 (:mod:`pipeline.sweep.tunestate`), and logs into the same MLflow runs (see
-:mod:`pipeline.sweep.tracking`); rerunning a finished one returns the tables its parent run keeps,
-restoring nothing. A study whose PnP priors chain σ (``sigma_init_from``) runs in
+:mod:`pipeline.sweep.tracking`); rerunning one that finished with no trial failed returns the
+tables its parent run keeps, restoring nothing. A study whose PnP priors chain σ (``sigma_init_from``) runs in
 two phases, the second its own Tune experiment (``sweep-<key>-p2-<inits>``) whose trials start
 from what the first phase's trials learned (:func:`_run_trials`).
 
@@ -113,9 +113,11 @@ def _sweep(
 def _finished_tables(
     cfg: StudyConfig, grid: Grid, path: str, anchor: str
 ) -> tuple[Any, Any] | None:
-    """The tables of this sweep when it already finished: its newest parent run (of this Tune
-    experiment) ended FINISHED with both tables as artifacts, read as parquet. ``None`` when it
-    did not, or when its first Tune experiment is gone (deleting it starts the sweep afresh)."""
+    """The tables of this sweep when it already finished with nothing left to do: its newest
+    parent run (of this Tune experiment) ended FINISHED with both tables as artifacts (read as
+    parquet) and no trial failed. ``None`` otherwise: when it did not finish, when a trial failed
+    (the sweep is restored, its state verified, so that Tune retries it), or when its first Tune
+    experiment is gone (deleting it starts the sweep afresh)."""
     from pipeline.sweep import tunestate
 
     if not tunestate.exists(anchor):
@@ -125,7 +127,10 @@ def _finished_tables(
     if exp is None or exp.lifecycle_stage == "deleted":
         return None
     run_id = tracking.finished_parent(c, exp.experiment_id, grid.key, path)
-    return None if run_id is None else tracking.load_tables(c, run_id)
+    tables = None if run_id is None else tracking.load_tables(c, run_id)
+    if tables is None or "status" not in tables[0] or (tables[0]["status"] == "failed").any():
+        return None
+    return tables
 
 
 # --------------------------------------------------------------------------- validate

@@ -62,9 +62,14 @@ def state_dir(root: Path) -> Path:
     return Path(configured).expanduser() if configured else Path(root) / STATE_DIR
 
 
+_KEYS: dict[Path, bytes] = {}  # state folder -> its key, read once per process
+
+
 def _key(root: Path) -> bytes:
     """This checkout's secret key (made once: 32 random bytes, readable by its owner only)."""
     folder = state_dir(root)
+    if folder in _KEYS:
+        return _KEYS[folder]
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / KEY_FILE
     with contextlib.suppress(FileExistsError):
@@ -77,7 +82,8 @@ def _key(root: Path) -> bytes:
             f"{path}: not a key this project made (64 hex characters); remove it and the "
             f"Ray Tune folders of this checkout's sweeps to start afresh"
         )
-    return bytes.fromhex(text)
+    _KEYS[folder] = bytes.fromhex(text)
+    return _KEYS[folder]
 
 
 class StateBook:
@@ -274,5 +280,5 @@ def _refuse(experiment: str, why: str) -> None:
     )
     raise TuneStateError(
         f"{experiment}: Ray Tune state not loaded: {why}; {how} to start this sweep afresh "
-        "(finished trials keep their MLflow runs)"
+        "(its trials run again, under a new MLflow parent run)"
     )
