@@ -195,11 +195,25 @@ def check_job_paths(cfg: StudyConfig) -> None:
             "in the job's temporary working dir, so the next job refuses to resume it; set "
             "RJFB_STATE_DIR (runtime_env env_vars) to a private folder on the head node"
         )
-    if cfg.tracking_uri.startswith("sqlite:") and str(cfg.root) in cfg.tracking_uri:
+    if _sqlite_under(cfg.tracking_uri, cfg.root):
         _warn(
             f"mlflow.tracking_uri {cfg.tracking_uri} is inside the job's temporary working dir: "
             "set mlflow.tracking_uri to an MLflow server (docs/cluster.md)"
         )
+
+
+def _sqlite_under(uri: str, root: Path) -> bool:
+    """Whether ``uri`` is an SQLite store inside ``root`` (the path SQLAlchemy opens: the URI
+    escapes ``%`` and ``?``)."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(uri).database or ""
+    except Exception:  # a malformed URI: the preflight check names it
+        return False
+    return Path(database).is_relative_to(root)
 
 
 @contextlib.contextmanager
