@@ -38,6 +38,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,10 +404,21 @@ def _mark_pruned(attempt: Attempt, point: dict, results: Any) -> None:
             continue
         key = with_lr(point, float(r.config["lr"]), "search")["key"]
         run_id = tracking.child_run_id(c, attempt.experiment_id, attempt.parent_run_id, key)
-        if run_id is not None:
+        if run_id is None:
+            continue
+        for attempt_no in range(3):
             run = c.get_run(run_id)
-            if run.data.tags.get(tracking.STATUS) != "pruned" or run.info.status == "RUNNING":
+            if run.data.tags.get(tracking.STATUS) == "pruned" and run.info.status != "RUNNING":
+                break
+            try:
                 tracking.finish(c, run_id, "pruned", PRUNED_REASON, "KILLED")
+                break
+            except Exception:
+                # the stopped trial's actor may be setting the same tags right now (an SQLite
+                # store then refuses the second insert of a tag): read again and retry
+                if attempt_no == 2:
+                    raise
+                time.sleep(0.5)
 
 
 def best_lr(results: Any) -> float | None:
