@@ -10,8 +10,9 @@ prepared data's channels): a missing or mismatched file is one line naming the p
 file, exit code 2, and nothing written. Prepared data made with another ``data`` section than
 params.yaml's is refused unless ``--allow-stale-data`` (the trials then record the prepared
 data's own parameters, from its manifest). A sweep whose every trial failed exits 1 with one line
-and leaves the previous tables in place. Interrupted (Ctrl-C, SIGTERM, or the driver killed), it
-exits without writing tables; running it again resumes the sweep where it stopped. After the
+and leaves the previous tables in place. Interrupted (Ctrl-C or SIGTERM) it
+prints ``interrupted``, exits 130 (143 for SIGTERM) with its MLflow runs ended KILLED and no
+tables written; killed, or interrupted, running it again resumes the sweep where it stopped. After the
 tables it registers each prior's best configuration in the MLflow model registry (alias
 ``best``, ``pipeline.sweep.registry``); its last line is where the experiment's runs table is.
 """
@@ -19,24 +20,11 @@ tables it registers each prior's best configuration in the MLflow model registry
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.util.cli import run_cli
-
-
-def _terminate_gracefully() -> None:
-    """SIGTERM (``ray job stop``, a scheduler) behaves like Ctrl-C: Tune stops, state is saved,
-    unfinished MLflow runs end KILLED."""
-
-    def on_term(signum: int, frame: object) -> None:
-        signal.raise_signal(signal.SIGINT)
-
-    with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
-        signal.signal(signal.SIGTERM, on_term)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,19 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.sweep.driver import run_sweep
     from pipeline.sweep.preflight import all_failed, stale_checked
     from pipeline.sweep.registry import register_best
-    from pipeline.sweep.results import write_tables
     from pipeline.util.paths import check_output_dir
 
     cfg = load_params(args.params)
     check_output_dir(Path(args.out), "--out")
     cfg = stale_checked(cfg, Path(args.prepared), allow_stale=args.allow_stale_data)
-    _terminate_gracefully()
-    trials, history = run_sweep(cfg, Path(args.prepared), check_pnp_weights=True)
+    # the tables are written (as a pair) before the sweep's parent run ends FINISHED
+    trials, _ = run_sweep(cfg, Path(args.prepared), check_pnp_weights=True, out=Path(args.out))
     verdict = all_failed(trials)
     if verdict:  # no results to write: the tables stay as the last useful sweep left them
         print(f"error: {verdict}", file=sys.stderr)
         return 1
-    write_tables(trials, history, Path(args.out))
     counts = trials["status"].value_counts().to_dict()
     print(f"sweep: {len(trials)} trials {counts}; tables in {args.out}/")
     for best in register_best(cfg.tracking_uri, cfg.mlflow.experiment, trials):

@@ -29,10 +29,12 @@ def ray_session() -> Iterator[None]:
     initialised Ray and leaves it up); shut down after the module if this fixture started it."""
     import ray
 
+    from pipeline.sweep.cluster import start_local_ray
+
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if started:  # bound to loopback, as the sweep's own local Ray
+        start_local_ray(2, log_to_driver=False)
     yield
     if started:
         ray.shutdown()

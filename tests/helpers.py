@@ -8,6 +8,7 @@ working directory or command line lies in that folder): never by a machine-wide 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -18,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -392,8 +393,8 @@ def sweep_and_rerun(
     root: Path, after_rerun: Callable[[Any], dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """The study in ``root`` swept in-process, then swept again (a rerun, which must be a
-    no-op), from ``root`` as the working directory (MLflow puts a new experiment's artifacts
-    under the cwd's mlruns/). ``after_rerun(cfg)`` may run more sweeps; its dict is merged in.
+    no-op: a finished sweep is not restored), from ``root`` as the working directory.
+    ``after_rerun(cfg)`` may run more sweeps; its dict is merged in.
     Needs a Ray session (the ``ray_session`` fixture)."""
     from pipeline.study.config import load_params
     from pipeline.sweep.driver import run_sweep
@@ -424,3 +425,25 @@ def sweep_and_rerun(
         "seconds": (first_s, rerun_s),
         **extra,
     }
+
+
+@contextlib.contextmanager
+def small_filesystem(size: str, root: Path) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (``"512k"``) mounted at ``root / "small"`` (root only: the test
+    skips where mounting is not allowed), unmounted afterwards."""
+    import pytest
+
+    mnt = root / "small"
+    mnt.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip() or out.returncode})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,9 +147,17 @@ def _write_atomically(
     cfg: ReportConfig,
 ) -> None:
     """Every file is written into a temporary folder first, then each moved into place by an
-    atomic rename: a failure while writing leaves the previous report."""
+    atomic rename: a failure while writing leaves the previous report.
+
+    The folder (``<out>/.report.tmp-<host>-<pid>-<random>``) is removed however the write ends,
+    an interruption included (SIGTERM is Ctrl-C: :mod:`pipeline.util.signals`); one that a
+    killed (SIGKILL) run left is removed by the next run once its process is gone."""
+    from pipeline.util.scratch import remove_stale_scratch, scratch_path
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-tmp-", dir=out_dir))
+    remove_stale_scratch(out_dir / "report")
+    tmp = scratch_path(out_dir / "report")
+    tmp.mkdir()
     try:
         (tmp / "plots").mkdir()
         plot_files = write_plots(t, h, ttq.loc[t.index], tmp / "plots", cfg.quality_margin_db)

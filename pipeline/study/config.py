@@ -1067,15 +1067,36 @@ class StudyConfig(_Strict):
 
     @property
     def tracking_uri(self) -> str:
-        """Absolute MLflow URI (relative URIs would break inside Ray trial directories)."""
+        """Absolute MLflow URI (relative URIs would break inside Ray trial directories).
+
+        Paths the project builds (the default ``<repo>/mlflow.db``, a relative ``sqlite:///``
+        path, a plain folder) are percent-encoded, so a checkout whose path holds ``?``, ``#``,
+        ``%``, spaces or any unicode still points inside it (SQLAlchemy reads ``?`` as the start
+        of a query and decodes ``%XX``). A URI given in full (``sqlite:////abs``, ``http://``)
+        is used as written."""
         uri = self.mlflow.tracking_uri
         if uri is None:
-            return f"sqlite:///{self._root / 'mlflow.db'}"
+            return sqlite_uri(self._root / "mlflow.db")
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            return f"sqlite:///{self.resolve(uri.removeprefix('sqlite:///'))}"
+            return sqlite_uri(self.resolve(uri.removeprefix("sqlite:///")))
         if "://" not in uri:
             return self.resolve(uri).as_uri()
         return uri
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Where a new MLflow experiment keeps its runs' artifacts: ``mlartifacts/`` beside an
+        SQLite store (under the repo by default), whatever the working directory; ``None`` for a
+        server or a file store (they place artifacts themselves, independent of the cwd)."""
+        uri = self.tracking_uri
+        if not uri.startswith("sqlite:"):
+            return None
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if not database or database == ":memory:":
+            return None
+        return (Path(database).parent / "mlartifacts").as_uri()
 
     @property
     def storage_path(self) -> str:
@@ -1476,3 +1497,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def sqlite_uri(path: Path) -> str:
+    """``sqlite:///<path>`` for an absolute path that SQLAlchemy (which MLflow uses) opens as
+    exactly ``path``: it decodes ``%XX`` and ends the path at ``?``, so those two are escaped;
+    everything else (``#``, spaces, unicode, ``@``, ``:``) it reads as written."""
+    return "sqlite:///" + str(path).replace("%", "%25").replace("?", "%3F")

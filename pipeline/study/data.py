@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import stat
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,11 @@ import numpy as np
 
 from pipeline.util.errors import DataError
 from pipeline.util.hashing import sha256_file
+from pipeline.util.scratch import (  # noqa: F401 - host_tag: part of this module's API
+    host_tag,
+    remove_stale_scratch,
+    scratch_name,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -315,7 +319,7 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
         [images[i] for i in members["train"]], members["train"], data, streams[-1]
     )
 
-    tmp = out_dir.parent / _scratch_name(out_dir, "tmp")
+    tmp = out_dir.parent / scratch_name(out_dir, "tmp")
     try:
         tmp.mkdir(parents=True)
         files: dict[str, str] = {}
@@ -522,7 +526,7 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
     _check_out_dir(out_dir)  # again: the folder may have changed while the data was made
     old = None
     if out_dir.exists():
-        old = out_dir.parent / _scratch_name(out_dir, "old")
+        old = out_dir.parent / scratch_name(out_dir, "old")
         os.replace(out_dir, old)
     try:
         os.replace(tmp, out_dir)
@@ -532,68 +536,6 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def host_tag() -> str:
-    import hashlib
-    import socket
-
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
-
-
-def _scratch_name(out_dir: Path, kind: str) -> str:
-    """``.<out>.tmp-<host>-<pid>-<random>``: whose it is, so a later run can tell a dead
-    run's leftover from a live run's folder."""
-    return f".{out_dir.name}.{kind}-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-STALE_SCRATCH_S = 24 * 3600  # another host's (or an old-style) leftover: removed after a day
-
-
-def remove_stale_scratch(out_dir: Path) -> list[Path]:
-    """Remove the scratch folders (``.<out>.tmp-*`` / ``.<out>.old-*``) that killed runs of
-    :func:`prepare` left beside ``out_dir``; return them. Only this project's naming pattern,
-    only real folders owned by this user, and only when their run is gone: a dead process of
-    this host, or (another host, or the old naming without a pid) older than a day."""
-    import time
-
-    pattern = re.compile(
-        rf"\.{re.escape(out_dir.name)}\.(?:tmp|old)-(?:([0-9a-f]{{6}})-(\d+)-)?[0-9a-f]{{8}}"
-    )
-    removed: list[Path] = []
-    try:
-        siblings = list(out_dir.parent.iterdir()) if out_dir.parent.is_dir() else []
-    except OSError:
-        return removed
-    for entry in siblings:
-        m = pattern.fullmatch(entry.name)
-        if m is None:
-            continue
-        try:
-            st = entry.lstat()
-        except OSError:
-            continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            continue
-        host, pid = m.group(1), m.group(2)
-        if host == host_tag() and pid is not None:
-            if int(pid) == os.getpid() or _pid_alive(int(pid)):
-                continue
-        elif time.time() - st.st_mtime < STALE_SCRATCH_S:
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # someone else's process (or unknowable): leave its folder alone
-    return True
 
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)

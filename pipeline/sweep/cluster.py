@@ -75,7 +75,8 @@ def in_ray_job() -> bool:
 
 
 def init_ray(cfg: StudyConfig) -> bool:
-    """Connect to the configured cluster or start a local Ray. Returns whether we started it."""
+    """Connect to the configured cluster (its address used as given) or start a local Ray bound
+    to loopback (:func:`start_local_ray`). Returns whether we started it."""
     import ray
 
     if ray.is_initialized():
@@ -91,11 +92,7 @@ def init_ray(cfg: StudyConfig) -> bool:
                 runtime_env = {"py_modules": [str(Path(pipeline.__file__).parent)]}
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         else:
-            ray.init(
-                num_cpus=cfg.ray.num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=True,
-            )
+            start_local_ray(cfg.ray.num_cpus or os.cpu_count() or 1, log_to_driver=True)
     except Exception as err:
         where = address or "a local Ray"
         hint = ""
@@ -107,6 +104,41 @@ def init_ray(cfg: StudyConfig) -> bool:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"ray.address: cannot connect to {where} ({first}){hint}") from None
     return True
+
+
+LOOPBACK = "127.0.0.1"
+# Ray on Linux resolves a loopback node address to the machine's interface address ("so other
+# nodes can reach it"), and its servers then listen there or on every interface; with cluster
+# support off (what Ray does on macOS and Windows) every process binds to 127.0.0.1.
+_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local_ray(num_cpus: int, **kwargs: Any) -> None:
+    """A single-node Ray on this machine whose every listener (GCS, raylet, object manager,
+    workers, dashboard and runtime-env agents) binds to 127.0.0.1: nothing of it is reachable
+    from the network. No dashboard. ``kwargs`` go to ``ray.init``."""
+    import ray
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    # read by this process (already imported: the module constant) and by the Ray processes
+    # it starts (the environment they inherit)
+    os.environ[_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            dashboard_host=LOOPBACK,
+            _node_ip_address=LOOPBACK,
+            **kwargs,
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_CLUSTER_ENV, None)
+        else:
+            os.environ[_CLUSTER_ENV] = saved_env
 
 
 def alive_nodes() -> list[dict[str, Any]]:
@@ -157,11 +189,31 @@ def check_job_paths(cfg: StudyConfig) -> None:
             f"ray.storage_path {cfg.storage_path} is inside the job's temporary working dir: "
             "an interrupted sweep cannot resume from it; set ray.storage_path to shared storage"
         )
-    if cfg.tracking_uri.startswith("sqlite:") and str(cfg.root) in cfg.tracking_uri:
+    if not os.environ.get("RJFB_STATE_DIR", "").strip():
+        _warn(
+            "RJFB_STATE_DIR is not set: the key that vouches for this sweep's Tune state is kept "
+            "in the job's temporary working dir, so the next job refuses to resume it; set "
+            "RJFB_STATE_DIR (runtime_env env_vars) to a private folder on the head node"
+        )
+    if _sqlite_under(cfg.tracking_uri, cfg.root):
         _warn(
             f"mlflow.tracking_uri {cfg.tracking_uri} is inside the job's temporary working dir: "
             "set mlflow.tracking_uri to an MLflow server (docs/cluster.md)"
         )
+
+
+def _sqlite_under(uri: str, root: Path) -> bool:
+    """Whether ``uri`` is an SQLite store inside ``root`` (the path SQLAlchemy opens: the URI
+    escapes ``%`` and ``?``)."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(uri).database or ""
+    except Exception:  # a malformed URI: the preflight check names it
+        return False
+    return Path(database).is_relative_to(root)
 
 
 @contextlib.contextmanager

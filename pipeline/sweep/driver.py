@@ -5,8 +5,10 @@ tracking store, Ray address, job paths, PnP weights), start the services (Ray, r
 placement checks, the MLflow experiment and the sweep's parent run), run one Tune trial per grid
 point, collect the tables onto the parent run. A sweep is identified by its grid's key (see
 :mod:`pipeline.sweep.grid`): rerunning an interrupted sweep restores the same Tune experiment from
-its storage (``<storage_path>/sweep-<key>``) and logs into the same MLflow runs (see
-:mod:`pipeline.sweep.tracking`). A study whose PnP priors chain σ (``sigma_init_from``) runs in
+its storage (``<storage_path>/sweep-<key>``), once its state is verified as this checkout's own
+(:mod:`pipeline.sweep.tunestate`), and logs into the same MLflow runs (see
+:mod:`pipeline.sweep.tracking`); rerunning one that finished with no trial failed returns the
+tables its parent run keeps, restoring nothing. A study whose PnP priors chain σ (``sigma_init_from``) runs in
 two phases, the second its own Tune experiment (``sweep-<key>-p2-<inits>``) whose trials start
 from what the first phase's trials learned (:func:`_run_trials`).
 
@@ -36,6 +38,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +65,21 @@ from pipeline.util.errors import ConfigError, DataError
 
 
 def run_sweep(
-    cfg: StudyConfig, prepared: Path, *, check_pnp_weights: bool = False
+    cfg: StudyConfig,
+    prepared: Path,
+    *,
+    check_pnp_weights: bool = False,
+    out: Path | None = None,
 ) -> tuple[Any, Any]:
     """Run (or resume) the sweep; return the trials table and the per-epoch history table.
 
     ``check_pnp_weights`` (the sweep stage): load every PnP prior's weights on the driver after
     the cheap checks and before Ray or MLflow start (``check_weights``), so a bad file stops
     the sweep instead of failing its trials one by one.
+
+    ``out``: where the tables go (``trials.parquet``, ``history.parquet``), written before the
+    parent run ends FINISHED (a sweep whose every trial failed leaves the previous tables): a
+    FINISHED parent always has its tables, and a write that fails ends it FAILED.
     """
     prepared = Path(prepared)
     _check_before_ray(cfg, prepared, check_pnp_weights)
@@ -76,12 +87,51 @@ def run_sweep(
     path = f"{cfg.storage_path.rstrip('/')}/{grid.name}"
     # the Tune experiment an interrupted attempt leaves first: the grid's, or the first search
     anchor = path if cfg.sweep.search == "grid" else _search_path(cfg, grid, 0)
-    with sweep_lock(cfg, grid.key), _ray(cfg) as started:
+    with sweep_lock(cfg, grid.key):
+        done = _finished_tables(cfg, grid, path, anchor)
+        if done is not None:  # never restored (nor Ray started): its tables are its result
+            if out is not None and preflight.all_failed(done[0]) is None:
+                write_tables(*done, Path(out))
+            return done
+        return _sweep(cfg, grid, path, anchor, prepared, out)
+
+
+def _sweep(
+    cfg: StudyConfig, grid: Grid, path: str, anchor: str, prepared: Path, out: Path | None
+) -> tuple[Any, Any]:
+    """Start Ray, open the attempt (restoring the verified Tune state of an interrupted one),
+    run the trials and finish."""
+    # before Ray starts: state this checkout did not write is refused with nothing started
+    restoring = _can_restore(cfg, anchor)
+    with _ray(cfg) as started:
         ship = _check_cluster(cfg, started)
-        attempt = _open_attempt(cfg, grid, path, anchor)
+        attempt = _open_attempt(cfg, grid, path, restoring)
         trials, history = _run_trials(cfg, grid, path, prepared, attempt, ship)
-        _log_results(attempt, trials, history)
+        finish_attempt(attempt, trials, history, out)
         return trials, history
+
+
+def _finished_tables(
+    cfg: StudyConfig, grid: Grid, path: str, anchor: str
+) -> tuple[Any, Any] | None:
+    """The tables of this sweep when it already finished with nothing left to do: its newest
+    parent run (of this Tune experiment) ended FINISHED with both tables as artifacts (read as
+    parquet) and no trial failed. ``None`` otherwise: when it did not finish, when a trial failed
+    (the sweep is restored, its state verified, so that Tune retries it), or when its first Tune
+    experiment is gone (deleting it starts the sweep afresh)."""
+    from pipeline.sweep import tunestate
+
+    if not tunestate.exists(anchor):
+        return None
+    c = tracking.client(cfg.tracking_uri)
+    exp = c.get_experiment_by_name(cfg.mlflow.experiment)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        return None
+    run_id = tracking.finished_parent(c, exp.experiment_id, grid.key, path)
+    tables = None if run_id is None else tracking.load_tables(c, run_id)
+    if tables is None or "status" not in tables[0] or (tables[0]["status"] == "failed").any():
+        return None
+    return tables
 
 
 # --------------------------------------------------------------------------- validate
@@ -128,7 +178,12 @@ def _check_prepared(prepared: Path) -> None:
 def _ray(cfg: StudyConfig) -> Iterator[bool]:
     """Ray for the sweep: the configured cluster, or a local one (yields whether we started it,
     and then shut it down)."""
+    from pipeline.util.signals import terminate_as_interrupt
+
     started = init_ray(cfg)
+    # ray.init replaced the SIGTERM handler with one that exits without unwinding: SIGTERM is
+    # Ctrl-C again (Tune stops and saves, the runs end KILLED)
+    terminate_as_interrupt()
     try:
         yield started
     finally:
@@ -156,7 +211,7 @@ def _check_cluster(cfg: StudyConfig, started: bool) -> bool:
 
 
 @dataclass(frozen=True)
-class _Attempt:
+class Attempt:
     """One attempt at a sweep in the tracking store: its parent run, and whether it restores
     the Tune experiment an earlier attempt left."""
 
@@ -168,14 +223,11 @@ class _Attempt:
     tags: dict[str, str]  # of every run: the code's git commit, the DVC experiment
 
 
-def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, anchor: str) -> _Attempt:
-    """The MLflow experiment and the sweep's parent run (reopened when Tune restores
-    ``anchor``, the sweep's first Tune experiment)."""
-    from ray import tune
-
+def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, restoring: bool) -> Attempt:
+    """The MLflow experiment and the sweep's parent run (reopened when Tune restores the
+    sweep's first Tune experiment: ``restoring``)."""
     uri = cfg.tracking_uri
-    experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment)
-    restoring = tune.Tuner.can_restore(anchor)
+    experiment_id = tracking.ensure_experiment(uri, cfg.mlflow.experiment, cfg.artifact_location)
     tags = tracking.code_tags(cfg.root)
     parent = tracking.parent_run(
         uri,
@@ -191,14 +243,14 @@ def _open_attempt(cfg: StudyConfig, grid: Grid, path: str, anchor: str) -> _Atte
     if restoring:
         # Children left RUNNING by a killed driver: the trials Tune resumes reopen theirs.
         tracking.close_children(c, experiment_id, parent, "KILLED", "driver interrupted")
-    return _Attempt(uri, c, experiment_id, parent, restoring, tags)
+    return Attempt(uri, c, experiment_id, parent, restoring, tags)
 
 
 # --------------------------------------------------------------------------- run
 
 
 def _run_trials(
-    cfg: StudyConfig, grid: Grid, path: str, prepared: Path, attempt: _Attempt, ship: bool
+    cfg: StudyConfig, grid: Grid, path: str, prepared: Path, attempt: Attempt, ship: bool
 ) -> tuple[Any, Any]:
     """Fit every grid point as a Tune trial and collect the tables; on any error or interruption
     the attempt's runs end KILLED or FAILED (never left RUNNING) before it propagates.
@@ -220,7 +272,7 @@ def _run_trials(
             name = phase_name(grid, second)
             p2 = f"{cfg.storage_path.rstrip('/')}/{name}"
             # a new first phase (and parent run) starts the second one afresh as well
-            restoring = attempt.restoring and _can_restore(p2)
+            restoring = attempt.restoring and _can_restore(cfg, p2)
             results += _fit(cfg, second, name, p2, trainable, restoring)
         return collect(results, cfg)
     except BaseException as err:
@@ -232,7 +284,7 @@ def _search_path(cfg: StudyConfig, grid: Grid, i: int) -> str:
     return f"{cfg.storage_path.rstrip('/')}/{grid.name}-search-{i}"
 
 
-def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: _Attempt) -> list[Any]:
+def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: Attempt) -> list[Any]:
     """``sweep.search: tuned``: per seedless configuration a search (its own Tune experiment
     ``sweep-<key>-search-<i>``: ``sweep.tune.samples`` learning rates from the search
     algorithm, under ASHA on val_psnr), then every grid point at its configuration's best lr
@@ -241,10 +293,10 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: _Attempt) 
     best: dict[str, float | None] = {}
     for i, point in enumerate(search_points(cfg, grid)):
         path = _search_path(cfg, grid, i)
-        restoring = attempt.restoring and _can_restore(path)
+        restoring = attempt.restoring and _can_restore(cfg, path)
         name = path.rsplit("/", 1)[1]
         tuner = search_tuner(cfg, point, name, path, trainable, restoring)
-        results = tuner.fit()
+        results = _signed_fit(tuner, path)
         _check_search_done(results)
         _mark_pruned(attempt, point, results)
         best[point["config"]] = best_lr(results)
@@ -261,7 +313,7 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: _Attempt) 
     blob = json.dumps([p["key"] for p in points]).encode()
     name = f"{grid.name}-tuned-{hashlib.sha256(blob).hexdigest()[:8]}"
     path = f"{cfg.storage_path.rstrip('/')}/{name}"
-    restoring = attempt.restoring and _can_restore(path)
+    restoring = attempt.restoring and _can_restore(cfg, path)
     return _fit(cfg, points, name, path, trainable, restoring)
 
 
@@ -276,7 +328,7 @@ def search_tuner(
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if restoring:
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        return _open_tuner(cfg, path, lambda: _restore(path, trainable))
     opts = cfg.sweep.tune
     space = opts.space.lr
     sample = tune.loguniform if space.dist == "loguniform" else tune.uniform
@@ -289,30 +341,35 @@ def search_tuner(
 
         search_alg = BasicVariantGenerator(random_state=opts.seed)
     epochs = cfg.train_for(point["trial"]["prior"]).epochs
-    return tune.Tuner(
-        trainable,
-        param_space={"point": point, "lr": sample(space.low, space.high)},
-        tune_config=tune.TuneConfig(
-            metric="val_psnr",
-            mode="max",
-            search_alg=search_alg,
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                # one report per epoch, then the final one: ASHA stops a trial at max_t
-                max_t=max(epochs, opts.grace_period) + 1,
-                grace_period=opts.grace_period,
+    return _open_tuner(
+        cfg,
+        path,
+        lambda: tune.Tuner(
+            trainable,
+            param_space={"point": point, "lr": sample(space.low, space.high)},
+            tune_config=tune.TuneConfig(
+                metric="val_psnr",
+                mode="max",
+                search_alg=search_alg,
+                scheduler=ASHAScheduler(
+                    time_attr="training_iteration",
+                    # one report per epoch, then the final one: ASHA stops a trial at max_t
+                    max_t=max(epochs, opts.grace_period) + 1,
+                    grace_period=opts.grace_period,
+                ),
+                num_samples=opts.samples,
+                max_concurrent_trials=cfg.ray.max_concurrent_trials,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+                reuse_actors=True,
             ),
-            num_samples=opts.samples,
-            max_concurrent_trials=cfg.ray.max_concurrent_trials,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=cfg.storage_path,
-            failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=cfg.storage_path,
+                failure_config=tune.FailureConfig(max_failures=0),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[_signer(name)],
+            ),
         ),
     )
 
@@ -337,7 +394,7 @@ def is_pruned(result: Any, status: str) -> bool:
     )
 
 
-def _mark_pruned(attempt: _Attempt, point: dict, results: Any) -> None:
+def _mark_pruned(attempt: Attempt, point: dict, results: Any) -> None:
     """The child runs of the pruned search trials end KILLED with ``rjfb.status = pruned``."""
     from pipeline.sweep.trainable import PRUNED_REASON
 
@@ -347,10 +404,21 @@ def _mark_pruned(attempt: _Attempt, point: dict, results: Any) -> None:
             continue
         key = with_lr(point, float(r.config["lr"]), "search")["key"]
         run_id = tracking.child_run_id(c, attempt.experiment_id, attempt.parent_run_id, key)
-        if run_id is not None:
+        if run_id is None:
+            continue
+        for attempt_no in range(3):
             run = c.get_run(run_id)
-            if run.data.tags.get(tracking.STATUS) != "pruned" or run.info.status == "RUNNING":
+            if run.data.tags.get(tracking.STATUS) == "pruned" and run.info.status != "RUNNING":
+                break
+            try:
                 tracking.finish(c, run_id, "pruned", PRUNED_REASON, "KILLED")
+                break
+            except Exception:
+                # the stopped trial's actor may be setting the same tags right now (an SQLite
+                # store then refuses the second insert of a tag): read again and retry
+                if attempt_no == 2:
+                    raise
+                time.sleep(0.5)
 
 
 def best_lr(results: Any) -> float | None:
@@ -404,17 +472,57 @@ def phase_name(grid: Grid, points: list[dict]) -> str:
     return f"{grid.name}-p2-{hashlib.sha256(blob).hexdigest()[:8]}"
 
 
-def _can_restore(path: str) -> bool:
+def _can_restore(cfg: StudyConfig, path: str) -> bool:
+    """Whether Tune left an experiment at ``path`` to restore; refused (one line, exit 2) when
+    its state is not what this checkout's driver wrote (:func:`tunestate.verify`)."""
     from ray import tune
 
-    return tune.Tuner.can_restore(path)
+    from pipeline.sweep import tunestate
+
+    if not tune.Tuner.can_restore(path):
+        return False
+    tunestate.verify(cfg.root, path)
+    return True
+
+
+def _restore(path: str, trainable: Any) -> Any:
+    from ray import tune
+
+    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+
+
+def _signer(name: str) -> Any:
+    from pipeline.sweep import tunestate
+
+    return tunestate.SignState(name)
+
+
+def _open_tuner(cfg: StudyConfig, path: str, make: Any) -> Any:
+    """``make()`` (a new or a restored Tuner, which writes ``tuner.pkl``), with every state
+    file Tune writes for ``path`` signed from now on (:mod:`pipeline.sweep.tunestate`)."""
+    from pipeline.sweep import tunestate
+
+    tunestate.activate(cfg.root, path)
+    tuner = make()
+    tunestate.record_tuner(cfg.root, path)
+    return tuner
+
+
+def _signed_fit(tuner: Any, path: str) -> Any:
+    """``tuner.fit()``, and Tune's last save signed however it ended."""
+    from pipeline.sweep import tunestate
+
+    try:
+        return tuner.fit()
+    finally:
+        tunestate.sign_staged(path)
 
 
 def _fit(
     cfg: StudyConfig, points: list[dict], name: str, path: str, trainable: Any, restoring: bool
 ) -> list[Any]:
     """One Tune experiment's results; ``KeyboardInterrupt`` when some trial did not finish."""
-    results = list(_tuner(cfg, points, name, path, trainable, restoring).fit())
+    results = list(_signed_fit(_tuner(cfg, points, name, path, trainable, restoring), path))
     unfinished = [r for r in results if r.error is None and (r.metrics or {}).get("final") != 1]
     if unfinished:
         # Tune ends fit() quietly on Ctrl-C: the sweep is incomplete, not done.
@@ -422,7 +530,7 @@ def _fit(
     return results
 
 
-def _trainable(cfg: StudyConfig, prepared: Path, attempt: _Attempt, ship: bool) -> Any:
+def _trainable(cfg: StudyConfig, prepared: Path, attempt: Attempt, ship: bool) -> Any:
     """``tune_trainable`` bound to what every trial needs and to the sweep's resources."""
     from ray import tune
 
@@ -462,26 +570,31 @@ def _tuner(
     # which is what resume needs; it warns about it on every short epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if restoring:
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    return tune.Tuner(
-        trainable,
-        param_space={"point": tune.grid_search(points)},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=cfg.ray.max_concurrent_trials,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-            reuse_actors=True,  # imports (torch, deepinv) once per worker, not per trial
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=cfg.storage_path,
-            failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        return _open_tuner(cfg, path, lambda: _restore(path, trainable))
+    return _open_tuner(
+        cfg,
+        path,
+        lambda: tune.Tuner(
+            trainable,
+            param_space={"point": tune.grid_search(points)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=cfg.ray.max_concurrent_trials,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+                reuse_actors=True,  # imports (torch, deepinv) once per worker, not per trial
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=cfg.storage_path,
+                failure_config=tune.FailureConfig(max_failures=0),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[_signer(name)],
+            ),
         ),
     )
 
 
-def _end_attempt(attempt: _Attempt, err: BaseException) -> None:
+def _end_attempt(attempt: Attempt, err: BaseException) -> None:
     """End the parent and its RUNNING children KILLED (interrupted) or FAILED (an error)."""
     interrupted = isinstance(err, KeyboardInterrupt)
     status = "KILLED" if interrupted else "FAILED"
@@ -495,12 +608,22 @@ def _end_attempt(attempt: _Attempt, err: BaseException) -> None:
 # --------------------------------------------------------------------------- collect
 
 
-def _log_results(attempt: _Attempt, trials: Any, history: Any) -> None:
-    """The parent run ends FINISHED with the trial counts and both tables as artifacts."""
-    c, parent = attempt.client, attempt.parent_run_id
-    failed = int((trials["status"] != "finished").sum())
-    tracking.log_metrics(c, parent, {"trials": len(trials), "trials_not_finished": failed}, step=0)
-    with tempfile.TemporaryDirectory() as d:  # the results travel with the parent run too
-        write_tables(trials, history, Path(d))
-        tracking.log_artifacts(c, parent, sorted(Path(d).glob("*.parquet")))
-    tracking.finish(c, parent, "finished")
+def finish_attempt(attempt: Attempt, trials: Any, history: Any, out: Path | None) -> None:
+    """The tables into ``out``, then the parent run ends FINISHED with the trial counts and both
+    tables as artifacts; when any of it fails the parent ends FAILED (never FINISHED without its
+    tables) and the error propagates. A sweep whose every trial failed
+    (:func:`preflight.all_failed`) leaves the tables in ``out`` as they were."""
+    try:
+        if out is not None and preflight.all_failed(trials) is None:
+            write_tables(trials, history, Path(out))
+        c, parent = attempt.client, attempt.parent_run_id
+        failed = int((trials["status"] != "finished").sum())
+        counts = {"trials": len(trials), "trials_not_finished": failed}
+        tracking.log_metrics(c, parent, counts, step=0)
+        with tempfile.TemporaryDirectory() as d:  # the results travel with the parent run too
+            write_tables(trials, history, Path(d))
+            tracking.log_artifacts(c, parent, sorted(Path(d).glob("*.parquet")))
+        tracking.finish(c, parent, "finished")
+    except BaseException as err:
+        _end_attempt(attempt, err)
+        raise

@@ -31,15 +31,29 @@ def check_tracking_store(uri: str) -> None:
     HTTP servers are checked by :func:`pipeline.sweep.tracking.check_reachable`."""
     key = "mlflow.tracking_uri"
     if uri.startswith("sqlite:"):
-        rest = uri.split("?", 1)[0].removeprefix("sqlite:")
-        if not rest.startswith("///"):
+        if not uri.startswith("sqlite:///"):
             raise ConfigError(f"{key}: {uri!r} is not a sqlite:///<path> URI")
-        _check_sqlite(Path(unquote(rest[3:])), key)
+        _check_sqlite(sqlite_path(uri, key), key)
     elif uri.startswith("file:") or "://" not in uri:
         path = Path(unquote(urlsplit(uri).path)) if uri.startswith("file:") else Path(uri)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{key}: {path} is not a folder (an MLflow file store is a folder)")
         _check_writable(path, key)
+
+
+def sqlite_path(uri: str, key: str = "mlflow.tracking_uri") -> Path:
+    """The database file an ``sqlite:///`` URI opens, parsed by SQLAlchemy itself (which MLflow
+    uses): the path checked is the path written, whatever ``?``, ``#`` or ``%XX`` it holds."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(uri).database
+    except (ArgumentError, ValueError) as err:
+        raise ConfigError(f"{key}: {uri!r} is not a valid SQLite URI ({err})") from None
+    if not database or database == ":memory:":
+        raise ConfigError(f"{key}: {uri!r} names no database file")
+    return Path(database)
 
 
 def _check_sqlite(path: Path, key: str) -> None:

@@ -111,9 +111,61 @@ def _error_line(error: BaseException) -> str:
 
 
 def write_tables(trials: Any, history: Any, out_dir: Path) -> None:
-    """Write ``trials.parquet`` and ``history.parquet`` atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, df in (("trials.parquet", trials), ("history.parquet", history)):
-        tmp = out_dir / f".{name}.tmp"
-        df.to_parquet(tmp, index=False)
-        tmp.replace(out_dir / name)
+    """Write ``trials.parquet`` and ``history.parquet`` as a pair: both or neither.
+
+    Both are written in full (and fsynced) to temporary files beside their targets before either
+    replaces anything, then ``history.parquet`` is renamed into place and ``trials.parquet`` last:
+    readers (DVC, the report) key on the trials table, so the new trials table never appears
+    beside an old history. A write that fails (disk full, a file-size limit, no permission) removes
+    both temporary files, leaves the previous pair as it was and raises one-line
+    :class:`~pipeline.util.errors.DataError`. Only a crash between the two renames (microseconds,
+    no I/O of their own) can leave a new history beside the old trials table.
+    """
+    import os
+
+    from pipeline.util.errors import DataError
+
+    out_dir = Path(out_dir)
+    # a killed earlier writer's temporary files (never read by anything)
+    for stale in (".trials.parquet.tmp", ".history.parquet.tmp"):
+        (out_dir / stale).unlink(missing_ok=True)
+    pairs = (("history.parquet", history), ("trials.parquet", trials))
+    temps = [out_dir / f".{name}.tmp" for name, _ in pairs]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for tmp, (_, df) in zip(temps, pairs, strict=True):
+            with open(tmp, "wb") as f:
+                df.to_parquet(f, index=False)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename makes it visible
+        for tmp, (name, _) in zip(temps, pairs, strict=True):
+            os.replace(tmp, out_dir / name)
+        _fsync_dir(out_dir)
+    except OSError as err:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        why = err.strerror or type(err).__name__
+        raise DataError(
+            f"{out_dir}: cannot write trials.parquet and history.parquet ({why}); the previous "
+            "tables are unchanged (free space and rerun: finished trials are not trained again)"
+        ) from None
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the renames in ``folder`` (best effort: not every filesystem allows it)."""
+    import os
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -59,7 +59,33 @@ class TrackingError(UserError):
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    _decode_sqlite_parent()
     return MlflowClient(tracking_uri=uri)
+
+
+def _decode_sqlite_parent() -> None:
+    """MLflow 3.17 creates the parent folder of an SQLite store from the URI's *undecoded* path
+    (``mlflow.store.db.utils._make_parent_dirs_if_sqlite``), while SQLAlchemy opens the decoded
+    one: for a store at ``<dir>/p?x/mlflow.db`` (URI ``…/p%3Fx/mlflow.db``) it would leave an
+    empty ``<dir>/p%3Fx/`` beside the checkout. Make it create the folder SQLAlchemy uses."""
+    try:
+        from mlflow.store.db import utils
+    except ImportError:  # pragma: no cover - another MLflow layout: nothing to correct
+        return
+    if getattr(utils._make_parent_dirs_if_sqlite, "_rjfb", False):
+        return
+
+    def make_parent_dirs(db_uri: str) -> None:
+        if not db_uri.startswith("sqlite:///"):
+            return
+        from sqlalchemy.engine import make_url
+
+        database = make_url(db_uri).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+    make_parent_dirs._rjfb = True  # type: ignore[attr-defined]
+    utils._make_parent_dirs_if_sqlite = make_parent_dirs
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
@@ -121,15 +147,30 @@ def _check_is_mlflow(base: str, timeout_s: float) -> None:
         )
 
 
-def ensure_experiment(uri: str, name: str) -> str:
-    """The experiment's id, created if needed (on the driver, before trials start)."""
+def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
+    """The experiment's id, created if needed (on the driver, before trials start).
+
+    ``artifact_location`` (``StudyConfig.artifact_location``): where a new experiment keeps its
+    artifacts. MLflow stores it with the experiment for good; without it an SQLite store's
+    experiment would use ``./mlruns`` of whatever directory the first sweep ran from. An existing
+    experiment keeps its own (a warning says where, when it differs)."""
+    import sys
+
     c = client(uri)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        if artifact_location and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
+            print(
+                f"warning: MLflow experiment {name!r} keeps its artifacts at "
+                f"{exp.artifact_location} (set when it was created), not {artifact_location}; "
+                "use a new mlflow.experiment name to move them",
+                file=sys.stderr,
+                flush=True,
+            )
         return exp.experiment_id
-    return c.create_experiment(name)
+    return c.create_experiment(name, artifact_location=artifact_location)
 
 
 def runs_table_hint(uri: str, experiment_id: str) -> str:
@@ -138,8 +179,10 @@ def runs_table_hint(uri: str, experiment_id: str) -> str:
     page = f"#/experiments/{experiment_id}/runs"
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{page}"
-    return (
-        f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1  "
+    import shlex
+
+    return (  # quoted: a checkout's path may hold spaces or shell characters
+        f"mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1  "
         f"then open http://127.0.0.1:5000/{page}"
     )
 
@@ -293,6 +336,30 @@ def parent_run(
     run = c.create_run(experiment_id, tags=new)
     log_params(c, run.info.run_id, params)
     return run.info.run_id
+
+
+def finished_parent(c, experiment_id: str, sweep_key: str, tune_path: str) -> str | None:
+    """The id of the sweep's newest parent run of the Tune experiment ``tune_path`` when it
+    ended FINISHED (the sweep is done), else None."""
+    for run in _find(c, experiment_id, {SWEEP_KEY: sweep_key}):
+        if PARENT in run.data.tags or run.data.tags.get(TUNE_PATH, tune_path) != tune_path:
+            continue
+        return run.info.run_id if run.info.status == "FINISHED" else None
+    return None
+
+
+def load_tables(c, run_id: str) -> tuple[Any, Any] | None:
+    """The trials and history tables a parent run keeps as artifacts (parquet, read as data),
+    or None when either is missing or unreadable."""
+    import pandas as pd
+
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            trials = pd.read_parquet(c.download_artifacts(run_id, "trials.parquet", d))
+            history = pd.read_parquet(c.download_artifacts(run_id, "history.parquet", d))
+    except Exception:  # absent or damaged: the sweep is rebuilt from its Tune state
+        return None
+    return trials, history
 
 
 @dataclass(frozen=True)

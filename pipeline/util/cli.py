@@ -10,12 +10,17 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pipeline.util.errors import UserError
+from pipeline.util.signals import exit_code, terminate_as_interrupt
 
 
 def run_cli(
     main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
 ) -> int:
-    """Run a stage's ``main(argv)``, turning user errors into one line and exit code 2."""
+    """Run a stage's ``main(argv)``, turning user errors into one line and exit code 2, and an
+    interruption (Ctrl-C, or SIGTERM: :mod:`pipeline.util.signals`) into the line
+    ``interrupted`` and exit code 130 (SIGINT) or 143 (SIGTERM), after every ``finally`` of the
+    interrupted work has run (scratch removed, MLflow runs ended KILLED)."""
+    terminate_as_interrupt()
     try:
         return int(main(argv) or 0)
     except UserError as err:
@@ -23,7 +28,7 @@ def run_cli(
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return exit_code()
 
 
 def positive_int(text: str) -> int:

@@ -2,12 +2,15 @@
 
 digest = sha256_file(Path("data/prepared/train.npz"))
 digest = sha256_file(Path("models/denoiser.pt"), cached=True)   # hashed once per version
+digest = keyed_digest(key, "tuner.pkl", open(path, "rb"))           # HMAC: who wrote it
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from pathlib import Path
+from typing import BinaryIO
 
 # (path, size, mtime_ns) -> digest, for ``cached=True``
 _CACHE: dict[tuple[str, int, int], str] = {}
@@ -34,3 +37,18 @@ def sha256_file(path: Path, *, cached: bool = False) -> str:
     if key is not None:
         _CACHE[key] = digest
     return digest
+
+
+def keyed_digest(key: bytes, label: str, stream: BinaryIO) -> str:
+    """The hex HMAC-SHA256 under ``key`` of ``label`` and the bytes of ``stream`` (read to its
+    end). Only a holder of the key can produce it: it vouches that this project wrote the bytes
+    under that name (the label binds them to it: a file cannot stand in for another)."""
+    h = hmac.new(key, label.encode("utf-8") + b"\0", hashlib.sha256)
+    for chunk in iter(lambda: stream.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def same_digest(a: str, b: str) -> bool:
+    """Constant-time comparison of two hex digests."""
+    return hmac.compare_digest(a.encode(), b.encode())

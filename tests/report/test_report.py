@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -353,7 +358,7 @@ def test_markdown_lists_every_trial_and_every_failure(tables, report):
     assert FAILED in failed and FAILED_REASON.replace("|", "\\|") in failed
     for fname in PLOT_FILES:
         assert f"](plots/{fname})" in md
-    assert not list(out.glob(".report-tmp-*"))
+    assert not list(out.glob(".report.tmp-*"))
 
 
 def _configs(out: Path) -> pd.DataFrame:
@@ -1164,3 +1169,53 @@ def test_configs_say_which_rate_a_tuned_arm_used(tmp_path):
     c = _configs(tmp_path)
     assert _config(c, "pnp_blur", "DEQ")["tuned_lr"] == pytest.approx(0.05)
     assert _config(c, "pnp_blur", "rJFB K5 T5")["tuned_lr"] == pytest.approx(0.12)
+
+
+# --------------------------------------------------------------------------- interrupted
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_report_leaves_no_scratch(tables, tmp_path: Path, sig: int) -> None:
+    """Issue 23, root cause 2. Before: ``stages.report`` had no SIGTERM handling, so each kill
+    left a ``reports/.report-tmp-*`` folder of half-written plots that nothing removed. Now it
+    prints ``interrupted``, exits 143 (130 for SIGINT) and its scratch folder is gone; one that
+    a SIGKILLed run left is removed by the next run."""
+    import yaml
+    from helpers import REPO, TINY, ProcessGroup, base_env
+
+    trials, history = tables
+    out = tmp_path / "reports"
+    out.mkdir()
+    trials.to_parquet(out / "trials.parquet", index=False)
+    history.to_parquet(out / "history.parquet", index=False)
+    params = {**TINY, "priors": {**TINY["priors"], "pnp": {"type": "pnp"}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid whose process is gone: its scratch folder is a SIGKILLed run's
+    from pipeline.util.scratch import host_tag
+
+    leftover = out / f".report.tmp-{host_tag()}-{dead.pid}-0123abcd"
+    (leftover / "plots").mkdir(parents=True)
+    env = base_env(PYTHONPATH=str(REPO))
+    proc = ProcessGroup(
+        [sys.executable, "-m", "stages.report", "--params", "params.yaml"],
+        env,
+        tmp_path / "log",
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in out.glob(".report.tmp-*") if p != leftover]:
+            assert proc.alive(), proc.tail()
+            assert time.monotonic() < deadline, proc.tail()
+            time.sleep(0.01)
+        assert not leftover.exists()  # removed before this run wrote anything
+        os.kill(proc.pid, sig)
+        code = proc.proc.wait(timeout=60)
+        output = proc.tail()
+    finally:
+        proc.stop(grace_s=2)
+    assert code == 128 + sig, output
+    assert output.strip().splitlines()[-1] == "interrupted", output
+    assert "Traceback" not in output, output
+    assert list(out.glob(".report*")) == []

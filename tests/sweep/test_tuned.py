@@ -59,8 +59,16 @@ def swept(root: Path, ray_session) -> dict[str, Any]:
     from pipeline.sweep.driver import run_sweep
 
     def lose_the_final_phase(cfg: Any) -> dict[str, Any]:
-        # the final phase's experiment lost (a driver killed before Tune saved it): the search
-        # is restored, picks the same lr, and the final trials find their finished runs
+        # the final phase's experiment lost (a driver killed before Tune saved it, so its
+        # parent run is not FINISHED: a finished sweep is never restored): the search is
+        # restored, picks the same lr, and the final trials find their finished runs
+        from pipeline.sweep import tracking
+
+        c = tracking.client(cfg.tracking_uri)
+        exp = c.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+        for run in c.search_runs([exp], max_results=1000):
+            if tracking.PARENT not in run.data.tags:
+                c.set_terminated(run.info.run_id, "KILLED")
         for d in Path(cfg.storage_path).glob("sweep-*-tuned-*"):
             shutil.rmtree(d)
         lost, _ = run_sweep(cfg, root / "data" / "prepared")
