@@ -133,6 +133,7 @@ def check_storage_path(storage_path: str) -> None:
 def manifest_data(manifest: dict[str, Any]) -> dict[str, Any]:
     """The ``data`` section the prepared data was made with, from its (checked) manifest."""
     splits = manifest["splits"]
+    pool = manifest.get("pretrain") or {}  # absent: prepared before the pretraining crops
     return {
         "source": manifest.get("source"),
         "seed": manifest.get("seed"),
@@ -142,6 +143,8 @@ def manifest_data(manifest: dict[str, Any]) -> dict[str, Any]:
         "train_images": len(splits["train"].get("images", [])),
         "val_images": len(splits["val"].get("images", [])),
         "test_images": len(splits["test"].get("images", [])),
+        "pretrain_patches": pool.get("patches"),
+        "pretrain_patch_size": pool.get("patch_size"),
         "degradation": manifest["degradation"],
     }
 
