@@ -363,13 +363,7 @@ def search_tuner(
                 trial_dirname_creator=trial_name,
                 reuse_actors=True,
             ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=cfg.storage_path,
-                failure_config=tune.FailureConfig(max_failures=0),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[_signer(name)],
-            ),
+            run_config=_run_config(cfg, name),
         ),
     )
 
@@ -491,6 +485,20 @@ def _restore(path: str, trainable: Any) -> Any:
     return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
 
 
+def _run_config(cfg: StudyConfig, name: str) -> Any:
+    """The one RunConfig of every Tune experiment a sweep runs (grid, phases, tuned searches):
+    no retries, the last checkpoint kept, every state file signed as Tune writes it."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=cfg.storage_path,
+        failure_config=tune.FailureConfig(max_failures=0),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[_signer(name)],
+    )
+
+
 def _signer(name: str) -> Any:
     from pipeline.sweep import tunestate
 
@@ -583,13 +591,7 @@ def _tuner(
                 trial_dirname_creator=trial_name,
                 reuse_actors=True,  # imports (torch, deepinv) once per worker, not per trial
             ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=cfg.storage_path,
-                failure_config=tune.FailureConfig(max_failures=0),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[_signer(name)],
-            ),
+            run_config=_run_config(cfg, name),
         ),
     )
 
