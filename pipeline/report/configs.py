@@ -9,10 +9,10 @@ A table without per-image PSNRs falls back to one difference per seed (the note 
 At depth ((T+1)·K) the same, with ``test_psnr_at_depth_per_image`` (else one per seed); the
 time-to-quality ratio's interval is a bootstrap over seeds.
 
-Verdicts (``report.delta_psnr_tolerance`` = tol): ``equivalent`` (the whole interval inside
-±tol), ``worse`` / ``better`` (entirely below −tol / above +tol), ``inconclusive`` (anything
-else, and with fewer than two pairs: one number has no interval). The DEQ baseline's own
-rows are ``reference``.
+Verdicts (``report.delta_psnr_tolerance`` = tol): the five outcomes of
+:func:`pipeline.report.confidence.verdict` (``equivalent``, ``better``, ``worse``, ``small
+difference``, ``inconclusive``; with fewer than two pairs ``inconclusive``: one number has no
+interval). The DEQ baseline's own rows are ``reference``.
 
 The DEQ baseline of a prior is *unreliable* when one of its trials (one per seed) had more
 than ``report.deq_unreliable_frac`` of its training steps' implicit backward solves miss

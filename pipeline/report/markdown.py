@@ -21,6 +21,7 @@ from pipeline.report.common import (
     fmt_times,
     is_missing,
 )
+from pipeline.report.confidence import VERDICT_RULES
 from pipeline.report.configs import REFERENCE, fmt_ci, fmt_ratio_ci, unreliable
 from pipeline.report.families import prior_order
 from pipeline.report.summary import summary_lines
@@ -282,10 +283,9 @@ def _headline(c: pd.DataFrame, cfg: ReportConfig) -> list[str]:
         rows.append(row)
     md += [
         f"ΔPSNR at equilibrium against the DEQ trial of the same seed: verdict, mean (dB) "
-        f"[95% paired bootstrap interval over (test image, seed)] (seeds). *equivalent*: "
-        f"the interval lies within ±{cfg.delta_psnr_tolerance:g} dB; *worse* / *better*: "
-        "entirely beyond it; *inconclusive*: neither (or a single pair). † against an "
-        "unreliable DEQ baseline.",
+        f"[95% paired bootstrap interval over (test image, seed)] (seeds), tolerance "
+        f"t = {cfg.delta_psnr_tolerance:g} dB. {VERDICT_RULES} † against an unreliable DEQ "
+        "baseline.",
         "",
     ]
     md += _md_table(["configuration", *[f"`{_cell(p)}`" for p in priors]], rows)

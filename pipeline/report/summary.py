@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.report.common import DEEP_K, DEEP_T, finite, fmt_delta
+from pipeline.report.confidence import VERDICT_RULES, VERDICTS
 from pipeline.report.configs import REFERENCE, describe, fmt_ratio_ci
 from pipeline.report.families import family_of, prior_order
 from pipeline.report.tables import rjfb_rows
@@ -157,18 +158,13 @@ def _intervals(t: pd.DataFrame, cmp: pd.DataFrame, tol: float) -> list[str]:
     if cmp.empty:
         return []
     counts = cmp["verdict"].value_counts()
-    told = ", ".join(
-        f"{int(counts[v])} {v}"
-        for v in ("equivalent", "worse", "better", "inconclusive")
-        if counts.get(v, 0)
-    )
+    told = ", ".join(f"{int(counts[v])} {v}" for v in VERDICTS if counts.get(v, 0))
     seeds = sorted(set(t["seed_key"]))
     line = (
         f"- Every comparison with DEQ is a 95% paired bootstrap interval of ΔPSNR = "
         f"configuration − DEQ of the same seed over (test image, seed), {len(seeds)} seed(s) in "
-        f"the table; *equivalent*: the whole interval within ±{tol:g} dB "
-        "(report.delta_psnr_tolerance), *worse* / *better*: entirely beyond it, *inconclusive*: "
-        f"neither. Verdicts over {len(cmp)} configuration(s): {told}."
+        f"the table, tolerance t = {tol:g} dB (report.delta_psnr_tolerance). {VERDICT_RULES} "
+        f"Verdicts over {len(cmp)} configuration(s): {told}."
     )
     no_images = cmp["note"].str.contains("no per-image PSNRs", regex=False)
     if no_images.any():
@@ -204,8 +200,8 @@ def _deep_rjfb_vs_deq(cmp: pd.DataFrame, per: dict[str, Any], tol: float) -> lis
             lines.append(_not_contractive(p, m, deep, tol))
         elif v == "equivalent" and not unfinished:
             ok.append((p, deep))
-        elif v in ("worse", "better", "mixed"):
-            bad = deep[deep["verdict"].isin(["worse", "better"])]
+        elif v in ("worse", "better", "mixed", "small difference"):
+            bad = deep[deep["verdict"].isin(["worse", "better", "small difference"])]
             lines.append(
                 f"- **Expectation not met** for prior {p}: rJFB with K≥{DEEP_K}, T≥{DEEP_T} is "
                 f"not equivalent to DEQ at equilibrium (tolerance ±{tol:g} dB): "

@@ -14,6 +14,7 @@ import pandas as pd
 
 from pipeline.report.analysis import prior_metrics
 from pipeline.report.common import COMPARE_COLUMNS, TTQ_COLUMNS
+from pipeline.report.confidence import VERDICTS
 from pipeline.report.configs import config_table, deq_reliability
 from pipeline.report.families import assign_families, prior_order
 from pipeline.report.markdown import render_markdown
@@ -131,10 +132,7 @@ def _metrics(
     verdicts = [m["rjfb_k5_t5_within_tolerance"] for m in metrics["priors"].values()]
     verdicts = [v for v in verdicts if v is not None]
     metrics["all_priors_rjfb_k5_t5_within_tolerance"] = all(verdicts) if verdicts else None
-    metrics["verdict_counts"] = {
-        v: int((configs["verdict"] == v).sum())
-        for v in ("equivalent", "worse", "better", "inconclusive")
-    }
+    metrics["verdict_counts"] = {v: int((configs["verdict"] == v).sum()) for v in VERDICTS}
     return jsonio.strict(metrics)
 
 

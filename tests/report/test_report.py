@@ -470,7 +470,14 @@ def test_metrics_json_is_valid_and_has_no_nan(report):
     assert k5["delta_psnr_ci_low"] <= k5["delta_psnr_mean"] <= k5["delta_psnr_ci_high"]
     assert l1["configs"]["DEQ"]["verdict"] == "reference"
     assert l1["rjfb_k1_t0_verdict"] == "worse"
-    assert l1["verdict_counts"] == {"equivalent": 2, "worse": 5, "better": 0, "inconclusive": 1}
+    # JFB's interval lies below 0 and its mean below -t: worse (no longer "inconclusive")
+    assert l1["verdict_counts"] == {
+        "equivalent": 2,
+        "better": 0,
+        "worse": 6,
+        "small difference": 0,
+        "inconclusive": 0,
+    }
     assert sum(loaded["verdict_counts"].values()) == 15  # every configuration but the DEQs
     assert loaded["priors"]["pnp"]["n_diverged"] == 1 and loaded["priors"]["pnp"]["n_failed"] == 1
 
@@ -989,7 +996,13 @@ def test_three_seeds_worse_equivalent_and_inconclusive(seeded_report):
     m = metrics["priors"]["pnp_blur"]
     assert m["rjfb_k1_t0_verdict"] == "worse"
     assert m["rjfb_k5_t5_verdict"] == "equivalent" and m["n_seeds"] == 3
-    assert m["verdict_counts"] == {"equivalent": 1, "worse": 1, "better": 0, "inconclusive": 1}
+    assert m["verdict_counts"] == {
+        "equivalent": 1,
+        "better": 0,
+        "worse": 1,
+        "small difference": 0,
+        "inconclusive": 1,
+    }
     summary = _section(md, "Summary")
     assert "rJFB K5 T5: equivalent, ΔPSNR +0.000 dB [+0.000, +0.000], 3 seeds" in summary
     line = next(ln for ln in summary.splitlines() if "truncated networks" in ln)
