@@ -585,13 +585,21 @@ def test_cli_writes_the_report_from_parquet(tables, tmp_path, capsys):
         f"--history={tmp_path / 'history.parquet'}",
         f"--out={out}",
     ]
-    assert main(argv) == 0
+    # an absent denoiser metrics file says nothing (no pretrain stage ran)
+    assert main([*argv, f"--denoiser-metrics={tmp_path / 'none.json'}"]) == 0
     assert str(out / "ablation.md") in capsys.readouterr().out
     _assert_pngs(out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["priors"]["l1"]["rjfb_k5_t5_verdict"] == "equivalent"
     assert metrics["deq_unreliable_frac"] == 0.1
+    assert metrics["denoiser_allow_weak"] is None
     assert len(pd.read_parquet(out / "configs.parquet")) == len(trials)
+    # a denoiser accepted although worse than its input is said in the report's first lines
+    (tmp_path / "denoiser.json").write_text(json.dumps({"allow_weak": True}))
+    assert main([*argv, f"--denoiser-metrics={tmp_path / 'denoiser.json'}"]) == 0
+    head = (out / "ablation.md").read_text().split("## Summary")[0]
+    assert "**The PnP denoiser is weak**" in head
+    assert json.loads((out / "metrics.json").read_text())["denoiser_allow_weak"] is True
 
 
 @pytest.mark.parametrize("missing", ["trials", "history"])
