@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -351,8 +352,37 @@ def _line_style(r: Any) -> dict[str, Any]:
     return {"lw": 1.6, "ls": "-" if r.finished else ":", "alpha": 0.9}
 
 
+_SEED_STYLES = ["-", "--", ":", "-."]
+
+
+def initial_value(r: Any, col: str) -> float:
+    """A θ column's initial value (``theta.weights.0`` → ``inits_json["theta"]["weights"][0]``),
+    NaN when the trials table does not record it."""
+    init = json_object(r.get("inits_json") if hasattr(r, "get") else None).get("theta")
+    if not isinstance(init, dict):
+        return math.nan
+    parts = col.removeprefix("theta.").split(".")
+    v = init.get(parts[0])
+    if len(parts) > 1 and isinstance(v, list):
+        i = int(parts[1]) if parts[1].isdigit() else -1
+        v = v[i] if 0 <= i < len(v) else None
+    elif isinstance(v, list):
+        v = v[0] if len(v) == 1 else None
+    return float(v) if isinstance(v, int | float) else math.nan
+
+
+def theta_trajectory(r: Any, g: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """One trial's θ column over epochs, from its initial value at epoch 0 (when recorded)."""
+    x = g["epoch"].to_numpy(float) if g["epoch"].notna().any() else np.arange(1.0, len(g) + 1)
+    y = g[col].to_numpy(float)
+    y0 = initial_value(r, col)
+    if math.isfinite(y0):
+        x, y = np.concatenate([[0.0], x]), np.concatenate([[y0], y])
+    return x, y
+
+
 def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -> None:
-    title = "Learned hyperparameters θ along training"
+    title = "Learned hyperparameters θ along training (from the initial θ at epoch 0)"
     theta_cols = [c for c in h.columns if str(c).startswith("theta.")]
     if h.empty or not theta_cols:
         _placeholder(path, title, "no training history with θ columns")
@@ -374,15 +404,24 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
     nrows, ncols = _grid(len(panels), 4)
     fig, axes = _figure(nrows, ncols, 3.9, 3.0)
     used = set()
+    seeds = sorted(set(tk["seed_key"]), key=lambda s: (len(s), s))
+    style_of = {s: _SEED_STYLES[i % len(_SEED_STYLES)] for i, s in enumerate(seeds)}
     for ax, (prior, col) in zip(axes.flat, panels, strict=False):
         vals = []
-        for r in tk[tk["prior"] == prior].itertuples():
-            g = by_key[r.hkey]
-            x = g["epoch"] if g["epoch"].notna().any() else np.arange(len(g))
+        for _, r in tk[tk["prior"] == prior].iterrows():
+            g = by_key[r["hkey"]]
             if g[col].notna().any():
-                ax.plot(x, g[col], color=colors[r.label], **_line_style(r))
-                used.add(r.label)
-                vals.append(g[col].to_numpy(float))
+                x, y = theta_trajectory(r, g, col)
+                style = _line_style(
+                    SimpleNamespace(estimator=r["estimator"], finished=r["finished"])
+                )
+                if r["finished"]:  # each seed its own line style, DEQ's beside every estimator
+                    style["ls"] = style_of[r["seed_key"]]
+                ax.plot(
+                    x, y, color=colors[r["label"]], label=f"{r['label']} s{r['seed_key']}", **style
+                )
+                used.add(r["label"])
+                vals.append(y)
         v = np.concatenate(vals) if vals else np.array([])
         v = v[np.isfinite(v)]
         if len(v) and v.min() > 0 and v.max() / v.min() > 50:
@@ -393,9 +432,7 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
     _hide_unused(axes, len(panels))
     from matplotlib.lines import Line2D
 
-    extra = []
-    if (~tk["finished"]).any():
-        extra.append((Line2D([], [], color="0.3", ls=":", lw=1.6), "(dotted: not finished)"))
+    extra = [(Line2D([], [], color="0.3", ls=style_of[s], lw=1.6), f"seed {s}") for s in seeds]
     _legend_right(fig, colors, used, extra)
     fig.suptitle(title, fontsize=13)
     _save(fig, path)

@@ -373,3 +373,28 @@ def test_a_weak_denoiser_is_stated_first(tmp_path) -> None:
     weak = (tmp_path / "weak" / "ablation.md").read_text()
     assert weak.index("**The PnP denoiser is weak**") < weak.index("## Baselines")
     assert "denoiser is weak" not in (tmp_path / "ok" / "ablation.md").read_text()
+
+
+def test_theta_trajectories_start_from_the_initial_theta(tmp_path) -> None:
+    from pipeline.report.plots import initial_value, theta_trajectory
+
+    r = pd.Series(_row("wl", "rjfb", 1))
+    g = pd.DataFrame({"epoch": [1.0, 2.0], "theta.lambda": [0.02, 0.03], "theta.weights.1": [1, 2]})
+    x, y = theta_trajectory(r, g, "theta.lambda")
+    assert list(x) == [0.0, 1.0, 2.0] and list(y) == pytest.approx([LAM0, 0.02, 0.03])
+    assert initial_value(r, "theta.weights.1") == W0[1]
+    assert math.isnan(initial_value(r, "theta.sigma.0"))  # not recorded: no epoch-0 point
+    x, _ = theta_trajectory(pd.Series({"inits_json": "{}"}), g, "theta.lambda")
+    assert list(x) == [1.0, 2.0]
+    # the report draws them (one history row per trial and epoch)
+    t = _study()
+    hist = pd.DataFrame(
+        [
+            {"trial_id": tid, "epoch": e, "elapsed_seconds": e, "val_psnr": 26.0,
+             "theta.lambda": 0.02 * e}
+            for tid in t["trial_id"]
+            for e in (1.0, 2.0)
+        ]
+    )  # fmt: skip
+    write_report(t, hist, tmp_path, CFG)
+    assert (tmp_path / "plots" / "theta_trajectories.png").stat().st_size > 0
