@@ -306,8 +306,8 @@ def _headline(c: pd.DataFrame, cfg: ReportConfig) -> list[str]:
     md += [
         f"ΔPSNR at equilibrium against the DEQ trial of the same seed: verdict, mean (dB) "
         f"[95% paired bootstrap interval over (test image, seed)] (seeds), tolerance "
-        f"t = {cfg.delta_psnr_tolerance:g} dB. {VERDICT_RULES} † against an unreliable DEQ "
-        "baseline.",
+        f"t = {cfg.delta_psnr_tolerance:g} dB; verdicts as defined under *Methods*. † against "
+        "an unreliable DEQ baseline; (withheld): the prior is not a baseline.",
         "",
     ]
     md += _md_table(["configuration", *[f"`{_cell(p)}`" for p in priors]], rows)
@@ -435,10 +435,9 @@ def _baselines_section(b: pd.DataFrame | None, cfg: ReportConfig) -> list[str]:
         if int(r["n_seeds"]) == 0:
             rows.append([f"`{_cell(r['prior'])}`", "—", _cell(r["status"]), "—", "—", "—", "—"])
             continue
-        own = fmt_ci(
-            r["deq_test_psnr_mean"], r["deq_test_psnr_ci_low"], r["deq_test_psnr_ci_high"], ""
+        own = _psnr_ci(
+            r["deq_test_psnr_mean"], r["deq_test_psnr_ci_low"], r["deq_test_psnr_ci_high"]
         )
-        own = own.replace("+", "", 1) if own.startswith("+") else own
         obs = fmt_ci(
             r["delta_vs_observation_mean"],
             r["delta_vs_observation_ci_low"],
@@ -600,3 +599,12 @@ def _training_cell(r: Any) -> str:
     if r["training_worsened"] is True:
         return f"**{text} (training made it worse)**"
     return text
+
+
+def _psnr_ci(mean: Any, low: Any, high: Any) -> str:
+    """An absolute PSNR with its interval, ``26.03 [25.80, 26.25]``."""
+    if not np.isfinite(mean):
+        return "—"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.report.common import DEEP_K, DEEP_T, finite, fmt_delta
-from pipeline.report.confidence import VERDICT_RULES, VERDICTS
+from pipeline.report.confidence import VERDICTS
 from pipeline.report.configs import REFERENCE, describe, fmt_ci, fmt_ratio_ci
 from pipeline.report.families import family_of, prior_order
 from pipeline.report.tables import rjfb_rows
@@ -169,7 +169,8 @@ def _intervals(t: pd.DataFrame, cmp: pd.DataFrame, tol: float) -> list[str]:
     line = (
         f"- Every comparison with DEQ is a 95% paired bootstrap interval of ΔPSNR = "
         f"configuration − DEQ of the same seed over (test image, seed), {len(seeds)} seed(s) in "
-        f"the table, tolerance t = {tol:g} dB (report.delta_psnr_tolerance). {VERDICT_RULES} "
+        f"the table, tolerance t = {tol:g} dB (report.delta_psnr_tolerance); the five "
+        "verdicts are defined under *Methods*. "
         f"Verdicts over {len(counted)} configuration(s): {told or 'none'}."
         + (
             f" {len(cmp) - len(counted)} more withheld (their prior is not a baseline)."
