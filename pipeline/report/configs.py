@@ -69,6 +69,9 @@ CONFIG_COLUMNS = (
     "worst_group",
     "worst_group_cos",
     "worst_group_rel_err",
+    # entries of the worst group (from θ): a one-entry group's cosine is ±1 by construction,
+    # a sign agreement rather than a fidelity
+    "worst_group_entries",
     "gamma_hat_mean",
     "gamma_hat_k_mean",
     "deq_reliable",
@@ -299,6 +302,21 @@ def undefined_groups(rows: pd.DataFrame) -> tuple[str, float]:
     return "; ".join(parts), (float(np.mean(flat)) if flat else math.nan)
 
 
+def group_entries(rows: pd.DataFrame, group: str) -> float:
+    """How many entries a parameter group has, read from the first trial's θ: ``lambda`` →
+    len(θ["lambda"]), a per-layer ``sigma.3`` → 1; NaN when θ does not hold it."""
+    if not group or "theta_json" not in rows.columns or rows.empty:
+        return math.nan
+    theta = json_object(rows["theta_json"].iloc[0])
+    head, _, layer = group.partition(".")
+    if head not in theta:
+        return math.nan
+    if layer:
+        return 1.0
+    v = theta[head]
+    return float(len(v)) if isinstance(v, list) else 1.0
+
+
 def worst_group(rows: pd.DataFrame) -> tuple[str, float, float]:
     """(name, mean cosine, mean relative error) of the parameter group with the lowest mean
     cosine to DEQ over the rows' ``grad_groups_json`` ("" and NaN without any); groups whose
@@ -481,6 +499,7 @@ def _config_row(
         deq_reliable=rel["deq_reliable"],
     )
     row["worst_group"], row["worst_group_cos"], row["worst_group_rel_err"] = worst_group(fin)
+    row["worst_group_entries"] = group_entries(fin, row["worst_group"])
     notes = []
     if len(fin) < len(g):
         bad = g.loc[~g["finished"], "status"].value_counts()

@@ -354,6 +354,8 @@ def _configs_section(c: pd.DataFrame) -> list[str]:
                 f"{_cell(r['worst_group'])} ({fmt_float(r['worst_group_cos'], '.3f')}, "
                 f"{fmt_sci(r['worst_group_rel_err'])})"
             )
+            if r.get("worst_group_entries") == 1:
+                worst += " one entry: the cosine is a sign"
         rows.append(
             [
                 _cell(r["label"]),

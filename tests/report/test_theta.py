@@ -398,3 +398,19 @@ def test_theta_trajectories_start_from_the_initial_theta(tmp_path) -> None:
     )  # fmt: skip
     write_report(t, hist, tmp_path, CFG)
     assert (tmp_path / "plots" / "theta_trajectories.png").stat().st_size > 0
+
+
+def test_a_one_entry_worst_group_is_said_to_be_a_sign(tmp_path) -> None:
+    groups = _groups(
+        **{"lambda": {"cos": -1.0, "rel_err": 1.5, "sign_agree": 0.0}},
+        weights={"cos": 0.8, "rel_err": 0.3, "sign_agree": 1.0},
+    )
+    rows = [_row("w", "deq", s) for s in SEEDS]
+    rows += [_row("w", "rjfb", s, grad_groups_json=groups) for s in SEEDS]
+    write_report(pd.DataFrame(rows), None, tmp_path, CFG)
+    r = _cfg(pd.read_parquet(tmp_path / "configs.parquet"), "w", "rJFB K1 T0")
+    assert (r["worst_group"], r["worst_group_cos"], r["worst_group_entries"]) == ("lambda", -1, 1)
+    assert (
+        "lambda (-1.000, 1.50e+00) one entry: the cosine is a sign"
+        in (tmp_path / "ablation.md").read_text()
+    )
