@@ -238,7 +238,10 @@ def _deq_baseline(p: pd.DataFrame) -> list[str]:
             "",
         ]
     md = [
-        f"DEQ baseline `{r.name}`: test PSNR {fmt_db(r.test_psnr)} dB "
+        f"DEQ `{r.name}`: **DEQ undefined at epoch {int(r.deq_undefined_epoch)}** (its trained "
+        "scheme stopped contracting, γ̂ ≥ 1): not a baseline, no PSNR reported."
+        if math.isfinite(getattr(r, "deq_undefined_epoch", math.nan))
+        else f"DEQ baseline `{r.name}`: test PSNR {fmt_db(r.test_psnr)} dB "
         f"(observations {fmt_db(r.test_psnr_input)} dB), training "
         f"{fmt_float(r.train_seconds, '.1f')} s, peak memory {fmt_float(r.peak_mem_mib, '.0f')} MiB."
         for r in deq.itertuples(index=False)

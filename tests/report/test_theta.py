@@ -294,7 +294,9 @@ def test_undefined_deq_uses_the_jacobian_regularised_arm_or_says_so(tmp_path) ->
     assert b["verdict"] == "inconclusive" and math.isnan(b["delta_psnr_mean"])
     base = pd.read_parquet(tmp_path / "baselines.parquet").set_index("prior")
     assert base.loc["b", "status"] == "DEQ undefined at epoch 2"
-    assert "DEQ undefined at epoch 2" in (tmp_path / "ablation.md").read_text()
+    md = (tmp_path / "ablation.md").read_text()
+    assert "DEQ `b-deq-s0`: **DEQ undefined at epoch 2**" in md
+    assert "DEQ baseline `b-deq-s0`" not in md
 
 
 def test_tables_without_the_new_columns_are_plain_deq(report) -> None:
