@@ -535,9 +535,17 @@ def _worst_groups(cmp: pd.DataFrame, per: dict[str, Any]) -> list[str]:
             if len(flat) and np.isfinite(flat.iloc[0])
             else ""
         )
+        entries = rj.loc[rj["label"] == w["config"], "worst_group_entries"]
+        one = len(entries) and entries.iloc[0] == 1
         lines.append(
             f"- Prior {p}: the worst gradient group against DEQ is {w['group']} at "
-            f"{w['config']}, mean cosine {w['cos']:.3f}{flat_text}."
+            f"{w['config']}, mean cosine {w['cos']:.3f}{flat_text}"
+            + (
+                ": a one-entry group, so its cosine is the sign agreement (±1 by "
+                "construction), not a measure of fidelity."
+                if one
+                else "."
+            )
         )
     return lines
 

@@ -412,7 +412,6 @@ def test_a_one_entry_worst_group_is_said_to_be_a_sign(tmp_path) -> None:
     write_report(pd.DataFrame(rows), None, tmp_path, CFG)
     r = _cfg(pd.read_parquet(tmp_path / "configs.parquet"), "w", "rJFB K1 T0")
     assert (r["worst_group"], r["worst_group_cos"], r["worst_group_entries"]) == ("lambda", -1, 1)
-    assert (
-        "lambda (-1.000, 1.50e+00) one entry: the cosine is a sign"
-        in (tmp_path / "ablation.md").read_text()
-    )
+    md = (tmp_path / "ablation.md").read_text()
+    assert "lambda (-1.000, 1.50e+00) one entry: the cosine is a sign" in md
+    assert "is lambda at rJFB K1 T0, mean cosine -1.000: a one-entry group" in md
