@@ -397,7 +397,12 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
     panels: list[tuple[str, str]] = []
     for prior in [p for p in prior_order(t) if p in set(tk["prior"])]:
         hp = pd.concat([by_key[k] for k in tk.loc[tk["prior"] == prior, "hkey"]])
-        panels += [(prior, c) for c in theta_cols if hp[c].notna().any()]
+        # a θ entry no trial of the prior moves (a fixed τ) gets no panel
+        panels += [
+            (prior, c)
+            for c in theta_cols
+            if hp[c].notna().any() and np.nanmax(hp[c]) > np.nanmin(hp[c])
+        ]
     if not panels:
         _placeholder(path, title, "the θ columns of the history are empty")
         return
