@@ -25,7 +25,7 @@ from pipeline.report.common import (
 )
 from pipeline.report.confidence import VERDICTS
 from pipeline.report.configs import REFERENCE
-from pipeline.report.tables import deep_rows, rjfb_rows
+from pipeline.report.tables import deep_rows, deq_rows, rjfb_rows
 
 
 def _contraction(p: pd.DataFrame) -> dict[str, Any]:
@@ -309,7 +309,7 @@ def prior_metrics(
     baseline's (``configs.deq_reliability``); ``hp``: the history of the prior's DEQ
     baseline, if any."""
     status = p["status"]
-    deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+    deq = deq_rows(p)  # the baseline arm of each seed (an undefined DEQ is none)
     rj = rjfb_rows(p)
     m: dict[str, Any] = {
         "n_trials": len(p),

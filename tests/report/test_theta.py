@@ -283,8 +283,11 @@ def test_undefined_deq_uses_the_jacobian_regularised_arm_or_says_so(tmp_path) ->
         # prior b: plain DEQ undefined, no regularised arm
         rows.append(_row("b", "deq", s, deq_undefined_epoch=2.0, jac_reg=0.0, scheme_key="b"))
         rows.append(_row("b", "rjfb", s, scheme_key="b"))
-    write_report(pd.DataFrame(rows), None, tmp_path, CFG)
+    metrics = write_report(pd.DataFrame(rows), None, tmp_path, CFG)
     c = pd.read_parquet(tmp_path / "configs.parquet")
+    # the baselines' PSNR: the jac arm on seed 0 (26.2), plain DEQ on seeds 1, 2 (26.0)
+    assert metrics["priors"]["a"]["deq_test_psnr"] == pytest.approx(26.2 / 3 + 52 / 3)
+    assert metrics["priors"]["b"]["deq_test_psnr"] is None
     a = _cfg(c, "a", "rJFB K1 T0")
     assert a["deq_arm"] == "DEQ jac_reg=0.5 (seed 0); DEQ (seed 1, 2)"
     # seed 0 against the jac arm (0), seeds 1, 2 against plain DEQ (+0.2)
