@@ -152,15 +152,23 @@ def _free(r: Any) -> dict[str, str]:
 
 
 def split_floor_trials(t: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the study's trials, the DEQ noise-floor trials). A floor prior ran DEQ only and shares
-    its ``scheme_key`` with a prior that ran other estimators too; a table without scheme keys
-    has no floor trials."""
+    """(the study's trials, the DEQ noise-floor trials). A floor prior ran DEQ only, shares its
+    ``scheme_key`` with a prior that ran other estimators too, and differs from that prior's
+    training only in its noise draw or in more epochs (a prior differing otherwise, say in its
+    learning rate, stays a prior of its own); a table without scheme keys has no floor
+    trials."""
     if "scheme_key" not in t.columns or t.empty:
         return t, t.iloc[0:0]
     key = t["scheme_key"].map(lambda v: "" if is_missing(v) else str(v))
-    only_deq = t.groupby("prior")["estimator"].agg(lambda s: set(s) == {"deq"})
-    main_keys = set(key[~t["prior"].map(only_deq)])
-    floor = t["prior"].map(only_deq) & key.isin(main_keys) & (key != "")
+    only_deq = t["prior"].map(t.groupby("prior")["estimator"].agg(lambda s: set(s) == {"deq"}))
+    main = t[~only_deq & (key != "")]
+    floor_priors = set()
+    for prior, g in t[only_deq & (key != "")].groupby("prior"):
+        r = g.iloc[0]
+        refs = main[main["scheme_key"].astype(str) == str(r["scheme_key"])]
+        if any(_floor_kind(r, ref) is not None for _, ref in refs.iterrows()):
+            floor_priors.add(prior)
+    floor = t["prior"].isin(floor_priors)
     return t[~floor], t[floor]
 
 

@@ -418,3 +418,13 @@ def test_a_one_entry_worst_group_is_said_to_be_a_sign(tmp_path) -> None:
     md = (tmp_path / "ablation.md").read_text()
     assert "lambda (-1.000, 1.50e+00) one entry: the cosine is a sign" in md
     assert "is lambda at rJFB K1 T0, mean cosine -1.000: a one-entry group" in md
+
+
+def test_a_deq_only_prior_that_trains_otherwise_is_not_a_floor() -> None:
+    from pipeline.report.theta import split_floor_trials
+
+    t = normalise_trials(_study())
+    other_lr = t[t["prior"] == "wl_noise"].assign(prior="wl_lr", seed_train_noise=1.0)
+    main, floor = split_floor_trials(pd.concat([t, other_lr], ignore_index=True))
+    assert set(floor["prior"]) == {"wl_noise", "wl_long"}
+    assert "wl_lr" in set(main["prior"])
