@@ -2,6 +2,7 @@
 
 python -m stages.report [--params params.yaml] [--trials reports/trials.parquet]
                         [--history reports/history.parquet] [--out reports]
+                        [--denoiser-metrics models/denoiser.json]
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ def _read_parquet(path: Path, what: str):
         raise DataError(f"{path}: not a readable parquet file ({first})") from None
 
 
+def _read_json(path: Path) -> dict | None:
+    """The denoiser's metrics, or None when the file is absent (no pretrain stage ran)."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable JSON file ({err})") from None
+    return data if isinstance(data, dict) else None
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stages.report",
@@ -36,6 +50,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", default="reports/trials.parquet", help="(%(default)s)")
     parser.add_argument("--history", default="reports/history.parquet", help="(%(default)s)")
     parser.add_argument("--out", default="reports", help="output folder (%(default)s)")
+    parser.add_argument(
+        "--denoiser-metrics",
+        default=None,
+        help="the pretrain stage's models/denoiser.json: a denoiser accepted although worse "
+        "than its input (allow_weak) is stated first; absent file: nothing is said",
+    )
     args = parser.parse_args(argv)
 
     from pipeline.study.config import load_params
@@ -52,7 +72,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     history = _read_parquet(Path(args.history), "training history")
     out = Path(args.out)
     # the priors' config names the families of a trials table that does not (an older sweep)
-    metrics = write_report(trials, history, out, cfg.report, priors=cfg.priors)
+    denoiser = _read_json(Path(args.denoiser_metrics)) if args.denoiser_metrics else None
+    metrics = write_report(trials, history, out, cfg.report, priors=cfg.priors, denoiser=denoiser)
     print(
         f"report: {metrics['n_trials']} trials ({metrics['n_finished']} finished) -> "
         f"{out / 'ablation.md'}, {out / 'metrics.json'}, {out / 'plots'}/"

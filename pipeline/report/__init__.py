@@ -43,7 +43,8 @@ Conventions:
 * Contraction: a prior whose trials have γ̂ > 1 (one step of the scheme at the learned θ) is not
   contractive there; rJFB's agreement with DEQ is then not expected, and the summary says so.
 * Verdicts: every comparison with DEQ in the summary and ``metrics.json`` is a verdict with its
-  95% interval (``equivalent`` / ``worse`` / ``better`` / ``inconclusive``, DEQ itself
+  95% interval (``equivalent`` / ``better`` / ``worse`` / ``small difference`` /
+  ``inconclusive``, ``confidence.VERDICT_RULES``; DEQ itself
   ``reference``); a verdict against an unreliable DEQ baseline says so.
 * DEQ convergence: the DEQ baseline converged when its last epoch's training forward solves
   ended below ``deq_tol`` (``train_residual``), its implicit backward solves below

@@ -25,7 +25,7 @@ from pipeline.report.common import (
 )
 from pipeline.report.confidence import VERDICTS
 from pipeline.report.configs import REFERENCE
-from pipeline.report.tables import deep_rows, rjfb_rows
+from pipeline.report.tables import deep_rows, deq_rows, rjfb_rows
 
 
 def _contraction(p: pd.DataFrame) -> dict[str, Any]:
@@ -181,13 +181,14 @@ def _deep_configs(c: pd.DataFrame) -> pd.DataFrame:
 
 def overall_verdict(verdicts: list[str]) -> str | None:
     """Several configurations' verdicts in one word: ``worse`` / ``better`` when some are
-    (``mixed`` when both), else ``inconclusive`` when one is, else ``equivalent``."""
+    (``mixed`` when both), else ``inconclusive`` when one is, else ``small difference`` when
+    one is, else ``equivalent``."""
     v = set(verdicts) - {REFERENCE}
     if not v:
         return None
     if {"worse", "better"} <= v:
         return "mixed"
-    for word in ("worse", "better", "inconclusive"):
+    for word in ("worse", "better", "inconclusive", "small difference"):
         if word in v:
             return word
     return "equivalent"
@@ -246,7 +247,9 @@ def _verdict_metrics(p: pd.DataFrame, c: pd.DataFrame, tol: float) -> dict[str, 
     deep_v = overall_verdict(list(deep["verdict"]))
     unfinished = int((~deep_all["finished"]).sum())
     within = None
-    if deep_v in ("worse", "better", "mixed") or (deep_v is not None and unfinished):
+    if deep_v in ("worse", "better", "mixed", "small difference") or (
+        deep_v is not None and unfinished
+    ):
         within = False
     elif deep_v == "equivalent":
         within = True
@@ -306,7 +309,7 @@ def prior_metrics(
     baseline's (``configs.deq_reliability``); ``hp``: the history of the prior's DEQ
     baseline, if any."""
     status = p["status"]
-    deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+    deq = deq_rows(p)  # the baseline arm of each seed (an undefined DEQ is none)
     rj = rjfb_rows(p)
     m: dict[str, Any] = {
         "n_trials": len(p),

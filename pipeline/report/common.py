@@ -28,6 +28,7 @@ TTQ_COLUMNS = (
 )
 
 PLOT_FILES = {
+    "theta_distance_vs_depth.png": "Learned θ against DEQ's vs total depth / horizon (headline)",
     "psnr_vs_depth.png": "Test PSNR at equilibrium vs truncation depth K",
     "grad_error_vs_depth.png": "Gradient error vs DEQ against K",
     "cost.png": "Training wall time and peak memory",

@@ -6,7 +6,8 @@ the unit of resampling is the pair (image, seed) and its value the PSNR differen
 
     diffs = {0: np.array([...]), 1: np.array([...]), 2: np.array([...])}   # seed -> per image
     ci = paired_bootstrap(diffs)                  # Interval(mean, low, high, n_pairs, n_seeds)
-    verdict(ci, tolerance=0.1)                    # "equivalent" | "worse" | "better" | "inconclusive"
+    verdict(ci, tolerance=0.1)   # "equivalent" | "better" | "worse" | "small difference"
+                                 # | "inconclusive"
 
 The interval is the percentile interval of the bootstrap distribution of the mean difference.
 Resampling is stratified by seed (each seed keeps its number of images, drawn with replacement
@@ -22,8 +23,23 @@ from typing import Literal
 
 import numpy as np
 
-Verdict = Literal["equivalent", "worse", "better", "inconclusive"]
-VERDICTS: tuple[Verdict, ...] = ("equivalent", "worse", "better", "inconclusive")
+Verdict = Literal["equivalent", "better", "worse", "small difference", "inconclusive"]
+VERDICTS: tuple[Verdict, ...] = (
+    "equivalent",
+    "better",
+    "worse",
+    "small difference",
+    "inconclusive",
+)
+
+# The verdicts' definitions, stated once: the report's methods paragraph quotes this text.
+VERDICT_RULES = (
+    "For a paired difference with 95% interval [lo, hi], point estimate d and tolerance t: "
+    "*equivalent* when −t < lo and hi < t (checked first); *better* when lo > 0 and d > t; "
+    "*worse* when hi < 0 and d < −t; *small difference* when the interval excludes 0 "
+    "otherwise; *inconclusive* when it contains 0 and reaches beyond ±t (or there is no "
+    "interval)."
+)
 
 
 @dataclass(frozen=True)
@@ -70,20 +86,26 @@ def paired_bootstrap(
 
 
 def verdict(ci: Interval, tolerance: float) -> Verdict:
-    """What the interval says about the configuration against DEQ, at ``tolerance`` dB.
+    """One of five outcomes for a paired difference (``VERDICT_RULES``), the same function for
+    every paired comparison of the report.
 
-    ``equivalent``: the whole interval lies within ±tolerance. ``worse`` / ``better``: it lies
-    entirely below −tolerance / above +tolerance (so it excludes both 0 and the tolerance).
-    ``inconclusive``: anything else, including no data.
+    With lo, hi the interval and d its point estimate (``ci.mean``), t the tolerance:
+    ``equivalent`` when −t < lo and hi < t (checked first); ``better`` when lo > 0 and d > t;
+    ``worse`` when hi < 0 and d < −t; ``small difference`` when the interval excludes 0
+    otherwise (a real difference, smaller than the tolerance at its point estimate);
+    ``inconclusive`` when it contains 0 and reaches beyond ±t, and without an interval.
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
+    lo, hi, d = ci.low, ci.high, ci.mean
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(d)):
         return "inconclusive"
-    if -tolerance <= ci.low and ci.high <= tolerance:
+    if -tolerance < lo and hi < tolerance:
         return "equivalent"
-    if ci.high < -tolerance:
-        return "worse"
-    if ci.low > tolerance:
+    if lo > 0 and d > tolerance:
         return "better"
+    if hi < 0 and d < -tolerance:
+        return "worse"
+    if lo > 0 or hi < 0:
+        return "small difference"
     return "inconclusive"

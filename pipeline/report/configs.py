@@ -9,10 +9,10 @@ A table without per-image PSNRs falls back to one difference per seed (the note 
 At depth ((T+1)·K) the same, with ``test_psnr_at_depth_per_image`` (else one per seed); the
 time-to-quality ratio's interval is a bootstrap over seeds.
 
-Verdicts (``report.delta_psnr_tolerance`` = tol): ``equivalent`` (the whole interval inside
-±tol), ``worse`` / ``better`` (entirely below −tol / above +tol), ``inconclusive`` (anything
-else, and with fewer than two pairs: one number has no interval). The DEQ baseline's own
-rows are ``reference``.
+Verdicts (``report.delta_psnr_tolerance`` = tol): the five outcomes of
+:func:`pipeline.report.confidence.verdict` (``equivalent``, ``better``, ``worse``, ``small
+difference``, ``inconclusive``; with fewer than two pairs ``inconclusive``: one number has no
+interval). The DEQ baseline's own rows are ``reference``.
 
 The DEQ baseline of a prior is *unreliable* when one of its trials (one per seed) had more
 than ``report.deq_unreliable_frac`` of its training steps' implicit backward solves miss
@@ -32,7 +32,9 @@ import pandas as pd
 from pipeline.report.common import float_list, fmt_int, is_missing, json_object, safe_name
 from pipeline.report.confidence import Interval, paired_bootstrap, verdict
 from pipeline.report.families import prior_order
-from pipeline.report.tables import deq_rows, sort_configs
+from pipeline.report.tables import deq_rows, deq_undefined, sort_configs
+from pipeline.report.theta import DISTANCE_GROUPS, horizon, total_depth, trial_distances
+from pipeline.study.tables import fixed_point_free_groups
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.study.config import ReportConfig
@@ -67,9 +69,38 @@ CONFIG_COLUMNS = (
     "worst_group",
     "worst_group_cos",
     "worst_group_rel_err",
+    # entries of the worst group (from θ): a one-entry group's cosine is ±1 by construction,
+    # a sign agreement rather than a fidelity
+    "worst_group_entries",
     "gamma_hat_mean",
     "gamma_hat_k_mean",
     "deq_reliable",
+    # which DEQ arm the verdicts use (plain DEQ, or the Jacobian-regularised arm where plain
+    # DEQ is undefined), and whether the verdict counts as a finding (withheld when the
+    # prior's DEQ reconstructs below the observation: not a baseline)
+    "deq_arm",
+    "counted",
+    # the depth axis: (T+1)·K (N unrolled; NaN for an equilibrium solve), the contraction
+    # horizon 1/(1 − γ̂) of the prior's trained DEQ scheme (mean γ̂ over its seeds), their ratio
+    "total_depth",
+    "horizon",
+    "depth_over_horizon",
+    # θ distance to DEQ's θ of the same seed per group (theta.py), mean over seeds with a 95%
+    # bootstrap interval over seeds, and the DEQ-vs-DEQ floors beside it
+    "n_seeds_theta",
+    *(
+        f"theta_dist_{g}_{s}"
+        for g in DISTANCE_GROUPS
+        for s in ("mean", "ci_low", "ci_high", "floor_noise", "floor_longer")
+    ),
+    # parameter groups whose gradient cosine against DEQ is undefined (DEQ's is zero), why,
+    # and their gradient norm ratio ‖g‖/‖g_DEQ‖ (mean over seeds) in its place
+    "undefined_groups",
+    "undefined_group_norm_ratio",
+    # before training: val PSNR at the initial θ, and what training changed (final − initial)
+    "initial_val_psnr_mean",
+    "val_psnr_gain_mean",
+    "training_worsened",
     "note",
 )
 
@@ -210,14 +241,91 @@ def _mean(s: pd.Series) -> float:
     return float(v.mean()) if len(v) else math.nan
 
 
+def undefined_reason(group: str, m: dict[str, Any], prior_type: str) -> str | None:
+    """Why a group's gradient cosine against DEQ is undefined, or None when it is defined:
+    the fixed point does not depend on it (its exact DEQ gradient is 0), or the trial found
+    DEQ's gradient there zero up to rounding (its cosine was recorded as null)."""
+    free = fixed_point_free_groups(prior_type)
+    if group in free:
+        return free[group]
+    if isinstance(m.get("undefined"), str):
+        return safe_text(m["undefined"])
+    cos = m.get("cos")
+    if not isinstance(cos, int | float) or not math.isfinite(cos):
+        return "DEQ's gradient is numerically zero"
+    return None
+
+
+def safe_text(v: Any) -> str:
+    """Free text read from a table: one line, no markup, at most 200 characters."""
+    return " ".join(str(v).split()).replace("<", "‹").replace(">", "›").replace("|", "/")[:200]
+
+
+def _groups(r: Any) -> dict[str, Any]:
+    v = r.get("grad_groups_json")
+    return {safe_name(g): m for g, m in json_object(v).items() if isinstance(m, dict)}
+
+
+def group_cos_min(r: Any) -> float:
+    """The worst defined group's cosine of one trial (from ``grad_groups_json``, undefined
+    groups left out); the table's ``grad_cos_min_group_vs_deq`` without per-group data."""
+    groups = _groups(r)
+    if not groups:
+        return float(r["grad_cos_min_group_vs_deq"])
+    cos = [
+        float(m["cos"])
+        for g, m in groups.items()
+        if undefined_reason(g, m, str(r.get("prior_type", ""))) is None
+    ]
+    return min(cos) if cos else math.nan
+
+
+def undefined_groups(rows: pd.DataFrame) -> tuple[str, float]:
+    """The groups whose cosine is undefined over the rows, each with its reason, and the mean
+    gradient norm ratio ‖g‖/‖g_DEQ‖ over them (NaN where the table has no norms)."""
+    why: dict[str, str] = {}
+    ratios: dict[str, list[float]] = {}
+    for _, r in rows.iterrows():
+        for g, m in _groups(r).items():
+            reason = undefined_reason(g, m, str(r.get("prior_type", "")))
+            if reason is None:
+                continue
+            why.setdefault(g, reason)
+            n, nr = m.get("norm"), m.get("ref_norm")
+            if isinstance(n, int | float) and isinstance(nr, int | float) and nr > 0:
+                ratios.setdefault(g, []).append(float(n) / float(nr))
+    parts = []
+    for g, reason in why.items():
+        ratio = f"; ‖g‖/‖g_DEQ‖ {np.mean(ratios[g]):.3g}" if g in ratios else ""
+        parts.append(f"{g}: undefined ({reason}{ratio})")
+    flat = [x for g in why for x in ratios.get(g, [])]
+    return "; ".join(parts), (float(np.mean(flat)) if flat else math.nan)
+
+
+def group_entries(rows: pd.DataFrame, group: str) -> float:
+    """How many entries a parameter group has, read from the first trial's θ: ``lambda`` →
+    len(θ["lambda"]), a per-layer ``sigma.3`` → 1; NaN when θ does not hold it."""
+    if not group or "theta_json" not in rows.columns or rows.empty:
+        return math.nan
+    theta = json_object(rows["theta_json"].iloc[0])
+    head, _, layer = group.partition(".")
+    if head not in theta:
+        return math.nan
+    if layer:
+        return 1.0
+    v = theta[head]
+    return float(len(v)) if isinstance(v, list) else 1.0
+
+
 def worst_group(rows: pd.DataFrame) -> tuple[str, float, float]:
     """(name, mean cosine, mean relative error) of the parameter group with the lowest mean
-    cosine to DEQ over the rows' ``grad_groups_json`` ("" and NaN without any)."""
+    cosine to DEQ over the rows' ``grad_groups_json`` ("" and NaN without any); groups whose
+    cosine is undefined (``undefined_reason``) are left out."""
     cos: dict[str, list[float]] = {}
     err: dict[str, list[float]] = {}
-    for v in rows["grad_groups_json"] if "grad_groups_json" in rows.columns else []:
-        for g, m in json_object(v).items():
-            if not isinstance(m, dict):
+    for _, r in rows.iterrows() if "grad_groups_json" in rows.columns else []:
+        for g, m in _groups(r).items():
+            if undefined_reason(g, m, str(r.get("prior_type", ""))) is not None:
                 continue
             for store, k in ((cos, "cos"), (err, "rel_err")):
                 x = m.get(k)
@@ -230,25 +338,142 @@ def worst_group(rows: pd.DataFrame) -> tuple[str, float, float]:
     return name, float(np.mean(cos[name])), rel
 
 
-def config_table(t: pd.DataFrame, cfg: ReportConfig) -> pd.DataFrame:
+def with_depth_and_distances(t: pd.DataFrame) -> pd.DataFrame:
+    """``t`` with ``total_depth`` and ``theta_dist_<group>`` per trial (against its DEQ
+    baseline), unless it has them already."""
+    if "total_depth" not in t.columns:
+        t = t.assign(total_depth=[total_depth(r) for _, r in t.iterrows()])
+    if f"theta_dist_{DISTANCE_GROUPS[0]}" not in t.columns:
+        t = pd.concat([t, trial_distances(t, deq_rows(t))], axis=1)
+    return t
+
+
+def prior_horizons(t: pd.DataFrame) -> dict[str, float]:
+    """Per prior: 1/(1 − γ̂) with γ̂ the mean over seeds of its DEQ baselines' γ̂ (measured on
+    the trained DEQ scheme); NaN without one, or when it does not contract."""
+    deq = deq_rows(t)
+    out: dict[str, float] = {}
+    for prior in t["prior"].unique():
+        g = deq.loc[[prior]]["gamma_hat"] if prior in deq.index.get_level_values(0) else []
+        gamma = _mean(pd.Series(g, dtype=float))
+        out[str(prior)] = horizon(gamma)
+    return out
+
+
+def config_table(
+    t: pd.DataFrame,
+    cfg: ReportConfig,
+    floors: dict[str, dict[str, dict[str, list[float]]]] | None = None,
+    withheld: set[str] | None = None,
+) -> pd.DataFrame:
     """One row per prior × configuration over seeds (``CONFIG_COLUMNS``), priors in family
     order and configurations in table order. ``t``: the report's trials table (compared to
-    DEQ, with time to quality)."""
+    DEQ, with time to quality). ``floors``: ``theta.floor_distances`` of the DEQ noise-floor
+    trials; ``withheld``: priors whose verdicts are shown but not counted as findings (their
+    DEQ reconstructs below the observation)."""
     tol = cfg.delta_psnr_tolerance
+    t = with_depth_and_distances(t)
     deq = deq_rows(t)
     reference_ids = set(deq["trial_id"]) if len(deq) else set()
     reliable = deq_reliability(t, cfg)
+    horizons = prior_horizons(t)
+    undefined = deq_undefined(t)
     order = {p: i for i, p in enumerate(prior_order(t))} if len(t) else {}
     rows = []
     s = sort_configs(t)
     s = s.assign(_p=s["prior"].map(order)).sort_values("_p", kind="stable")
     for (prior, _), g in s.groupby(["prior", "label"], sort=False):
-        rows.append(_config_row(g, deq, reference_ids, reliable[str(prior)], tol))
+        row = _config_row(g, deq, reference_ids, reliable[str(prior)], tol)
+        row.update(_depth_theta(g, horizons[str(prior)], (floors or {}).get(str(prior), {})))
+        row.update(_arm_and_training(g, deq, undefined))
+        row["counted"] = row["verdict"] != REFERENCE and str(prior) not in (withheld or set())
+        if str(prior) in (withheld or set()) and row["verdict"] != REFERENCE:
+            row["note"] = "; ".join(
+                x for x in (row["note"], "verdict withheld: not a baseline") if x
+            )
+        rows.append(row)
     out = pd.DataFrame(rows, columns=list(CONFIG_COLUMNS))
-    for c in ("n_trials", "n_seeds", "n_pairs", "n_pairs_at_depth", "n_seeds_time_to_quality"):
+    for c in (
+        "n_trials",
+        "n_seeds",
+        "n_pairs",
+        "n_pairs_at_depth",
+        "n_seeds_time_to_quality",
+        "n_seeds_theta",
+    ):
         out[c] = out[c].astype("int64")
-    out["deq_reliable"] = out["deq_reliable"].astype("boolean")
+    for c in ("deq_reliable", "training_worsened"):
+        out[c] = out[c].astype("boolean")
+    out["counted"] = out["counted"].astype(bool)
     return out
+
+
+def _depth_theta(g: pd.DataFrame, hor: float, floors: dict[str, dict[str, list[float]]]) -> dict:
+    """The depth axis and the θ distances (mean and interval over seeds, floors beside)."""
+    fin = g[g["finished"]]
+    depth = _mean(g["total_depth"])
+    row: dict[str, Any] = {
+        "total_depth": depth,
+        "horizon": hor,
+        "depth_over_horizon": depth / hor if math.isfinite(hor) and hor > 0 else math.nan,
+    }
+    n = 0
+    for grp in DISTANCE_GROUPS:
+        v = fin[f"theta_dist_{grp}"].to_numpy(dtype=float)
+        ci = _seed_interval(v)
+        n = max(n, ci.n_pairs)
+        row.update(
+            {
+                f"theta_dist_{grp}_mean": ci.mean,
+                f"theta_dist_{grp}_ci_low": ci.low,
+                f"theta_dist_{grp}_ci_high": ci.high,
+            }
+        )
+        for kind in ("noise", "longer"):
+            vals = np.asarray(floors.get(kind, {}).get(grp, []), dtype=float)
+            vals = vals[np.isfinite(vals)]
+            row[f"theta_dist_{grp}_floor_{kind}"] = float(vals.mean()) if len(vals) else math.nan
+    row["n_seeds_theta"] = n
+    return row
+
+
+def _arm_and_training(
+    g: pd.DataFrame, deq: pd.DataFrame, undefined: dict[tuple[str, str], int]
+) -> dict[str, Any]:
+    """Which DEQ arm each seed is compared with, undefined DEQ arms, the undefined gradient
+    groups, and what training did to val PSNR (from the initial θ)."""
+    fin = g[g["finished"]]
+    arms: dict[str, list[str]] = {}
+    for _, r in fin.iterrows():
+        key = (r["prior"], r["seed_key"])
+        if key in deq.index:
+            arm = str(deq.loc[key, "label"])
+        elif (str(key[0]), str(key[1])) in undefined:
+            arm = f"none: DEQ undefined at epoch {undefined[(str(key[0]), str(key[1]))]}"
+        else:
+            arm = "none"
+        arms.setdefault(arm, []).append(str(r["seed_key"]) or "?")
+    if len(arms) == 1:
+        deq_arm = next(iter(arms))
+    else:
+        deq_arm = "; ".join(f"{a} (seed {', '.join(s)})" for a, s in arms.items())
+    und, ratio = undefined_groups(fin)
+    initial = fin["initial_val_psnr"].to_numpy(dtype=float)
+    final = fin["final_val_psnr"].to_numpy(dtype=float)
+    gain = final - initial
+    ok = np.isfinite(gain)
+    return {
+        "deq_arm": deq_arm,
+        "undefined_groups": und,
+        "undefined_group_norm_ratio": ratio,
+        "initial_val_psnr_mean": _mean(pd.Series(initial)),
+        "val_psnr_gain_mean": float(gain[ok].mean()) if ok.any() else math.nan,
+        # "training made it worse": the mean over seeds ended below the initial θ
+        "training_worsened": bool(gain[ok].mean() < 0) if ok.any() else None,
+        "grad_cos_min_group_mean": _mean(
+            pd.Series([group_cos_min(r) for _, r in fin.iterrows()], dtype=float)
+        ),
+    }
 
 
 def _config_row(
@@ -268,13 +493,13 @@ def _config_row(
         # the learning rate a tuned sweep chose for this configuration (NaN: a grid sweep)
         tuned_lr=_mean(g["tuned_lr"]),
         grad_cos_mean=_mean(fin["grad_cos_vs_deq"]),
-        grad_cos_min_group_mean=_mean(fin["grad_cos_min_group_vs_deq"]),
         grad_sign_agree_mean=_mean(fin["grad_sign_agree_vs_deq"]),
         gamma_hat_mean=_mean(fin["gamma_hat"]),
         gamma_hat_k_mean=_mean(fin["gamma_hat_k"]),
         deq_reliable=rel["deq_reliable"],
     )
     row["worst_group"], row["worst_group_cos"], row["worst_group_rel_err"] = worst_group(fin)
+    row["worst_group_entries"] = group_entries(fin, row["worst_group"])
     notes = []
     if len(fin) < len(g):
         bad = g.loc[~g["finished"], "status"].value_counts()
@@ -363,6 +588,8 @@ def describe(r: Any, at_depth: bool = False) -> str:
     )
     if unreliable(r):
         text += " (against an unreliable DEQ baseline)"
+    if "counted" in r and not bool(r["counted"]) and v != REFERENCE:
+        text += " (withheld: DEQ is not a baseline for this prior)"
     return text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -351,8 +352,37 @@ def _line_style(r: Any) -> dict[str, Any]:
     return {"lw": 1.6, "ls": "-" if r.finished else ":", "alpha": 0.9}
 
 
+_SEED_STYLES = ["-", "--", ":", "-."]
+
+
+def initial_value(r: Any, col: str) -> float:
+    """A θ column's initial value (``theta.weights.0`` → ``inits_json["theta"]["weights"][0]``),
+    NaN when the trials table does not record it."""
+    init = json_object(r.get("inits_json") if hasattr(r, "get") else None).get("theta")
+    if not isinstance(init, dict):
+        return math.nan
+    parts = col.removeprefix("theta.").split(".")
+    v = init.get(parts[0])
+    if len(parts) > 1 and isinstance(v, list):
+        i = int(parts[1]) if parts[1].isdigit() else -1
+        v = v[i] if 0 <= i < len(v) else None
+    elif isinstance(v, list):
+        v = v[0] if len(v) == 1 else None
+    return float(v) if isinstance(v, int | float) else math.nan
+
+
+def theta_trajectory(r: Any, g: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """One trial's θ column over epochs, from its initial value at epoch 0 (when recorded)."""
+    x = g["epoch"].to_numpy(float) if g["epoch"].notna().any() else np.arange(1.0, len(g) + 1)
+    y = g[col].to_numpy(float)
+    y0 = initial_value(r, col)
+    if math.isfinite(y0):
+        x, y = np.concatenate([[0.0], x]), np.concatenate([[y0], y])
+    return x, y
+
+
 def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -> None:
-    title = "Learned hyperparameters θ along training"
+    title = "Learned hyperparameters θ along training (from the initial θ at epoch 0)"
     theta_cols = [c for c in h.columns if str(c).startswith("theta.")]
     if h.empty or not theta_cols:
         _placeholder(path, title, "no training history with θ columns")
@@ -367,22 +397,36 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
     panels: list[tuple[str, str]] = []
     for prior in [p for p in prior_order(t) if p in set(tk["prior"])]:
         hp = pd.concat([by_key[k] for k in tk.loc[tk["prior"] == prior, "hkey"]])
-        panels += [(prior, c) for c in theta_cols if hp[c].notna().any()]
+        # a θ entry no trial of the prior moves (a fixed τ) gets no panel
+        panels += [
+            (prior, c)
+            for c in theta_cols
+            if hp[c].notna().any() and np.nanmax(hp[c]) > np.nanmin(hp[c])
+        ]
     if not panels:
         _placeholder(path, title, "the θ columns of the history are empty")
         return
     nrows, ncols = _grid(len(panels), 4)
     fig, axes = _figure(nrows, ncols, 3.9, 3.0)
     used = set()
+    seeds = sorted(set(tk["seed_key"]), key=lambda s: (len(s), s))
+    style_of = {s: _SEED_STYLES[i % len(_SEED_STYLES)] for i, s in enumerate(seeds)}
     for ax, (prior, col) in zip(axes.flat, panels, strict=False):
         vals = []
-        for r in tk[tk["prior"] == prior].itertuples():
-            g = by_key[r.hkey]
-            x = g["epoch"] if g["epoch"].notna().any() else np.arange(len(g))
+        for _, r in tk[tk["prior"] == prior].iterrows():
+            g = by_key[r["hkey"]]
             if g[col].notna().any():
-                ax.plot(x, g[col], color=colors[r.label], **_line_style(r))
-                used.add(r.label)
-                vals.append(g[col].to_numpy(float))
+                x, y = theta_trajectory(r, g, col)
+                style = _line_style(
+                    SimpleNamespace(estimator=r["estimator"], finished=r["finished"])
+                )
+                if r["finished"]:  # each seed its own line style, DEQ's beside every estimator
+                    style["ls"] = style_of[r["seed_key"]]
+                ax.plot(
+                    x, y, color=colors[r["label"]], label=f"{r['label']} s{r['seed_key']}", **style
+                )
+                used.add(r["label"])
+                vals.append(y)
         v = np.concatenate(vals) if vals else np.array([])
         v = v[np.isfinite(v)]
         if len(v) and v.min() > 0 and v.max() / v.min() > 50:
@@ -393,9 +437,7 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
     _hide_unused(axes, len(panels))
     from matplotlib.lines import Line2D
 
-    extra = []
-    if (~tk["finished"]).any():
-        extra.append((Line2D([], [], color="0.3", ls=":", lw=1.6), "(dotted: not finished)"))
+    extra = [(Line2D([], [], color="0.3", ls=style_of[s], lw=1.6), f"seed {s}") for s in seeds]
     _legend_right(fig, colors, used, extra)
     fig.suptitle(title, fontsize=13)
     _save(fig, path)
@@ -697,11 +739,125 @@ def _plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def theta_depth_series(c: pd.DataFrame, prior: str) -> dict[str, pd.DataFrame]:
+    """The headline figure's data for one prior, from configs.parquet: the configurations
+    with a depth (rJFB, unrolled) in the order of their x, where x = (T+1)·K / horizon (the
+    total depth when the prior has no horizon). ``theta``: the θ distance of the identifiable
+    groups with its interval; ``tau``: τ's distance (not identifiable at equilibrium, apart);
+    ``psnr``: ΔPSNR at equilibrium with its interval."""
+    p = c[(c["prior"] == prior) & np.isfinite(c["total_depth"].to_numpy(dtype=float))].copy()
+    rel = p["depth_over_horizon"].to_numpy(dtype=float)
+    p["x"] = np.where(np.isfinite(rel), rel, p["total_depth"].to_numpy(dtype=float))
+    p = p.sort_values(["x", "label"], kind="stable")
+    out = {}
+    for key, pre in (
+        ("theta", "theta_dist_all"),
+        ("tau", "theta_dist_tau"),
+        ("psnr", "delta_psnr"),
+    ):
+        cols = {"mean": f"{pre}_mean", "low": f"{pre}_ci_low", "high": f"{pre}_ci_high"}
+        d = pd.DataFrame({"label": p["label"], "x": p["x"]})
+        for k, col in cols.items():
+            d[k] = p[col].to_numpy(dtype=float)
+        out[key] = d[np.isfinite(d["mean"].to_numpy(dtype=float))].reset_index(drop=True)
+    return out
+
+
+def theta_depth_figure(c: pd.DataFrame, t: pd.DataFrame, tolerance: float) -> Any:
+    """The headline figure: per prior, θ distance to DEQ (top) and ΔPSNR against DEQ
+    (bottom) against total depth / contraction horizon, with 95% intervals over seeds and the
+    DEQ-vs-DEQ floors (another training noise: dashed; more epochs: dotted). None without
+    configurations that have a depth."""
+    priors = [p for p in prior_order(t) if (c["prior"] == p).any()] if len(c) else []
+    data = {p: theta_depth_series(c, p) for p in priors}
+    priors = [p for p in priors if len(data[p]["psnr"]) or len(data[p]["theta"])]
+    if not priors:
+        return None
+    fig, axes = _figure(2, len(priors), 4.6, 3.4)
+    for j, prior in enumerate(priors):
+        d = data[prior]
+        pc = c[c["prior"] == prior]
+        hor = float(pc["horizon"].iloc[0]) if len(pc) else math.nan
+        xlabel = "(T+1)·K / horizon 1/(1−γ̂)" if math.isfinite(hor) else "(T+1)·K"
+        top, bottom = axes[0, j], axes[1, j]
+        th = d["theta"]
+        if len(th):
+            top.errorbar(
+                th["x"], th["mean"], yerr=_yerr(th), fmt="o-", color="tab:blue", capsize=3,
+                label="θ distance (identifiable groups)",
+            )  # fmt: skip
+        tau = d["tau"]
+        if len(tau):
+            top.errorbar(
+                tau["x"], tau["mean"], yerr=_yerr(tau), fmt="s", mfc="none", color="0.5",
+                capsize=2, label="τ (not identifiable at equilibrium)",
+            )  # fmt: skip
+        for kind, ls in (("noise", "--"), ("longer", ":")):
+            v = pc[f"theta_dist_all_floor_{kind}"].to_numpy(dtype=float)
+            v = v[np.isfinite(v)]
+            if len(v):
+                what = "DEQ vs DEQ, other noise" if kind == "noise" else "DEQ vs DEQ, more epochs"
+                top.axhline(float(v[0]), color="black", ls=ls, lw=1.2, label=what)
+        if not len(th) and not len(tau):
+            top.text(0.5, 0.5, "no θ distances", transform=top.transAxes, ha="center")
+        top.axhline(0, color="0.7", lw=0.8)
+        top.set_title(
+            f"{_plot_name(t, prior)}"
+            + (f"\nhorizon {hor:.0f} steps" if math.isfinite(hor) else "\nno horizon (γ̂ ≥ 1)"),
+            fontsize=10,
+        )
+        top.set_ylabel("‖θ − θ_DEQ‖ / ‖θ_DEQ − θ_init‖")
+        if top.get_legend_handles_labels()[0]:
+            top.legend(fontsize=7)
+        ps = d["psnr"]
+        if len(ps):
+            bottom.errorbar(
+                ps["x"], ps["mean"], yerr=_yerr(ps), fmt="o-", color="tab:red", capsize=3,
+                label="ΔPSNR at equilibrium",
+            )  # fmt: skip
+        bottom.axhspan(-tolerance, tolerance, color="0.85", zorder=0)
+        bottom.axhline(0, color="black", lw=0.8)
+        bottom.set_ylabel("ΔPSNR vs DEQ (dB)")
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            if math.isfinite(hor):
+                ax.axvline(1.0, color="0.4", lw=0.8, ls="-.")
+    fig.suptitle("Learned θ against DEQ's vs total depth / contraction horizon", fontsize=13)
+    return fig
+
+
+def _yerr(d: pd.DataFrame) -> np.ndarray:
+    """Asymmetric error bars from an interval (0 where it is missing)."""
+    low = np.nan_to_num((d["mean"] - d["low"]).to_numpy(dtype=float), nan=0.0)
+    high = np.nan_to_num((d["high"] - d["mean"]).to_numpy(dtype=float), nan=0.0)
+    return np.vstack([np.maximum(low, 0), np.maximum(high, 0)])
+
+
+def _plot_theta_depth(c: pd.DataFrame, t: pd.DataFrame, tolerance: float, path: Path) -> None:
+    fig = theta_depth_figure(c, t, tolerance)
+    if fig is None:
+        _placeholder(
+            path, "Learned θ against DEQ's vs depth", "no configuration with a depth and a DEQ"
+        )
+        return
+    _save(fig, path)
+
+
 def write_plots(
-    t: pd.DataFrame, h: pd.DataFrame, ttq: pd.DataFrame, plots_dir: Path, margin: float
+    t: pd.DataFrame,
+    h: pd.DataFrame,
+    ttq: pd.DataFrame,
+    plots_dir: Path,
+    margin: float,
+    configs: pd.DataFrame | None = None,
+    tolerance: float = 0.1,
 ) -> list[str]:
     h, keys = history_for(t, h)
+    c = configs if configs is not None else pd.DataFrame(columns=["prior"])
     makers: dict[str, Callable[[Path], None]] = {
+        "theta_distance_vs_depth.png": lambda f: _plot_theta_depth(c, t, tolerance, f),
         "psnr_vs_depth.png": lambda f: _plot_psnr_vs_depth(t, f),
         "grad_error_vs_depth.png": lambda f: _plot_grad_error(t, f),
         "cost.png": lambda f: _plot_cost(t, f),

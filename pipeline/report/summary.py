@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.report.common import DEEP_K, DEEP_T, finite, fmt_delta
-from pipeline.report.configs import REFERENCE, describe, fmt_ratio_ci
+from pipeline.report.confidence import VERDICTS
+from pipeline.report.configs import REFERENCE, describe, fmt_ci, fmt_ratio_ci
 from pipeline.report.families import family_of, prior_order
 from pipeline.report.tables import rjfb_rows
 
@@ -43,11 +44,15 @@ def summary_lines(
         *_missing_deq(per),
         *_deq_convergence(per),
         *_deq_reliability(per, cfg.deq_unreliable_frac),
+        *_not_baselines(metrics),
         *_intervals(t, cmp, tol),
+        *_theta_findings(c, per),
         *_deep_rjfb_vs_deq(cmp, per, tol),
         *_one_layer(cmp, per),
         *_no_restart(cmp, per),
-        *_restart_gain(rj),
+        *_restart_gain(metrics.get("restart_gain", [])),
+        *_training_worse(cmp),
+        *_undefined_groups(cmp),
         *_time_to_quality(cmp, per, cfg.quality_margin_db, has_history),
         *_gradient_fidelity(rj),
         *_worst_groups(cmp, per),
@@ -153,22 +158,25 @@ def _deq_reliability(per: dict[str, Any], limit: float) -> list[str]:
 
 
 def _intervals(t: pd.DataFrame, cmp: pd.DataFrame, tol: float) -> list[str]:
-    """How the comparisons are made, and how many verdicts of each kind."""
+    """How the comparisons are made, and how many verdicts of each kind (those that count:
+    a prior that is no baseline has its verdicts withheld)."""
     if cmp.empty:
         return []
-    counts = cmp["verdict"].value_counts()
-    told = ", ".join(
-        f"{int(counts[v])} {v}"
-        for v in ("equivalent", "worse", "better", "inconclusive")
-        if counts.get(v, 0)
-    )
+    counted = cmp[cmp["counted"]] if "counted" in cmp.columns else cmp
+    counts = counted["verdict"].value_counts()
+    told = ", ".join(f"{int(counts[v])} {v}" for v in VERDICTS if counts.get(v, 0))
     seeds = sorted(set(t["seed_key"]))
     line = (
         f"- Every comparison with DEQ is a 95% paired bootstrap interval of ΔPSNR = "
         f"configuration − DEQ of the same seed over (test image, seed), {len(seeds)} seed(s) in "
-        f"the table; *equivalent*: the whole interval within ±{tol:g} dB "
-        "(report.delta_psnr_tolerance), *worse* / *better*: entirely beyond it, *inconclusive*: "
-        f"neither. Verdicts over {len(cmp)} configuration(s): {told}."
+        f"the table, tolerance t = {tol:g} dB (report.delta_psnr_tolerance); the five "
+        "verdicts are defined under *Methods*. "
+        f"Verdicts over {len(counted)} configuration(s): {told or 'none'}."
+        + (
+            f" {len(cmp) - len(counted)} more withheld (their prior is not a baseline)."
+            if len(counted) < len(cmp)
+            else ""
+        )
     )
     no_images = cmp["note"].str.contains("no per-image PSNRs", regex=False)
     if no_images.any():
@@ -204,8 +212,8 @@ def _deep_rjfb_vs_deq(cmp: pd.DataFrame, per: dict[str, Any], tol: float) -> lis
             lines.append(_not_contractive(p, m, deep, tol))
         elif v == "equivalent" and not unfinished:
             ok.append((p, deep))
-        elif v in ("worse", "better", "mixed"):
-            bad = deep[deep["verdict"].isin(["worse", "better"])]
+        elif v in ("worse", "better", "mixed", "small difference"):
+            bad = deep[deep["verdict"].isin(["worse", "better", "small difference"])]
             lines.append(
                 f"- **Expectation not met** for prior {p}: rJFB with K≥{DEEP_K}, T≥{DEEP_T} is "
                 f"not equivalent to DEQ at equilibrium (tolerance ±{tol:g} dB): "
@@ -295,25 +303,140 @@ def _no_restart(cmp: pd.DataFrame, per: dict[str, Any]) -> list[str]:
     return [f"- {head} ({told} of {len(t0)} configuration(s)): {detail}."]
 
 
-def _restart_gain(rj: pd.DataFrame) -> list[str]:
-    """Restarts at equal depth: the largest fixed T against T=0, per (prior, seed, K, start)."""
-    gains = []
-    for _, g in rj.groupby(["prior", "seed_key", "depth", "start"], sort=False):
-        base = finite(g.loc[g["restarts"] == 0, "delta_psnr_vs_deq"])
-        rest = g[(g["restarts"] >= 1) & g["restart_tol"].isna()]
-        rest = rest[np.isfinite(rest["delta_psnr_vs_deq"])]
-        if len(base) and len(rest):
-            best_t = rest.loc[rest["restarts"].idxmax(), "delta_psnr_vs_deq"]
-            gains.append(float(best_t - base.iloc[0]))
+def _restart_gain(gains: list[dict[str, Any]]) -> list[str]:
+    """Restarts at equal K, per prior: each T > 0 against T = 0, a paired verdict with its
+    interval over (test image, seed) (``comparisons.restart_gain_table``); never pooled."""
     if not gains:
         return []
-    gm = float(np.mean(gains))
-    verb = "improves" if gm > 0 else "does not improve"
-    return [
-        f"- At equal depth K, restarting (largest T vs T=0) {verb} the equilibrium PSNR: "
-        f"{fmt_delta(gm)} dB on average over {len(gains)} pair(s) "
-        f"(range {fmt_delta(min(gains))} to {fmt_delta(max(gains))} dB)."
-    ]
+    lines = []
+    for prior in dict.fromkeys(g["prior"] for g in gains):
+        parts = []
+        for g in (x for x in gains if x["prior"] == prior):
+            start = "" if g["start"] == "y" else f" {g['start']}"
+            parts.append(
+                f"K{g['depth']:.0f} T{g['restarts']:.0f}{start} vs T0: {g['verdict']} "
+                f"{fmt_ci(g['gain_mean'], g['gain_ci_low'], g['gain_ci_high'])}"
+            )
+        counted = all(g["counted"] for g in gains if g["prior"] == prior)
+        tail = "" if counted else " (withheld: DEQ is not a baseline for this prior)"
+        counts = {}
+        for g in (x for x in gains if x["prior"] == prior):
+            counts[g["verdict"]] = counts.get(g["verdict"], 0) + 1
+        told = ", ".join(f"{n} {v}" for v, n in counts.items())
+        lines.append(
+            f"- Restart gain on prior {prior} (T > 0 against T = 0 at the same K, paired over "
+            f"(test image, seed); {told}){tail}: {'; '.join(parts)}."
+        )
+    return lines
+
+
+def _not_baselines(metrics: dict[str, Any]) -> list[str]:
+    """Priors whose DEQ is below the observation (not a baseline) or undefined."""
+    lines = []
+    for b in metrics.get("baselines", []):
+        if b["n_seeds"] == 0 and str(b["status"]).startswith("DEQ undefined"):
+            lines.append(f"- Prior {b['prior']}: **{b['status']}**: no DEQ PSNR to compare with.")
+        elif not b["is_baseline"] and b["n_seeds"] > 0:
+            lines.append(
+                f"- **Prior {b['prior']} is not a baseline**: its DEQ reconstructs below the "
+                f"observation ({fmt_ci(b['delta_vs_observation_mean'], b['delta_vs_observation_ci_low'], b['delta_vs_observation_ci_high'])}"
+                f", {b['verdict_vs_observation']}); its verdicts are shown but not counted."
+            )
+    return lines
+
+
+def _theta_findings(c: pd.DataFrame, per: dict[str, Any]) -> list[str]:
+    """The headline, per prior: how far the learned θ lands from DEQ's against total depth /
+    horizon, beside the DEQ-vs-DEQ floors."""
+    if "theta_dist_all_mean" not in c.columns:
+        return []
+    lines = []
+    for p in per:
+        d = c[(c["prior"] == p) & (c["verdict"] != REFERENCE)]
+        d = d[np.isfinite(d["theta_dist_all_mean"].to_numpy(float))]
+        d = d[np.isfinite(d["total_depth"].to_numpy(float))].sort_values("total_depth")
+        if d.empty:
+            continue
+        hor = float(d["horizon"].iloc[0])
+        pts = "; ".join(
+            f"{r['label']} (depth {r['total_depth']:.0f}"
+            + (f", {r['depth_over_horizon']:.2f} horizons" if math.isfinite(hor) else "")
+            + f") {_dist(r)}"
+            for _, r in d.iterrows()
+        )
+        near = d.loc[d["theta_dist_all_mean"].idxmin()]
+        floor = [
+            f"{what} {v:.2f}"
+            for what, v in (
+                ("another training noise", _first(d["theta_dist_all_floor_noise"])),
+                ("more epochs", _first(d["theta_dist_all_floor_longer"])),
+            )
+            if math.isfinite(v)
+        ]
+        floor_text = (
+            f"DEQ against DEQ: {', '.join(floor)}" if floor else "no DEQ-vs-DEQ floor in this study"
+        )
+        hor_text = f"horizon 1/(1 − γ̂) = {hor:.0f} steps" if math.isfinite(hor) else "no horizon"
+        lines.append(
+            f"- **Learned θ against DEQ's, prior {p}** ({hor_text}; distance in units of DEQ's "
+            f"own movement, mean over seeds [95% interval]): {pts}. Closest: {near['label']} "
+            f"at {near['theta_dist_all_mean']:.2f}; {floor_text}."
+        )
+    return lines
+
+
+def _dist(r: Any) -> str:
+    m, lo, hi = (r[f"theta_dist_all_{s}"] for s in ("mean", "ci_low", "ci_high"))
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+    return f"{m:.2f}"
+
+
+def _first(s: pd.Series) -> float:
+    v = s.to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v[0]) if len(v) else math.nan
+
+
+def _training_worse(cmp: pd.DataFrame) -> list[str]:
+    """Configurations whose val PSNR ended below the initial θ's (mean over seeds)."""
+    if "training_worsened" not in cmp.columns:
+        return []
+    bad = cmp[cmp["training_worsened"].fillna(False).astype(bool)]
+    if bad.empty:
+        return []
+    parts = "; ".join(
+        f"{r['prior']} {r['label']} ({fmt_delta(r['val_psnr_gain_mean'])} dB from "
+        f"{r['initial_val_psnr_mean']:.2f} dB)"
+        for _, r in bad.iterrows()
+    )
+    return [f"- **Training made it worse** (val PSNR below the initial θ's): {parts}."]
+
+
+def _undefined_groups(cmp: pd.DataFrame) -> list[str]:
+    """Gradient groups whose cosine against DEQ is undefined, once per prior."""
+    if "undefined_groups" not in cmp.columns:
+        return []
+    lines = []
+    for p, g in cmp.groupby("prior", sort=False):
+        texts = [x for x in g["undefined_groups"] if isinstance(x, str) and x]
+        if not texts:
+            continue
+        names = sorted(
+            {part.split(":", 1)[0] for x in texts for part in x.split("; ") if ":" in part}
+        )
+        ratio = finite(g["undefined_group_norm_ratio"])
+        ratio_text = (
+            f"; ‖g‖/‖g_DEQ‖ there {ratio.min():.3g} to {ratio.max():.3g} over configurations"
+            if len(ratio)
+            else ""
+        )
+        lines.append(
+            f"- Prior {p}: the gradient cosine of {', '.join(names)} against DEQ is "
+            f"**undefined** ({texts[0].split('(', 1)[-1].split(';')[0].rstrip(')')}) and left "
+            f"out of the worst-group cosine{ratio_text}."
+        )
+    return lines
 
 
 def _time_to_quality(
@@ -412,9 +535,17 @@ def _worst_groups(cmp: pd.DataFrame, per: dict[str, Any]) -> list[str]:
             if len(flat) and np.isfinite(flat.iloc[0])
             else ""
         )
+        entries = rj.loc[rj["label"] == w["config"], "worst_group_entries"]
+        one = len(entries) and entries.iloc[0] == 1
         lines.append(
             f"- Prior {p}: the worst gradient group against DEQ is {w['group']} at "
-            f"{w['config']}, mean cosine {w['cos']:.3f}{flat_text}."
+            f"{w['config']}, mean cosine {w['cos']:.3f}{flat_text}"
+            + (
+                ": a one-entry group, so its cosine is the sign agreement (±1 by "
+                "construction), not a measure of fidelity."
+                if one
+                else "."
+            )
         )
     return lines
 

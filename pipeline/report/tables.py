@@ -25,6 +25,15 @@ from pipeline.util.errors import DataError
 
 _REQUIRED = ("prior", "estimator", "status")
 
+# columns a newer sweep writes, read as floats with these defaults when a table lacks them
+_OPTIONAL_NUMBERS = {
+    "jac_reg": 0.0,
+    "deq_undefined_epoch": math.nan,
+    "epochs": math.nan,
+    "seed_train_noise": math.nan,
+    "initial_val_psnr": math.nan,
+}
+
 
 def _str_col(s: pd.Series, default: str = "") -> pd.Series:
     return s.map(lambda v: default if is_missing(v) else str(v)).astype(object)
@@ -118,6 +127,12 @@ def normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
         t.loc[hollow, "status"] = "failed"
         t.loc[hollow, "status_reason"] = "marked finished, but its test PSNR is missing or NaN"
     t["finished"] = t["status"] == "finished"
+    # DEQ arms (newer sweeps): a Jacobian-regularised DEQ (jac_reg > 0) and the first epoch at
+    # which a DEQ scheme stopped contracting (γ̂ ≥ 1: DEQ undefined); older tables: plain DEQ
+    for c, default in _OPTIONAL_NUMBERS.items():
+        v = t[c] if c in t.columns else pd.Series(default, index=t.index)
+        t[c] = pd.to_numeric(v, errors="coerce").astype(float)
+    t["jac_reg"] = t["jac_reg"].fillna(0.0)
     t["label"] = [_config_label(r) for r in t.itertuples(index=False)]
     return t
 
@@ -169,6 +184,9 @@ def _config_label(r: Any) -> str:
         parts.append(f"N{fmt_int(r.iterations)}")
     elif not is_missing(r.depth) and r.depth != 1:
         parts.append(f"K{fmt_int(r.depth)}")
+    jac = getattr(r, "jac_reg", 0.0)
+    if est == "deq" and not is_missing(jac) and jac > 0:
+        parts.append(f"jac_reg={jac:g}")
     if r.start != "y":
         parts.append(r.start)
     return " ".join(parts)
@@ -193,14 +211,43 @@ def sort_configs(t: pd.DataFrame) -> pd.DataFrame:
     return t.loc[order]
 
 
-def deq_rows(t: pd.DataFrame) -> pd.DataFrame:
-    """The DEQ baseline row of each (prior, seed), indexed by (prior, seed_key)."""
+def _deq_arms(t: pd.DataFrame) -> pd.DataFrame:
     deq = t[(t["estimator"] == "deq") & t["finished"] & (t["start"] == "y")]
+    jac = deq["jac_reg"] if "jac_reg" in deq.columns else pd.Series(0.0, index=deq.index)
+    und = (
+        deq["deq_undefined_epoch"]
+        if "deq_undefined_epoch" in deq.columns
+        else pd.Series(math.nan, index=deq.index)
+    )
+    return deq.assign(_jac=jac.fillna(0.0).astype(float), _undef=und.astype(float))
+
+
+def deq_rows(t: pd.DataFrame) -> pd.DataFrame:
+    """The DEQ baseline row of each (prior, seed), indexed by (prior, seed_key).
+
+    The plain DEQ arm (``jac_reg`` 0) where it is defined; where it is undefined (its scheme
+    stopped contracting: ``deq_undefined_epoch`` set) the Jacobian-regularised arm with the
+    smallest ``jac_reg`` that is defined; an undefined arm is never a baseline. Among equals,
+    depth 1 first, then the smallest K."""
+    deq = _deq_arms(t)
+    deq = deq[~np.isfinite(deq["_undef"].to_numpy(dtype=float))]
     if deq.empty:
-        return deq.set_index(["prior", "seed_key"])
-    deq = deq.assign(_d1=(deq["depth"].fillna(1) != 1).astype(int))
-    deq = deq.sort_values(["_d1", "depth"], kind="stable")
+        return deq.drop(columns=["_jac", "_undef"]).set_index(["prior", "seed_key"])
+    deq = deq.assign(_d1=(deq["depth"].fillna(1) != 1).astype(int), _j1=(deq["_jac"] > 0))
+    deq = deq.sort_values(["_j1", "_jac", "_d1", "depth"], kind="stable")
+    deq = deq.drop(columns=["_jac", "_undef", "_d1", "_j1"])
     return deq.drop_duplicates(["prior", "seed_key"]).set_index(["prior", "seed_key"])
+
+
+def deq_undefined(t: pd.DataFrame) -> dict[tuple[str, str], int]:
+    """``{(prior, seed_key): epoch}`` of the plain DEQ arms that are undefined (their trained
+    scheme's γ̂ reached 1 at that epoch), whether or not a regularised arm replaces them."""
+    deq = _deq_arms(t)
+    deq = deq[(deq["_jac"] == 0) & np.isfinite(deq["_undef"].to_numpy(dtype=float))]
+    return {
+        (str(p), str(s)): int(e)
+        for p, s, e in zip(deq["prior"], deq["seed_key"], deq["_undef"], strict=True)
+    }
 
 
 def _ref(t: pd.DataFrame, deq: pd.DataFrame, column: str) -> np.ndarray:

@@ -9,22 +9,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.report.analysis import prior_metrics
 from pipeline.report.common import COMPARE_COLUMNS, TTQ_COLUMNS
-from pipeline.report.configs import config_table, deq_reliability
+from pipeline.report.comparisons import baseline_table, restart_gain_table
+from pipeline.report.confidence import VERDICTS
+from pipeline.report.configs import config_table, deq_reliability, with_depth_and_distances
 from pipeline.report.families import assign_families, prior_order
 from pipeline.report.markdown import render_markdown
 from pipeline.report.plots import write_plots
 from pipeline.report.tables import (
     compare_to_deq,
+    deq_rows,
     history_for,
     normalise_history,
     normalise_trials,
     sort_configs,
     time_to_quality,
 )
+from pipeline.report.theta import DISTANCE_GROUPS, floor_distances, split_floor_trials
 from pipeline.util import jsonio
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,22 +42,93 @@ def write_report(
     out_dir: Path,
     cfg: ReportConfig,
     priors: Mapping[str, Any] | None = None,
+    denoiser: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``ablation.md``, ``metrics.json``, ``configs.parquet`` and ``plots/*.png`` under
-    ``out_dir``.
+    """Write ``ablation.md``, ``metrics.json``, ``configs.parquet``, ``baselines.parquet``,
+    ``restart_gain.parquet`` and ``plots/*.png`` under ``out_dir``.
 
     ``priors``: the study's prior configs (``StudyConfig.priors``), for the families of a trials
     table that does not name them (``prior_family`` / ``prior_label``, written by the sweep).
+    ``denoiser``: the pretrain stage's metrics (``models/denoiser.json``), when given: a
+    denoiser accepted although worse than its input (``allow_weak``) is stated first.
 
     Everything is produced in a temporary folder inside ``out_dir`` first and moved into place
     only once complete (each file by an atomic rename), so a failure leaves the previous report
     untouched. Returns the metrics written to ``metrics.json``.
     """
     t, h, ttq = _report_tables(trials, history, cfg, priors)
-    configs = config_table(t, cfg)
+    # DEQ-only priors of the same scheme are the θ distances' noise floors, not priors
+    t, floor = split_floor_trials(t)
+    t = with_depth_and_distances(t)
+    tol = cfg.delta_psnr_tolerance
+    baselines = baseline_table(t, tol)
+    withheld = set(baselines.loc[~baselines["is_baseline"] & (baselines["n_seeds"] > 0), "prior"])
+    floors = floor_distances(deq_rows(t), floor)
+    configs = config_table(t, cfg, floors, withheld)
+    gains = restart_gain_table(t, tol, withheld)
     metrics = _metrics(t, h, configs, cfg)
-    _write_atomically(Path(out_dir), t, h, ttq, configs, metrics, cfg)
+    metrics.update(_new_metrics(baselines, gains, configs, floor, denoiser))
+    metrics = jsonio.strict(metrics)
+    tables = {"configs": configs, "baselines": baselines, "restart_gain": gains}
+    _write_atomically(Path(out_dir), t, h, ttq.loc[t.index], tables, metrics, cfg)
     return metrics
+
+
+def weak_denoiser(denoiser: Mapping[str, Any] | None) -> str | None:
+    """The sentence ``ablation.md`` opens with when pretraining accepted a denoiser worse than
+    its input (``"allow_weak": true`` in ``models/denoiser.json``); None otherwise."""
+    if not denoiser or denoiser.get("allow_weak") is not True:
+        return None
+    return (
+        "**The PnP denoiser is weak**: pretraining accepted a denoiser worse than its noisy "
+        "input (`allow_weak: true` in models/denoiser.json); the PnP priors' results rest on it."
+    )
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for rec in df.to_dict(orient="records"):
+        out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()})
+    return out
+
+
+def _new_metrics(
+    baselines: pd.DataFrame,
+    gains: pd.DataFrame,
+    configs: pd.DataFrame,
+    floor: pd.DataFrame,
+    denoiser: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The baselines, the restart gains, the θ distances per configuration and the verdicts
+    that count as findings (those of priors that are a baseline)."""
+    counted = configs[configs["counted"]]
+    theta = {}
+    for _, r in configs.iterrows():
+        theta.setdefault(str(r["prior"]), {})[str(r["label"])] = {
+            "total_depth": r["total_depth"],
+            "depth_over_horizon": r["depth_over_horizon"],
+            **{
+                f"theta_dist_{g}_{s}": r[f"theta_dist_{g}_{s}"]
+                for g in DISTANCE_GROUPS
+                for s in ("mean", "ci_low", "ci_high", "floor_noise", "floor_longer")
+                if np.isfinite(r[f"theta_dist_{g}_{s}"])
+            },
+        }
+    return {
+        "denoiser_allow_weak": bool(denoiser.get("allow_weak") is True) if denoiser else None,
+        "baselines": _records(baselines),
+        "not_a_baseline_priors": [
+            str(p) for p in baselines.loc[~baselines["is_baseline"], "prior"]
+        ],
+        "restart_gain": _records(gains),
+        "theta_distance": theta,
+        "n_floor_trials": len(floor),
+        # verdicts over the configurations that count (a prior that is no baseline does not)
+        "verdict_counts": {v: int((counted["verdict"] == v).sum()) for v in VERDICTS},
+        "verdict_counts_withheld": {
+            v: int(((configs["verdict"] == v) & ~configs["counted"]).sum()) for v in VERDICTS
+        },
+    }
 
 
 def _report_tables(
@@ -130,11 +206,7 @@ def _metrics(
     verdicts = [m["rjfb_k5_t5_within_tolerance"] for m in metrics["priors"].values()]
     verdicts = [v for v in verdicts if v is not None]
     metrics["all_priors_rjfb_k5_t5_within_tolerance"] = all(verdicts) if verdicts else None
-    metrics["verdict_counts"] = {
-        v: int((configs["verdict"] == v).sum())
-        for v in ("equivalent", "worse", "better", "inconclusive")
-    }
-    return jsonio.strict(metrics)
+    return metrics
 
 
 def _write_atomically(
@@ -142,7 +214,7 @@ def _write_atomically(
     t: pd.DataFrame,
     h: pd.DataFrame,
     ttq: pd.DataFrame,
-    configs: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
     metrics: dict[str, Any],
     cfg: ReportConfig,
 ) -> None:
@@ -160,18 +232,23 @@ def _write_atomically(
     tmp.mkdir()
     try:
         (tmp / "plots").mkdir()
-        plot_files = write_plots(t, h, ttq.loc[t.index], tmp / "plots", cfg.quality_margin_db)
-        configs.to_parquet(tmp / "configs.parquet", index=False)
+        configs = tables["configs"]
+        plot_files = write_plots(
+            t, h, ttq, tmp / "plots", cfg.quality_margin_db, configs, cfg.delta_psnr_tolerance
+        )
+        for name, df in tables.items():
+            df.to_parquet(tmp / f"{name}.parquet", index=False)
         (tmp / "metrics.json").write_text(
             json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
         (tmp / "ablation.md").write_text(
-            render_markdown(t, configs, metrics, cfg, not h.empty), encoding="utf-8"
+            render_markdown(t, configs, metrics, cfg, not h.empty, tables), encoding="utf-8"
         )
         (out_dir / "plots").mkdir(exist_ok=True)
         for fname in plot_files:
             os.replace(tmp / "plots" / fname, out_dir / "plots" / fname)
-        os.replace(tmp / "configs.parquet", out_dir / "configs.parquet")
+        for name in tables:
+            os.replace(tmp / f"{name}.parquet", out_dir / f"{name}.parquet")
         os.replace(tmp / "metrics.json", out_dir / "metrics.json")
         os.replace(tmp / "ablation.md", out_dir / "ablation.md")
     finally:

@@ -30,6 +30,8 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "test_psnr": "number",
     "test_psnr_at_depth": "number",
     "test_psnr_input": "number",
+    # the observation's PSNR per test image (the paired baseline of a reconstruction)
+    "test_psnr_input_per_image": "json",
     "test_psnr_per_image": "json",
     # one trained model at several depths: 1 step and K steps from y (per image as well)
     "test_psnr_1": "number",
@@ -63,6 +65,8 @@ _TRIAL_SCHEMA: dict[str, str] = {
     # what the trial started from: chained prior options and θ after the seed's jitter
     "inits_json": "json",
     "final_val_psnr": "number",
+    # val PSNR at equilibrium with the initial θ, before any training step (epoch 0)
+    "initial_val_psnr": "number",
     "theta_json": "json",
     "mlflow_run_id": "text",
     "node_id": "text",
@@ -78,6 +82,12 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "deq_backward_max_iter": "number",
     "eval_tol": "number",
     "eval_max_iter": "number",
+    # which scheme a trial trains and how long: priors with the same scheme_key differ only in
+    # their train section (the report's DEQ noise floors: another training-noise draw, more
+    # epochs); a hash of the prior's config without ``train``
+    "scheme_key": "text",
+    "epochs": "number",
+    "seed_train_noise": "number",
 }
 TRIAL_COLUMNS = list(_TRIAL_SCHEMA)
 # JSON columns holding a list per trial (parsed from the trial's result)
@@ -86,6 +96,7 @@ JSON_LIST_COLUMNS = (
     "test_psnr_1_per_image",
     "test_psnr_k_per_image",
     "test_psnr_at_depth_per_image",
+    "test_psnr_input_per_image",
 )
 TRIAL_NUMBER_COLUMNS = tuple(c for c, kind in _TRIAL_SCHEMA.items() if kind == "number")
 
@@ -106,3 +117,18 @@ HISTORY_COLUMNS = (
     "train_residual",
     "train_backward_residual",  # DEQ trials only (NaN for the others)
 )
+
+
+# Parameter groups whose value does not move the scheme's fixed point, per prior type, with the
+# reason: DEQ's exact gradient there is 0, so they cannot be learned at equilibrium and a
+# gradient cosine against DEQ's is undefined. Wavelet FB: the prox threshold is τ·λ, and
+# x = prox_{τλ}(x − τ∇f(x)) holds for every τ > 0 at the minimiser (PnP's denoiser does not
+# scale with τ, so there τ moves the fixed point).
+FIXED_POINT_FREE: dict[str, dict[str, str]] = {
+    "wavelet": {"tau": "FB's fixed point does not depend on τ: DEQ's exact τ gradient is 0"},
+}
+
+
+def fixed_point_free_groups(prior_type: str) -> dict[str, str]:
+    """``{group: reason}`` of the groups a prior type's fixed point does not depend on."""
+    return dict(FIXED_POINT_FREE.get(str(prior_type), {}))

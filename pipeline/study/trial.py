@@ -28,6 +28,7 @@ from pipeline.core.solvers import anderson
 from pipeline.study.build import build_estimator, build_scheme, resolve_device
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.data import observe
+from pipeline.study.tables import fixed_point_free_groups
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
 
@@ -129,6 +130,9 @@ class Trial:
         self.solve_residual = 0.0  # of the last evaluate()'s equilibrium solves
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
+        # val PSNR at equilibrium with the initial θ (epoch 0): shows whether training helped;
+        # measured in run_trial before the first epoch, kept in the checkpoint for a resume
+        self.initial_val_psnr = float("nan")
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """Adam / SGD over θ at ``train.lr``; a trained denoiser's weights form a second group
@@ -174,6 +178,7 @@ class Trial:
             "bank": self.bank,
             "history": json.dumps(self.history),
             "backward_counts": torch.tensor([self.backward_steps, self.backward_unconverged]),
+            "initial_val_psnr": torch.tensor(self.initial_val_psnr, dtype=torch.float64),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -188,6 +193,8 @@ class Trial:
         if state["bank"] is not None:
             self.bank = state["bank"].to(self.device)
         self.history = json.loads(state["history"])
+        if "initial_val_psnr" in state:  # older checkpoints lack it: NaN, not re-measured
+            self.initial_val_psnr = float(state["initial_val_psnr"])
         if "backward_counts" in state:
             self.backward_steps, self.backward_unconverged = (
                 int(v) for v in state["backward_counts"].tolist()
@@ -290,14 +297,28 @@ class Trial:
         ref_diag = reference.last  # the reference's own convergence (forward and backward)
         cosine, rel_err = probes.compare(g, g_ref)
         per_group = probes.compare_groups(g, g_ref, probes.parameter_groups(self.scheme, params))
+        # a group the fixed point does not depend on (wavelet FB's τ) has an exact DEQ gradient
+        # of 0: what the probe measures there is the solver tolerance's residue, and a cosine
+        # against it is undefined, not ±1 (one entry's cosine is a sign by construction)
+        free = fixed_point_free_groups(self.prior.type)
+        for name in free:
+            if name in per_group:
+                per_group[name] = {**per_group[name], "cos": math.nan, "sign_agree": math.nan}
         cos_min, _ = probes.group_summary(per_group)
         step, _ = self.step_fn(self.val, index)
         x_star = self.solve(self.val, index)
         gamma = probes.contraction(block(step, 1), x_star, iters=20, seed=0)
         depth = self.spec.depth  # the K-block the estimator differentiates
         gamma_k = gamma if depth == 1 else probes.contraction(block(step, depth), x_star, iters=20)
+        # per group: cos / sign_agree (null where undefined), rel_err, ‖g‖ and ‖g_DEQ‖ (their
+        # ratio is what the report shows for an undefined group), and why it is undefined
         self.grad_groups = {
-            k: {m: v[m] for m in ("cos", "rel_err", "sign_agree")} for k, v in per_group.items()
+            k: {
+                **{m: _json_float(v[m]) for m in ("cos", "rel_err", "sign_agree", "norm")},
+                "ref_norm": _json_float(v["ref_norm"]),
+                **({"undefined": free[k]} if k in free else {}),
+            }
+            for k, v in per_group.items()
         }
         return {
             "grad_cos_vs_deq": cosine,
@@ -356,6 +377,11 @@ def _compiled(step: Any) -> Any:
             ) from None
 
     return step_compiled
+
+
+def _json_float(value: float) -> float | None:
+    """A float for a JSON column: None where it is not finite (strict JSON has no NaN)."""
+    return float(value) if math.isfinite(value) else None
 
 
 def _finite(value: float, default: float) -> float:
@@ -431,6 +457,8 @@ def run_trial(
     trial = Trial(study, spec, prepared, inits=inits)
     if resume is not None:
         trial.restore(resume)
+    else:
+        trial.initial_val_psnr = float(trial.evaluate(trial.val).mean())
     status, reason = "finished", ""
     while trial.epoch < trial.cfg.epochs:
         start = time.perf_counter()
@@ -474,7 +502,7 @@ def run_trial(
         # what the trial started from: chained options and θ after the seed's jitter
         "inits_json": {"overrides": trial.inits, "theta": trial.initial_theta},
     }
-    extra: dict[str, float] = {}
+    extra: dict[str, float] = {"initial_val_psnr": trial.initial_val_psnr}
     if trial.backward_steps:  # DEQ: steps whose implicit backward missed backward_tol
         extra["backward_unconverged_frac"] = trial.backward_unconverged / trial.backward_steps
     undefined = undefined_epoch(trial.history) if spec.estimator == "deq" else math.nan
@@ -496,6 +524,8 @@ def run_trial(
     columns["test_psnr_1_per_image"] = one.tolist()
     columns["test_psnr_k_per_image"] = k_steps.tolist()
     columns["test_psnr_at_depth_per_image"] = at_depth.tolist()
+    # the observation's own PSNR per test image: the baseline every reconstruction must beat
+    columns["test_psnr_input_per_image"] = psnr(trial.test.observed, trial.test.clean).tolist()
     metrics = {
         **extra,
         "test_psnr_1": float(one.mean()),

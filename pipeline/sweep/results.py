@@ -46,6 +46,9 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
             "deq_backward_max_iter": cfg.sweep.deq.backward_max_iter,
             "eval_tol": train.eval_tol,
             "eval_max_iter": train.eval_max_iter,
+            "scheme_key": scheme_key(cfg.priors[spec.prior]),
+            "epochs": train.epochs,
+            "seed_train_noise": float(train.seed_train_noise),
         }
         finished = result.error is None and metrics.get("final") == 1
         if not finished:
@@ -82,6 +85,16 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
         history = history.assign(_rank=rank).sort_values(["_rank", "epoch"], kind="stable")
         history = history.drop(columns="_rank").reset_index(drop=True)
     return trials, history
+
+
+def scheme_key(prior: Any) -> str:
+    """The prior's config without its ``train`` section, hashed: two priors with the same key
+    train the same scheme from the same initial values and differ only in how they train."""
+    import hashlib
+
+    dump = prior.model_dump(mode="json", exclude={"train"})
+    text = json.dumps(dump, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _history(result: Any, final: Mapping[str, Any] | None) -> Any:

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.report.confidence import Interval, paired_bootstrap, verdict
+from pipeline.report.confidence import (
+    VERDICT_RULES,
+    VERDICTS,
+    Interval,
+    paired_bootstrap,
+    verdict,
+)
 
 
 def test_constant_differences_give_a_point_interval() -> None:
@@ -58,16 +64,29 @@ def test_same_input_same_interval() -> None:
 
 
 @pytest.mark.parametrize(
-    ("low", "high", "expected"),
+    ("low", "high", "mean", "expected"),
     [
-        (-0.05, 0.08, "equivalent"),
-        (-0.1, 0.1, "equivalent"),  # the bounds are inclusive
-        (-0.5, -0.2, "worse"),
-        (0.15, 0.4, "better"),
-        (-0.3, -0.05, "inconclusive"),  # excludes 0 but not the tolerance
-        (-0.2, 0.05, "inconclusive"),  # straddles 0 and the tolerance
-        (-0.5, 0.5, "inconclusive"),
+        (-0.05, 0.08, 0.01, "equivalent"),
+        (-0.09, -0.01, -0.05, "equivalent"),  # excludes 0 but inside ±t: equivalence first
+        (-0.1, 0.05, 0.0, "inconclusive"),  # the bounds are strict: lo = -t is not inside
+        (-0.5, -0.2, -0.35, "worse"),
+        (0.15, 0.4, 0.3, "better"),
+        (0.05, 0.4, 0.2, "better"),  # lo > 0 and d > t: the interval may reach inside ±t
+        (-0.20, -0.07, -0.13, "worse"),  # the K1 T5: d = -0.13 beyond -t
+        (-0.14, -0.04, -0.09, "small difference"),  # excludes 0, d inside ±t
+        (0.02, 0.30, 0.08, "small difference"),
+        (-0.2, 0.05, -0.07, "inconclusive"),  # contains 0 and reaches beyond -t
+        (-0.5, 0.5, 0.0, "inconclusive"),
+        (math.nan, math.nan, 0.3, "inconclusive"),  # no interval
     ],
 )
-def test_verdicts(low: float, high: float, expected: str) -> None:
-    assert verdict(Interval((low + high) / 2, low, high, 10, 3), tolerance=0.1) == expected
+def test_five_verdicts_on_hand_made_intervals(
+    low: float, high: float, mean: float, expected: str
+) -> None:
+    assert verdict(Interval(mean, low, high, 10, 3), tolerance=0.1) == expected
+
+
+def test_every_verdict_is_reachable_and_named_once() -> None:
+    assert set(VERDICTS) == {"equivalent", "better", "worse", "small difference", "inconclusive"}
+    for v in VERDICTS:
+        assert f"*{v}*" in VERDICT_RULES

@@ -475,7 +475,14 @@ def test_metrics_json_is_valid_and_has_no_nan(report):
     assert k5["delta_psnr_ci_low"] <= k5["delta_psnr_mean"] <= k5["delta_psnr_ci_high"]
     assert l1["configs"]["DEQ"]["verdict"] == "reference"
     assert l1["rjfb_k1_t0_verdict"] == "worse"
-    assert l1["verdict_counts"] == {"equivalent": 2, "worse": 5, "better": 0, "inconclusive": 1}
+    # JFB's interval lies below 0 and its mean below -t: worse (no longer "inconclusive")
+    assert l1["verdict_counts"] == {
+        "equivalent": 2,
+        "better": 0,
+        "worse": 6,
+        "small difference": 0,
+        "inconclusive": 0,
+    }
     assert sum(loaded["verdict_counts"].values()) == 15  # every configuration but the DEQs
     assert loaded["priors"]["pnp"]["n_diverged"] == 1 and loaded["priors"]["pnp"]["n_failed"] == 1
 
@@ -583,13 +590,21 @@ def test_cli_writes_the_report_from_parquet(tables, tmp_path, capsys):
         f"--history={tmp_path / 'history.parquet'}",
         f"--out={out}",
     ]
-    assert main(argv) == 0
+    # an absent denoiser metrics file says nothing (no pretrain stage ran)
+    assert main([*argv, f"--denoiser-metrics={tmp_path / 'none.json'}"]) == 0
     assert str(out / "ablation.md") in capsys.readouterr().out
     _assert_pngs(out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["priors"]["l1"]["rjfb_k5_t5_verdict"] == "equivalent"
     assert metrics["deq_unreliable_frac"] == 0.1
+    assert metrics["denoiser_allow_weak"] is None
     assert len(pd.read_parquet(out / "configs.parquet")) == len(trials)
+    # a denoiser accepted although worse than its input is said in the report's first lines
+    (tmp_path / "denoiser.json").write_text(json.dumps({"allow_weak": True}))
+    assert main([*argv, f"--denoiser-metrics={tmp_path / 'denoiser.json'}"]) == 0
+    head = (out / "ablation.md").read_text().split("## Summary")[0]
+    assert "**The PnP denoiser is weak**" in head
+    assert json.loads((out / "metrics.json").read_text())["denoiser_allow_weak"] is True
 
 
 @pytest.mark.parametrize("missing", ["trials", "history"])
@@ -994,7 +1009,13 @@ def test_three_seeds_worse_equivalent_and_inconclusive(seeded_report):
     m = metrics["priors"]["pnp_blur"]
     assert m["rjfb_k1_t0_verdict"] == "worse"
     assert m["rjfb_k5_t5_verdict"] == "equivalent" and m["n_seeds"] == 3
-    assert m["verdict_counts"] == {"equivalent": 1, "worse": 1, "better": 0, "inconclusive": 1}
+    assert m["verdict_counts"] == {
+        "equivalent": 1,
+        "better": 0,
+        "worse": 1,
+        "small difference": 0,
+        "inconclusive": 1,
+    }
     summary = _section(md, "Summary")
     assert "rJFB K5 T5: equivalent, ΔPSNR +0.000 dB [+0.000, +0.000], 3 seeds" in summary
     line = next(ln for ln in summary.splitlines() if "truncated networks" in ln)

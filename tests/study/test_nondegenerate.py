@@ -102,7 +102,14 @@ def test_weighted_l12_blur_trial_records_the_new_columns(rgb_root: Path) -> None
     at_depth = cols["test_psnr_at_depth_per_image"]
     assert sum(at_depth) / len(at_depth) == pytest.approx(m["test_psnr_at_depth"])
     assert set(cols["grad_groups_json"]) == {"lambda", "tau", "weights", "scales"}
-    assert set(cols["grad_groups_json"]["weights"]) == {"cos", "rel_err", "sign_agree"}
+    assert set(cols["grad_groups_json"]["weights"]) == {
+        "cos",
+        "rel_err",
+        "sign_agree",
+        "norm",
+        "ref_norm",
+    }
+    assert "undefined" in cols["grad_groups_json"]["tau"]  # FB's fixed point ignores τ
     json.dumps(cols)  # JSON-safe
     # τ starts at 1.9/L, L measured on the reflect blur, and stays below 2/L
     trial = Trial(study, spec, rgb_root / "prepared")

@@ -314,3 +314,34 @@ def test_undefined_epoch_is_the_first_with_a_non_contracting_block() -> None:
     assert undefined_epoch(rows) == 2.0
     assert undefined_epoch([*rows, {"epoch": 3.0, "gamma_hat_k": 0.95}]) == 2.0
     assert math.isnan(undefined_epoch(rows[:1]))
+
+
+def test_fixed_point_free_tau_is_undefined_and_epoch_0_is_recorded(root: Path) -> None:
+    """Wavelet FB with a learned τ: FB's fixed point does not depend on τ, so DEQ's exact τ
+    gradient is 0 and its cosine is undefined (null, with the reason), not ±1, and left out of
+    the worst group's cosine. The trial also records val PSNR with the initial θ (epoch 0)
+    and the observation's PSNR per test image."""
+    import json
+
+    study = make_study(
+        root,
+        l1tau={**L1, "step_size": 1.0, "step_size_units": "1/L", "learn_step_size": True},
+    )
+    spec = TrialSpec(prior="l1tau", estimator="rjfb", depth=1)
+    before = Trial(study, spec, root / "prepared")
+    initial = float(before.evaluate(before.val).mean())  # θ after the seed's jitter, untrained
+    res = run_trial(study, spec, root / "prepared")
+    assert res.status == "finished", res.reason
+    assert res.metrics["initial_val_psnr"] == pytest.approx(initial, abs=1e-6)
+    groups = json.loads(json.dumps(res.json_columns["grad_groups_json"], allow_nan=False))
+    tau = groups["tau"]
+    assert tau["cos"] is None and tau["sign_agree"] is None
+    assert "does not depend on τ" in tau["undefined"]
+    assert tau["norm"] > 0 and tau["ref_norm"] >= 0  # the ratio the report shows instead
+    assert "undefined" not in groups["lambda"] and -1 <= groups["lambda"]["cos"] <= 1
+    assert res.metrics["grad_cos_min_group_vs_deq"] == pytest.approx(
+        min(v["cos"] for v in groups.values() if v["cos"] is not None)
+    )
+    obs = res.json_columns["test_psnr_input_per_image"]
+    assert len(obs) == len(res.per_image_psnr)
+    assert sum(obs) / len(obs) == pytest.approx(res.metrics["test_psnr_input"], abs=1e-5)
