@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 
 from pipeline.study.config import StudyConfig
 from pipeline.util.errors import ConfigError, UserError
+from pipeline.util.hashing import sha256_hex
 
 
 def check_resources(
@@ -228,7 +228,7 @@ def sweep_lock(cfg: StudyConfig, key: str, poll_s: float = 2.0) -> Iterator[None
     if _is_local_path(cfg.storage_path):
         folder = Path(cfg.storage_path.removeprefix("file://"))
     else:
-        digest = hashlib.sha256(cfg.storage_path.encode()).hexdigest()[:12]
+        digest = sha256_hex(cfg.storage_path, 12)
         folder = Path(tempfile.gettempdir()) / "rjfb-locks" / digest
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -62,6 +61,7 @@ from pipeline.sweep.results import collect, write_tables
 from pipeline.sweep.shipping import check_weights, pack_prepared, pack_weights
 from pipeline.sweep.trainable import TrialContext, trial_name, tune_trainable
 from pipeline.util.errors import ConfigError, DataError
+from pipeline.util.hashing import sha256_hex
 
 
 def run_sweep(
@@ -311,7 +311,7 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: Attempt) -
             q = with_lr(p, lr, "tuned")
         points.append(q)
     blob = json.dumps([p["key"] for p in points]).encode()
-    name = f"{grid.name}-tuned-{hashlib.sha256(blob).hexdigest()[:8]}"
+    name = f"{grid.name}-tuned-{sha256_hex(blob, 8)}"
     path = f"{cfg.storage_path.rstrip('/')}/{name}"
     restoring = attempt.restoring and _can_restore(cfg, path)
     return _fit(cfg, points, name, path, trainable, restoring)
@@ -463,7 +463,7 @@ def phase_name(grid: Grid, points: list[dict]) -> str:
     hold stale inits (Tune keeps a trial's config as it was first given)."""
     derived = {p["key"]: [p.get("inits"), p.get("inits_error")] for p in points}
     blob = json.dumps(derived, sort_keys=True).encode()
-    return f"{grid.name}-p2-{hashlib.sha256(blob).hexdigest()[:8]}"
+    return f"{grid.name}-p2-{sha256_hex(blob, 8)}"
 
 
 def _can_restore(cfg: StudyConfig, path: str) -> bool:

@@ -12,13 +12,13 @@ into them must not change: the same study must give the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.sweep.shipping import WeightsBundle
+from pipeline.util.hashing import sha256_hex
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def build_grid(cfg: StudyConfig) -> Grid:
     keys: list[Any] = sorted(p["key"] for p in points)
     if cfg.sweep.search == "tuned":  # another sweep than the grid's (same trials, searched lr)
         keys = [keys, cfg.sweep.tune.model_dump(mode="json")]
-    return Grid(points, hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12])
+    return Grid(points, sha256_hex(json.dumps(keys), 12))
 
 
 def search_points(cfg: StudyConfig, grid: Grid) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ def _config_name(spec: TrialSpec) -> str:
 def with_lr(point: dict[str, Any], lr: float, role: str) -> dict[str, Any]:
     """``point`` trained at learning rate ``lr``: a search sample (``role`` ``search``, named
     after its lr) or a final trial (``tuned``, same name); its key hashes the lr in."""
-    key = hashlib.sha256(f"{point['key']}:{role}:{lr!r}".encode()).hexdigest()[:16]
+    key = sha256_hex(f"{point['key']}:{role}:{lr!r}", 16)
     name = f"{point['name']}-lr{lr:.3g}" if role == "search" else point["name"]
     return {**point, "key": key, "name": name, "lr": lr, "role": role}
 
@@ -85,8 +85,7 @@ def config_of(point: dict[str, Any]) -> str:
 def trial_key(cfg: StudyConfig, spec: TrialSpec) -> str:
     """A stable hash of one trial and everything in the study that shapes it."""
     payload = {"trial": spec.model_dump(mode="json"), "study": trial_context(cfg, spec.prior)}
-    blob = json.dumps(payload, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return sha256_hex(json.dumps(payload, sort_keys=True), 16)
 
 
 def trial_context(cfg: StudyConfig, prior: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.families import prior_family
 from pipeline.study.tables import HISTORY_COLUMNS, JSON_LIST_COLUMNS, TRIAL_COLUMNS
+from pipeline.util.hashing import sha256_hex
 
 
 def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
@@ -90,11 +91,8 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
 def scheme_key(prior: Any) -> str:
     """The prior's config without its ``train`` section, hashed: two priors with the same key
     train the same scheme from the same initial values and differ only in how they train."""
-    import hashlib
-
     dump = prior.model_dump(mode="json", exclude={"train"})
-    text = json.dumps(dump, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return sha256_hex(json.dumps(dump, sort_keys=True, separators=(",", ":")), 16)
 
 
 def _history(result: Any, final: Mapping[str, Any] | None) -> Any:

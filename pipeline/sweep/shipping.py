@@ -6,7 +6,6 @@ the files.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from pipeline.study.config import StudyConfig
 from pipeline.sweep.cluster import in_ray_job
 from pipeline.util.errors import ConfigError, DataError
+from pipeline.util.hashing import sha256_hex
 
 DATA_CACHE_ENV = "RJFB_DATA_CACHE"
 
@@ -55,7 +55,7 @@ def pack_prepared(prepared: Path) -> PreparedBundle:
         if not path.is_file():
             raise DataError(f"{path}: missing (listed in the manifest); rerun `dvc repro prepare`")
         files[name] = path.read_bytes()
-    digest = hashlib.sha256(files[MANIFEST]).hexdigest()[:16]
+    digest = sha256_hex(files[MANIFEST], 16)
     return PreparedBundle(digest, files)
 
 
@@ -149,7 +149,7 @@ def pack_weights(cfg: StudyConfig) -> WeightsBundle | None:
             blob = path.read_bytes()
         except OSError:
             continue
-        sha = hashlib.sha256(blob).hexdigest()
+        sha = sha256_hex(blob)
         files.setdefault(sha, (path.name or "weights", blob))
         priors[name] = sha
     return WeightsBundle(priors, files) if priors else None
@@ -168,7 +168,7 @@ def materialize_weights(bundle: WeightsBundle, cache: Path | None = None) -> dic
     local: dict[str, Path] = {}
     for sha, (name, blob) in bundle.files.items():
         path = _unpack(cache, sha[:32], {name: blob}) / name
-        if hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+        if sha256_hex(path.read_bytes()) != sha:
             raise DataError(
                 f"{path}: cached weights differ from the shipped file (delete {path.parent})"
             )

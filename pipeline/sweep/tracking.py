@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.util.errors import UserError
+from pipeline.util.hashing import sha256_hex
 
 SWEEP_KEY = "rjfb.sweep_key"
 TRIAL_KEY = "rjfb.trial_key"
@@ -232,11 +233,10 @@ class DatasetRef:
 def dataset_ref(prepared: Path, manifest: Mapping[str, Any]) -> DatasetRef:
     """``prepared``'s dataset: its digest is the sha256 of the manifest's file checksums (the
     same files give the same digest wherever they were made or copied)."""
-    import hashlib
 
     files = manifest.get("files", {})
     listing = "\n".join(f"{name} {files[name]}" for name in sorted(files))
-    digest = hashlib.sha256(listing.encode("utf-8")).hexdigest()[:16]
+    digest = sha256_hex(listing, 16)
     profile = {
         "patches": {k: v.get("patches") for k, v in manifest.get("splits", {}).items()},
         "channels": manifest.get("channels"),

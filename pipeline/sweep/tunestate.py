@@ -27,7 +27,6 @@ out of scope: the promise is about state found in the folder, not about a concur
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -38,7 +37,7 @@ from typing import Any
 from ray.tune import Callback
 
 from pipeline.util.errors import UserError
-from pipeline.util.hashing import keyed_digest, same_digest
+from pipeline.util.hashing import keyed_digest, same_digest, sha256_hex
 
 STATE_DIR = ".rjfb"
 STATE_DIR_ENV = "RJFB_STATE_DIR"
@@ -93,7 +92,7 @@ class StateBook:
         self.root = Path(root)
         self.experiment = experiment.rstrip("/")
         name = self.experiment.rsplit("/", 1)[-1]
-        tag = hashlib.sha256(self.experiment.encode()).hexdigest()[:12]
+        tag = sha256_hex(self.experiment, 12)
         self.path = state_dir(self.root) / "tune-state" / f"{name}-{tag}.json"
         self._seen: dict[str, tuple[int, int]] = {}  # label -> (size, mtime_ns) signed last
 

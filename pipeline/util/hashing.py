@@ -3,6 +3,7 @@
 digest = sha256_file(Path("data/prepared/train.npz"))
 digest = sha256_file(Path("models/denoiser.pt"), cached=True)   # hashed once per version
 digest = keyed_digest(key, "tuner.pkl", open(path, "rb"))           # HMAC: who wrote it
+key = sha256_hex(json.dumps(payload, sort_keys=True), 16)           # names and keys
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from typing import BinaryIO
 
 # (path, size, mtime_ns) -> digest, for ``cached=True``
 _CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_hex(data: str | bytes, length: int | None = None) -> str:
+    """The hex sha256 of ``data`` (text as UTF-8), cut to ``length`` characters: the project's
+    trial keys, grid keys, experiment names and digests of small blobs."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    digest = hashlib.sha256(raw).hexdigest()
+    return digest if length is None else digest[:length]
 
 
 def sha256_file(path: Path, *, cached: bool = False) -> str:
