@@ -208,6 +208,7 @@ class TrainOverrides(_Strict):
     probe_batch_size: PositiveInt | None = Field(
         None, description="replaces train.probe_batch_size"
     )
+    probe_every: PositiveInt | None = Field(None, description="replaces train.probe_every")
     eval_tol: PositiveFloat | None = Field(None, description="replaces train.eval_tol")
     eval_max_iter: PositiveInt | None = Field(None, description="replaces train.eval_max_iter")
     restart_autocast: Autocast | None = Field(None, description="replaces train.restart_autocast")
@@ -486,6 +487,11 @@ class TrainConfig(_Strict):
     )
     probe_batch_size: PositiveInt = Field(
         8, description="validation patches the per-epoch gradient and contraction probes use, >= 1"
+    )
+    probe_every: PositiveInt = Field(
+        1,
+        description="run those probes every N epochs (the first and the last always; the "
+        "history has no probe values in between), >= 1",
     )
     eval_tol: PositiveFloat = Field(
         1e-5, description="relative residual the equilibrium solves of evaluation stop at, > 0"

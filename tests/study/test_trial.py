@@ -345,3 +345,25 @@ def test_fixed_point_free_tau_is_undefined_and_epoch_0_is_recorded(root: Path) -
     obs = res.json_columns["test_psnr_input_per_image"]
     assert len(obs) == len(res.per_image_psnr)
     assert sum(obs) / len(obs) == pytest.approx(res.metrics["test_psnr_input"], abs=1e-5)
+
+
+def test_probe_every_skips_middle_epochs_without_changing_any_result(root: Path) -> None:
+    # the probes draw from their own generators: skipping some leaves training bit-identical,
+    # and the last epoch is always probed, so every trials-table number is the same
+    every = {**PNP, "train": {**PNP["train"], "epochs": 4, "probe_every": 1}}
+    sparse = {**PNP, "train": {**PNP["train"], "epochs": 4, "probe_every": 3}}
+    spec_a = TrialSpec(prior="a", estimator="rjfb", depth=2, restarts=1)
+    spec_b = TrialSpec(prior="b", estimator="rjfb", depth=2, restarts=1)
+    a = run_trial(make_study(root, a=every), spec_a, root / "prepared")
+    b = run_trial(make_study(root, b=sparse), spec_b, root / "prepared")
+    clock = {"elapsed_seconds", "train_seconds", "seconds_per_step"}  # wall times differ
+
+    def timeless(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k not in clock}
+
+    assert timeless(a.metrics) == timeless(b.metrics) and a.theta == b.theta
+    probed = ["grad_cos_vs_deq" in row for row in b.history]
+    assert probed == [True, False, True, True]  # epochs 1, 3 (every 3rd) and 4 (the last)
+    assert all("grad_cos_vs_deq" in row for row in a.history)
+    for ra, rb in zip(a.history, b.history, strict=True):
+        assert timeless({k: v for k, v in ra.items() if k in rb}) == timeless(rb)
