@@ -349,15 +349,27 @@ def with_depth_and_distances(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def prior_horizons(t: pd.DataFrame) -> dict[str, float]:
-    """Per prior: 1/(1 − γ̂) with γ̂ the mean over seeds of its DEQ baselines' γ̂ (measured on
-    the trained DEQ scheme); NaN without one, or when it does not contract."""
+    """Per prior: 1/(1 − γ̂) with γ̂ the mean over seeds of its DEQ baselines' per-step
+    contraction (measured on the trained DEQ scheme); NaN without one, or when it does not
+    contract."""
     deq = deq_rows(t)
     out: dict[str, float] = {}
     for prior in t["prior"].unique():
-        g = deq.loc[[prior]]["gamma_hat"] if prior in deq.index.get_level_values(0) else []
-        gamma = _mean(pd.Series(g, dtype=float))
+        rows = deq.loc[[prior]] if prior in deq.index.get_level_values(0) else deq.iloc[0:0]
+        gamma = _mean(pd.Series([step_rate(r) for _, r in rows.iterrows()], dtype=float))
         out[str(prior)] = horizon(gamma)
     return out
+
+
+def step_rate(r: pd.Series) -> float:
+    """A DEQ trial's contraction per scheme step: γ̂_K^(1/K) of the K-block its fixed point
+    is of (a PnP scheme with one σ per layer is a 10-block whose single steps need not
+    contract, as layer 0's γ̂ ≥ 1 with γ̂_K < 1 shows), γ̂ for K = 1 or without γ̂_K."""
+    depth = float(r.get("depth", 1) or 1)
+    gamma_k = float(r.get("gamma_hat_k", math.nan))
+    if depth > 1 and math.isfinite(gamma_k) and gamma_k >= 0:
+        return gamma_k ** (1.0 / depth)
+    return float(r.get("gamma_hat", math.nan))
 
 
 def config_table(

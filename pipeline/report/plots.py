@@ -763,6 +763,15 @@ def theta_depth_series(c: pd.DataFrame, prior: str) -> dict[str, pd.DataFrame]:
     return out
 
 
+def _fixed_point_free(t: pd.DataFrame, prior: str) -> dict[str, str]:
+    """The θ groups a prior's fixed point does not depend on (τ of wavelet FB), from the
+    trials table's prior type."""
+    from pipeline.study.tables import fixed_point_free_groups
+
+    kinds = t.loc[t["prior"] == prior, "prior_type"] if "prior_type" in t.columns else []
+    return fixed_point_free_groups(str(kinds.iloc[0])) if len(kinds) else {}
+
+
 def theta_depth_figure(c: pd.DataFrame, t: pd.DataFrame, tolerance: float) -> Any:
     """The headline figure: per prior, θ distance to DEQ (top) and ΔPSNR against DEQ
     (bottom) against total depth / contraction horizon, with 95% intervals over seeds and the
@@ -787,7 +796,7 @@ def theta_depth_figure(c: pd.DataFrame, t: pd.DataFrame, tolerance: float) -> An
                 label="θ distance (identifiable groups)",
             )  # fmt: skip
         tau = d["tau"]
-        if len(tau):
+        if len(tau) and "tau" in _fixed_point_free(t, prior):  # else τ is one of the groups
             top.errorbar(
                 tau["x"], tau["mean"], yerr=_yerr(tau), fmt="s", mfc="none", color="0.5",
                 capsize=2, label="τ (not identifiable at equilibrium)",
@@ -798,7 +807,7 @@ def theta_depth_figure(c: pd.DataFrame, t: pd.DataFrame, tolerance: float) -> An
             if len(v):
                 what = "DEQ vs DEQ, other noise" if kind == "noise" else "DEQ vs DEQ, more epochs"
                 top.axhline(float(v[0]), color="black", ls=ls, lw=1.2, label=what)
-        if not len(th) and not len(tau):
+        if not len(th) and not (len(tau) and "tau" in _fixed_point_free(t, prior)):
             top.text(0.5, 0.5, "no θ distances", transform=top.transAxes, ha="center")
         top.axhline(0, color="0.7", lw=0.8)
         top.set_title(

@@ -103,6 +103,8 @@ def theta_distance(
         if x is None or x0 is None:
             complete = complete and g in free
             continue
+        if np.array_equal(x, b[g], equal_nan=True) and np.array_equal(x0, b[g], equal_nan=True):
+            continue  # not learned (e.g. PnP's relaxation fixed at 1, logit NaN): no distance
         num = float(np.sum((x - b[g]) ** 2))
         den = float(np.sum((b[g] - x0) ** 2))
         if not (math.isfinite(num) and math.isfinite(den)):

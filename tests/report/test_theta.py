@@ -428,3 +428,41 @@ def test_a_deq_only_prior_that_trains_otherwise_is_not_a_floor() -> None:
     main, floor = split_floor_trials(pd.concat([t, other_lr], ignore_index=True))
     assert set(floor["prior"]) == {"wl_noise", "wl_long"}
     assert "wl_lr" in set(main["prior"])
+
+
+def test_a_parameter_nobody_learns_leaves_the_distance_defined() -> None:
+    # PnP with its relaxation fixed at 1 (logit: NaN): σ alone decides, as if it were absent
+    init = {"sigma": [0.05, 0.05], "tau": 1.8, "relaxation": 1.0}
+    deq = {"sigma": [0.1, 0.05], "tau": 1.8, "relaxation": 1.0}
+    trial = {"sigma": [0.05, 0.05], "tau": 1.8, "relaxation": 1.0}
+    d = theta_distance(trial, deq, init)
+    assert d["sigma"] == pytest.approx(1.0) and d["all"] == pytest.approx(1.0)
+    assert math.isnan(d["relaxation"]) and math.isnan(d["tau"])  # DEQ did not move them
+
+
+def test_the_horizon_of_a_per_layer_block_is_per_step() -> None:
+    # a 10-block contracting by 0.6 (one step of layer 0 above 1): per step 0.6 ** 0.1
+    import pandas as pd
+
+    from pipeline.report.configs import step_rate
+
+    r = pd.Series({"depth": 10, "gamma_hat": 1.04, "gamma_hat_k": 0.6})
+    assert step_rate(r) == pytest.approx(0.6**0.1)
+    assert horizon(step_rate(r)) == pytest.approx(1 / (1 - 0.6**0.1))
+    assert step_rate(pd.Series({"depth": 1, "gamma_hat": 0.98, "gamma_hat_k": 0.98})) == 0.98
+
+
+def test_tau_is_drawn_apart_only_where_the_fixed_point_ignores_it(report) -> None:
+    _, _, c = report
+    t = normalise_trials(_study().query("prior == 'wl'"))
+    c = c.assign(theta_dist_tau_mean=0.5, theta_dist_tau_ci_low=0.4, theta_dist_tau_ci_high=0.6)
+    apart = "τ (not identifiable at equilibrium)"
+
+    def labels(trials: pd.DataFrame) -> list[str]:
+        fig = theta_depth_figure(c, trials, 0.1)
+        return [ln.get_label() for ln in fig.axes[0].get_lines()] + [
+            ct.get_label() for ct in fig.axes[0].containers
+        ]
+
+    assert apart in labels(t.assign(prior_type="wavelet"))  # FB: τ does not move x*
+    assert apart not in labels(t.assign(prior_type="pnp"))  # PnP: τ is one of the groups
