@@ -861,10 +861,10 @@ def test_pretrain_non_finite_loss_blames_the_learning_rate(
 @pytest.mark.parametrize(
     ("change", "pattern"),
     [
-        (lambda a: a.__setitem__("clean", a["clean"][:0]), r"train\.npz: array 'clean' is"),
+        (lambda a: a.__setitem__("clean", a["clean"][:0]), r"pretrain\.npz: array 'clean' is"),
         (
             lambda a: a.__setitem__("clean", a["clean"] * float("nan")),
-            r"train\.npz: array 'clean' holds NaN or infinite values",
+            r"pretrain\.npz: crops hold values outside \[0, 1\] or not finite",
         ),
     ],
     ids=["empty", "nan"],
@@ -876,7 +876,7 @@ def test_pretrain_blames_the_data_not_the_learning_rate(
     cwd.mkdir()
     with_prepared(prepared_src, cwd)
     pretrain_params(cwd)
-    rewrite_npz("train.npz", change)(cwd)
+    rewrite_npz("pretrain.npz", change)(cwd)  # what pretraining reads (train.npz it does not)
     before = tree(cwd)
     result = run_module(*STAGES["pretrain"], "--threads", "1", cwd=cwd)
     assert_refused(result, pattern, before, cwd)
