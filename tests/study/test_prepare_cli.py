@@ -125,6 +125,7 @@ def test_good_run_writes_the_data_set(tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json",
+        "pretrain.npz",
         "test.npz",
         "train.npz",
         "val.npz",

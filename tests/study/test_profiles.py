@@ -37,7 +37,7 @@ def test_the_paper_profile_has_the_authors_settings() -> None:
         p = cfg.priors[name]
         assert (p.step_size, p.step_size_units) == (1.95, "1/L")
         assert p.per_layer_sigma and not p.learn_relaxation
-        assert cfg.denoiser_arch(name) == {"nc": 64, "nb": 4}
+        assert cfg.denoiser_arch(name) == {"nc": 64, "nb": 4, "residual": True}
     fb = cfg.priors["drunet_fb"]
     assert fb.train_denoiser and fb.denoiser_lr is None and fb.sigma_init_from == "pnp"
     assert not fb.learn_step_size and cfg.train_for("drunet_fb").lr == 5e-4

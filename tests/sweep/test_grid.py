@@ -36,18 +36,19 @@ def _study(raw: dict[str, Any], root: Path = Path("/nonexistent")) -> StudyConfi
 
 
 def test_keys_are_stable() -> None:
-    # changed once more with the pretraining crops (data.pretrain_*) and TrialSpec.jac_reg
+    # changed once more with the pretraining crops (data.pretrain_*), TrialSpec.jac_reg and
+    # train.probe_every
     grid = build_grid(_study(STUDY))
     assert {p["name"]: p["key"] for p in grid.points} == {
-        "l1-deq-s0": "bde001844fb94f2c",
-        "l1-rjfb-K2-T0-s0": "09c3fb7de297a926",
-        "l1-rjfb-K2-T1-s0": "1fcf8892b4ab89e9",
-        "pnp-deq-s0": "ae274f6819fcc299",
-        "pnp-rjfb-K2-T0-s0": "302c20494cec80ae",
-        "pnp-rjfb-K2-T1-s0": "ae8f1b04e2cde157",
+        "l1-deq-s0": "15405d7ee88742b3",
+        "l1-rjfb-K2-T0-s0": "a50d4d0f2809c9e8",
+        "l1-rjfb-K2-T1-s0": "e32daa47529bb904",
+        "pnp-deq-s0": "6ee6a3da5e0e7dc9",
+        "pnp-rjfb-K2-T0-s0": "869e04f571d8fe8e",
+        "pnp-rjfb-K2-T1-s0": "5a14b571a30bd54d",
     }
-    assert grid.key == "9c784d032ed4"
-    assert grid.name == "sweep-9c784d032ed4"
+    assert grid.key == "11ae57a73fc0"
+    assert grid.name == "sweep-11ae57a73fc0"
 
 
 def test_grid_points_follow_the_trials_in_order() -> None:
