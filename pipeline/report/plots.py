@@ -763,6 +763,12 @@ def theta_depth_series(c: pd.DataFrame, prior: str) -> dict[str, pd.DataFrame]:
     return out
 
 
+def _series(ax: Any, d: pd.DataFrame, **style: Any) -> None:
+    """One series of the headline figure (x, mean and its interval), if it has points."""
+    if len(d):
+        ax.errorbar(d["x"], d["mean"], yerr=_yerr(d), **{"capsize": 3, **style})
+
+
 def _fixed_point_free(t: pd.DataFrame, prior: str) -> dict[str, str]:
     """The θ groups a prior's fixed point does not depend on (τ of wavelet FB), from the
     trials table's prior type."""
@@ -790,24 +796,20 @@ def theta_depth_figure(c: pd.DataFrame, t: pd.DataFrame, tolerance: float) -> An
         xlabel = "(T+1)·K / horizon 1/(1−γ̂)" if math.isfinite(hor) else "(T+1)·K"
         top, bottom = axes[0, j], axes[1, j]
         th = d["theta"]
-        if len(th):
-            top.errorbar(
-                th["x"], th["mean"], yerr=_yerr(th), fmt="o-", color="tab:blue", capsize=3,
-                label="θ distance (identifiable groups)",
-            )  # fmt: skip
-        tau = d["tau"]
-        if len(tau) and "tau" in _fixed_point_free(t, prior):  # else τ is one of the groups
-            top.errorbar(
-                tau["x"], tau["mean"], yerr=_yerr(tau), fmt="s", mfc="none", color="0.5",
-                capsize=2, label="τ (not identifiable at equilibrium)",
-            )  # fmt: skip
+        _series(top, th, fmt="o-", color="tab:blue", label="θ distance (identifiable groups)")
+        # τ apart only where the fixed point ignores it; elsewhere it is one of the groups
+        tau = d["tau"] if "tau" in _fixed_point_free(t, prior) else d["tau"].iloc[0:0]
+        _series(
+            top, tau, fmt="s", mfc="none", color="0.5", capsize=2,
+            label="τ (not identifiable at equilibrium)",
+        )  # fmt: skip
         for kind, ls in (("noise", "--"), ("longer", ":")):
             v = pc[f"theta_dist_all_floor_{kind}"].to_numpy(dtype=float)
             v = v[np.isfinite(v)]
             if len(v):
                 what = "DEQ vs DEQ, other noise" if kind == "noise" else "DEQ vs DEQ, more epochs"
                 top.axhline(float(v[0]), color="black", ls=ls, lw=1.2, label=what)
-        if not len(th) and not (len(tau) and "tau" in _fixed_point_free(t, prior)):
+        if not len(th) and not len(tau):
             top.text(0.5, 0.5, "no θ distances", transform=top.transAxes, ha="center")
         top.axhline(0, color="0.7", lw=0.8)
         top.set_title(
@@ -818,12 +820,7 @@ def theta_depth_figure(c: pd.DataFrame, t: pd.DataFrame, tolerance: float) -> An
         top.set_ylabel("‖θ − θ_DEQ‖ / ‖θ_DEQ − θ_init‖")
         if top.get_legend_handles_labels()[0]:
             top.legend(fontsize=7)
-        ps = d["psnr"]
-        if len(ps):
-            bottom.errorbar(
-                ps["x"], ps["mean"], yerr=_yerr(ps), fmt="o-", color="tab:red", capsize=3,
-                label="ΔPSNR at equilibrium",
-            )  # fmt: skip
+        _series(bottom, d["psnr"], fmt="o-", color="tab:red", label="ΔPSNR at equilibrium")
         bottom.axhspan(-tolerance, tolerance, color="0.85", zorder=0)
         bottom.axhline(0, color="black", lw=0.8)
         bottom.set_ylabel("ΔPSNR vs DEQ (dB)")
