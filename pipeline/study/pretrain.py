@@ -8,13 +8,14 @@ a batch of random ``crop``-sized sub-crops (each flipped / turned at random), on
 crop — a share ``sigma_log_fraction`` log-uniform, the rest uniform in [sigma_min, sigma_max] —
 and minimises the squared error of ``D(x + σ n, σ)`` to ``x`` with Adam (cosine-decayed learning
 rate). Every random draw comes from ``pretrain.seed``: the same seed gives the same weights (on
-the same machine and thread count). The val and test patches are read only after training, to
-score it.
+the same machine and thread count). The val and test patches are loaded (and checked) before
+training, so bad data fails before the minutes of it, but only the scoring after it uses them:
+the training loop (:func:`train_denoiser`) is handed the pretraining crops alone.
 
 Scores (``<out>.json``), per split (val, test) and σ of ``eval_sigmas``, all on the same seeded
 noise: the noisy input's PSNR, the denoiser's, and the classical denoisers'
-(:mod:`pipeline.study.classical`: TV with its weight chosen on val, wavelet BayesShrink, BM3D
-when installed). A denoiser worse than its noisy input at any evaluated σ is refused
+(:mod:`pipeline.study.classical`: TV with its weight chosen on val, wavelet BayesShrink, and BM3D
+with ``pretrain.bm3d``). A denoiser worse than its noisy input at any evaluated σ is refused
 (:class:`WeakDenoiser`, exit 2 from the stage, nothing written) unless ``allow_weak``; then the
 file says ``"allow_weak": true`` and lists the σ where it lost, and the report repeats it.
 
