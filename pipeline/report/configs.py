@@ -34,12 +34,11 @@ from pipeline.report.confidence import Interval, paired_bootstrap, verdict
 from pipeline.report.families import prior_order
 from pipeline.report.tables import deq_rows, deq_undefined, sort_configs
 from pipeline.report.theta import DISTANCE_GROUPS, horizon, total_depth, trial_distances
-from pipeline.study.tables import fixed_point_free_groups
+from pipeline.study.tables import CONFIG_KEYS, fixed_point_free_groups
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.study.config import ReportConfig
 
-CONFIG_KEYS = ("estimator", "depth", "restarts", "restart_tol", "start", "iterations")
 
 CONFIG_COLUMNS = (
     "prior",

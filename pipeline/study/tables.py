@@ -90,6 +90,9 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "seed_train_noise": "number",
 }
 TRIAL_COLUMNS = list(_TRIAL_SCHEMA)
+# the columns that name a configuration (every seed of one arm together): the report's
+# configs table and the registry's choice of a prior's best group trials by these
+CONFIG_KEYS = ("estimator", "depth", "restarts", "restart_tol", "start", "iterations", "jac_reg")
 # JSON columns holding a list per trial (parsed from the trial's result)
 JSON_LIST_COLUMNS = (
     "test_psnr_per_image",

@@ -1,14 +1,16 @@
 """The model registry: the best configuration of each prior, registered under the alias ``best``.
 
 After a sweep's tables are written (the sweep stage), each prior's finished trials are grouped
-by configuration (estimator, K, T, restart tolerance, start, N: every seed of one arm together).
+by configuration (``study.tables.CONFIG_KEYS``: estimator, K, T, restart tolerance, start, N,
+Jacobian penalty; every seed of one arm together).
 The best configuration is the one with the highest mean **validation** PSNR over its seeds (the
 test split stays out of the choice); its best-validating seed's run is registered as a version of
 the registered model ``<experiment>.<prior>`` from the run's ``model/`` artefact
 (:mod:`pipeline.study.export`: state dicts and an architecture JSON), and the alias ``best``
 points at it. The version's tags say what was chosen and how it compares with DEQ on the test
 split: ``delta_psnr_vs_deq`` = mean test PSNR of the configuration − mean test PSNR of the
-prior's DEQ trials (``n/a`` without DEQ trials), ``test_psnr`` (the registered trial's own).
+prior's plain DEQ trials started from y (``n/a`` without them), ``test_psnr`` (the registered
+trial's own).
 
 Registering again the same run is a no-op, so a rerun of an unchanged sweep adds no version.
 """
@@ -19,10 +21,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.study.chain import plain_deq
+from pipeline.study.tables import CONFIG_KEYS
 from pipeline.sweep import tracking
 
 ALIAS = "best"
-CONFIG_COLUMNS = ["estimator", "depth", "restarts", "restart_tol", "start", "iterations"]
+CONFIG_COLUMNS = list(CONFIG_KEYS)
 MODEL_PATH = "model"
 
 
@@ -50,6 +54,8 @@ def best_per_prior(trials: Any) -> dict[str, dict[str, Any]]:
     if not len(done):
         return {}
     for col in CONFIG_COLUMNS:  # NaN never equals NaN: group unset options together
+        if col not in done.columns:
+            done[col] = "-"
         done[col] = done[col].astype(object).where(done[col].notna(), "-")
     out: dict[str, dict[str, Any]] = {}
     for prior, rows in done.groupby("prior", sort=True):
@@ -57,7 +63,9 @@ def best_per_prior(trials: Any) -> dict[str, dict[str, Any]]:
         config = means["final_val_psnr"].idxmax()
         arm = rows[(rows[CONFIG_COLUMNS] == list(config)).all(axis=1)]
         chosen = arm.loc[arm["final_val_psnr"].idxmax()].to_dict()
-        deq = rows[rows["estimator"] == "deq"]["test_psnr"]
+        # the plain DEQ arms started from y (not the Jacobian-regularised or warm-started ones)
+        baseline = rows.apply(lambda r: plain_deq(r) and r["start"] == "y", axis=1)
+        deq = rows[baseline.astype(bool)]["test_psnr"]
         deq_mean = float(deq.mean()) if len(deq) else math.nan
         chosen.update(
             config_val_psnr=float(means.loc[config, "final_val_psnr"]),
