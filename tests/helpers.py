@@ -47,6 +47,27 @@ def tiny_data(**changes: Any) -> dict[str, Any]:
     }
 
 
+def tiny_rjfb_sweep(experiment: str, *, epochs: int, concurrent: int = 2) -> dict[str, Any]:
+    """A two-trial study (one l1 prior, rJFB K=2 T=0, seeds 0 and 1) for sweep-mechanics
+    tests; callers add their own sweep keys."""
+    return {
+        "data": tiny_data(patches_per_image=2),
+        "priors": {"l1": {"type": "wavelet", "levels": 2, "reg_init": 0.01, "step_size": 0.3}},
+        "train": {"epochs": epochs, "batch_size": 2, "steps_per_epoch": 1, "probe_batch_size": 2},
+        "sweep": {
+            "priors": ["l1"],
+            "estimators": ["rjfb"],
+            "depths": [2],
+            "restarts": [0],
+            "seeds": [0, 1],
+            "deq": {"tol": 1e-3, "max_iter": 30, "backward_tol": 1e-3, "backward_max_iter": 30},
+        },
+        "ray": {"num_cpus": 2, "max_concurrent_trials": concurrent},
+        "mlflow": {"experiment": experiment},
+        "report": {"images": 1},
+    }
+
+
 def prepare_tiny(dest: Path, **data_changes: Any) -> Path:
     """A real prepared folder at ``dest`` of :func:`tiny_data` (2 patches per image unless
     changed), made in this process (a few seconds)."""

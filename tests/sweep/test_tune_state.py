@@ -22,24 +22,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import assert_one_line_error, run_module, tiny_data
+from helpers import assert_one_line_error, run_module, tiny_rjfb_sweep
 
-STUDY: dict[str, Any] = {
-    "data": tiny_data(patches_per_image=2),
-    "priors": {"l1": {"type": "wavelet", "levels": 2, "reg_init": 0.01, "step_size": 0.3}},
-    "train": {"epochs": 1, "batch_size": 2, "steps_per_epoch": 1, "probe_batch_size": 2},
-    "sweep": {
-        "priors": ["l1"],
-        "estimators": ["rjfb"],
-        "depths": [2],
-        "restarts": [0],
-        "seeds": [0, 1],
-        "deq": {"tol": 1e-3, "max_iter": 30, "backward_tol": 1e-3, "backward_max_iter": 30},
-    },
-    "ray": {"num_cpus": 2, "max_concurrent_trials": 2},
-    "mlflow": {"experiment": "state"},
-    "report": {"images": 1},
-}
+STUDY: dict[str, Any] = tiny_rjfb_sweep("state", epochs=1)
 
 
 class Payload:

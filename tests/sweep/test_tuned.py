@@ -15,19 +15,13 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import sweep_and_rerun, tiny_data
+from helpers import sweep_and_rerun, tiny_rjfb_sweep
 
+_BASE = tiny_rjfb_sweep("tuned", epochs=2, concurrent=1)
 STUDY: dict[str, Any] = {
-    "data": tiny_data(patches_per_image=2),
-    "priors": {"l1": {"type": "wavelet", "levels": 2, "reg_init": 0.01, "step_size": 0.3}},
-    "train": {"epochs": 2, "batch_size": 2, "steps_per_epoch": 1, "probe_batch_size": 2},
+    **_BASE,
     "sweep": {
-        "priors": ["l1"],
-        "estimators": ["rjfb"],
-        "depths": [2],
-        "restarts": [0],
-        "seeds": [0, 1],
-        "deq": {"tol": 1e-3, "max_iter": 30, "backward_tol": 1e-3, "backward_max_iter": 30},
+        **_BASE["sweep"],
         "search": "tuned",
         "tune": {
             "samples": 2,
@@ -37,9 +31,6 @@ STUDY: dict[str, Any] = {
             "space": {"lr": {"dist": "loguniform", "low": 1e-2, "high": 3.0}},
         },
     },
-    "ray": {"num_cpus": 2, "max_concurrent_trials": 1},
-    "mlflow": {"experiment": "tuned"},
-    "report": {"images": 1},
 }
 
 
