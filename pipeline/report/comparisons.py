@@ -1,7 +1,7 @@
 """Paired comparisons besides "configuration against DEQ": the baselines table (each prior's DEQ
-against the observation and the other priors) and the restart gain (T > 0 against T = 0 at the
-same K). Both pair over (test image, seed) and use the one verdict function
-(:func:`pipeline.report.confidence.verdict`).
+against the observation and the other priors), the restart gain (T > 0 against T = 0 at the
+same K) and the start gain (a chained prior against the trial it started from). All pair over
+(test image, seed) and use the one verdict function (:func:`pipeline.report.confidence.verdict`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.report.common import float_list
+from pipeline.report.common import float_list, json_object
 from pipeline.report.confidence import Interval, paired_bootstrap, verdict
 from pipeline.report.tables import deq_rows, deq_undefined, rjfb_rows
 
@@ -34,6 +34,22 @@ BASELINE_COLUMNS = (
     "delta_vs_best_other_ci_high",
     "verdict_vs_best_other",
     "is_baseline",
+    "status",
+)
+
+START_GAIN_COLUMNS = (
+    "prior",
+    "label",
+    "source_prior",
+    "n_seeds",
+    "n_pairs",
+    "gain_mean",
+    "gain_ci_low",
+    "gain_ci_high",
+    "verdict",
+    "seed_gains",
+    "below_start_seeds",
+    "undefined_seeds",
     "status",
 )
 
@@ -228,3 +244,80 @@ def restart_gain_table(
         df[c] = df[c].astype("int64")
     df["counted"] = df["counted"].astype(bool)
     return df
+
+
+# ----------------------------------------------------------------------------- start gain
+
+
+def start_gain_table(t: pd.DataFrame, tol: float) -> pd.DataFrame:
+    """Per configuration of a chained prior (one started from another prior's trained values,
+    ``sigma_init_from``; ``drunet_fb`` from ``pnp``): its test PSNR minus that of the trial it
+    started from (same seed, the source named in ``inits_json``), paired over (test image,
+    seed) with its 95% interval and verdict. Training from a start must not end below it: a
+    seed whose mean difference is negative is listed in ``below_start_seeds``; a DEQ arm whose
+    scheme stopped contracting (``deq_undefined_epoch``) has no PSNR to compare and is listed
+    in ``undefined_seeds`` with the epoch and γ̂_K instead."""
+    finished = t[t["finished"]]
+    by_name = {str(n): r for n, (_, r) in zip(finished["name"], finished.iterrows(), strict=True)}
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for _, r in finished.iterrows():
+        source = json_object(r.get("inits_json")).get("overrides", {}).get("sigma_init_from")
+        if not isinstance(source, str) or source not in by_name:
+            continue
+        src = by_name[source]
+        g = groups.setdefault(
+            (str(r["prior"]), str(r["label"])),
+            {"source": str(src["prior"]), "diffs": {}, "undefined": []},
+        )
+        seed = str(r["seed_key"])
+        epoch = float(r.get("deq_undefined_epoch", math.nan))
+        if math.isfinite(epoch):
+            g["undefined"].append(
+                f"seed {seed}: DEQ undefined at epoch {int(epoch)} "
+                f"(γ̂_K {float(r.get('gamma_hat_k', math.nan)):.3f})"
+            )
+            continue
+        d = _pair(
+            _per_image(r, "test_psnr_per_image", "test_psnr"),
+            _per_image(src, "test_psnr_per_image", "test_psnr"),
+        )
+        if d is not None:
+            g["diffs"][seed] = d
+    out = []
+    for (prior, label), g in groups.items():
+        ci = _interval(g["diffs"])
+        seeds = sorted(g["diffs"], key=_seed_order)
+        below = [s for s in seeds if float(np.mean(g["diffs"][s])) < 0]
+        status = "at or above its start on every seed"
+        if below:
+            status = f"below its start on seed(s) {', '.join(below)}"
+        if g["undefined"]:
+            status += "; " + "; ".join(g["undefined"])
+        out.append(
+            {
+                "prior": prior,
+                "label": label,
+                "source_prior": g["source"],
+                "n_seeds": ci.n_seeds,
+                "n_pairs": ci.n_pairs,
+                "gain_mean": ci.mean,
+                "gain_ci_low": ci.low,
+                "gain_ci_high": ci.high,
+                "verdict": verdict(ci, tol) if ci.n_pairs >= 2 else "inconclusive",
+                "seed_gains": " / ".join(f"{float(np.mean(g['diffs'][s])):+.2f}" for s in seeds),
+                "below_start_seeds": ", ".join(below),
+                "undefined_seeds": "; ".join(g["undefined"]),
+                "status": status,
+            }
+        )
+    df = pd.DataFrame(out, columns=list(START_GAIN_COLUMNS))
+    for c in ("n_seeds", "n_pairs"):
+        df[c] = df[c].astype("int64")
+    return df
+
+
+def _seed_order(seed: str) -> tuple[float, str]:
+    try:
+        return (float(seed), seed)
+    except ValueError:
+        return (math.inf, seed)

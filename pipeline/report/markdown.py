@@ -149,6 +149,7 @@ def render_markdown(
             else []
         ),
         *_baselines_section(tables.get("baselines"), cfg),
+        *_start_section(tables.get("start_gain"), cfg),
         "## Summary",
         "",
         *summary_lines(t, c, metrics, cfg, has_history),
@@ -561,6 +562,51 @@ def _dist_ci(r: Any, g: str) -> str:
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return f"{m:.2f}"
     return f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _start_section(g: pd.DataFrame | None, cfg: ReportConfig) -> list[str]:
+    """Chained priors against the trial each started from (``sigma_init_from``): training the
+    denoiser inside the scheme must not end below the frozen denoiser it started from."""
+    if g is None or g.empty:
+        return []
+    rows = []
+    for _, r in g.iterrows():
+        status = _cell(r["status"])
+        flagged = bool(r["below_start_seeds"]) or bool(r["undefined_seeds"])
+        rows.append(
+            [
+                f"`{_cell(r['prior'])}`",
+                _cell(r["label"]),
+                f"`{_cell(r['source_prior'])}`",
+                fmt_ci(r["gain_mean"], r["gain_ci_low"], r["gain_ci_high"], ""),
+                _cell(r["seed_gains"]) or "—",
+                _VERDICT_CELL.get(r["verdict"], r["verdict"]),
+                f"**{status}**" if flagged else status,
+            ]
+        )
+    md = [
+        "## Against the start",
+        "",
+        "A prior started from another prior's trained trial (`sigma_init_from`): its test PSNR "
+        "minus that of the trial it started from (same seed), paired over (test image, seed) "
+        "[95% interval], per seed, and the verdict "
+        f"(tolerance {cfg.delta_psnr_tolerance:g} dB). Training must not end below its start; "
+        "a DEQ arm whose scheme stopped contracting is undefined instead.",
+        "",
+    ]
+    md += _md_table(
+        [
+            "prior",
+            "configuration",
+            "started from",
+            "gain (dB) [95% CI]",
+            "per seed (dB)",
+            "verdict",
+            "status",
+        ],
+        rows,
+    )
+    return [*md, ""]
 
 
 def _restart_section(g: pd.DataFrame | None, cfg: ReportConfig) -> list[str]:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.report.analysis import prior_metrics
 from pipeline.report.common import COMPARE_COLUMNS, TTQ_COLUMNS
-from pipeline.report.comparisons import baseline_table, restart_gain_table
+from pipeline.report.comparisons import baseline_table, restart_gain_table, start_gain_table
 from pipeline.report.confidence import VERDICTS
 from pipeline.report.configs import config_table, deq_reliability, with_depth_and_distances
 from pipeline.report.families import assign_families, prior_order
@@ -45,7 +45,7 @@ def write_report(
     denoiser: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``ablation.md``, ``metrics.json``, ``configs.parquet``, ``baselines.parquet``,
-    ``restart_gain.parquet`` and ``plots/*.png`` under ``out_dir``.
+    ``restart_gain.parquet``, ``start_gain.parquet`` and ``plots/*.png`` under ``out_dir``.
 
     ``priors``: the study's prior configs (``StudyConfig.priors``), for the families of a trials
     table that does not name them (``prior_family`` / ``prior_label``, written by the sweep).
@@ -66,10 +66,17 @@ def write_report(
     floors = floor_distances(deq_rows(t), floor)
     configs = config_table(t, cfg, floors, withheld)
     gains = restart_gain_table(t, tol, withheld)
+    starts = start_gain_table(t, tol)
     metrics = _metrics(t, h, configs, cfg)
     metrics.update(_new_metrics(baselines, gains, configs, floor, denoiser))
+    metrics["start_gain"] = _records(starts)
     metrics = jsonio.strict(metrics)
-    tables = {"configs": configs, "baselines": baselines, "restart_gain": gains}
+    tables = {
+        "configs": configs,
+        "baselines": baselines,
+        "restart_gain": gains,
+        "start_gain": starts,
+    }
     _write_atomically(Path(out_dir), t, h, ttq.loc[t.index], tables, metrics, cfg)
     return metrics
 

@@ -563,5 +563,6 @@ def test_report_over_a_hostile_trials_table(tmp_path: Path) -> None:
         "reports/configs.parquet",
         "reports/baselines.parquet",
         "reports/restart_gain.parquet",
+        "reports/start_gain.parquet",
         "reports/plots",
     } | {f"reports/plots/{p.name}" for p in (out / "plots").iterdir()}
