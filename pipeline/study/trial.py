@@ -28,6 +28,7 @@ from pipeline.core.solvers import anderson
 from pipeline.study.build import build_estimator, build_scheme, resolve_device
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.data import observe
+from pipeline.study.estimators import get_kind, iterations_at_depth
 from pipeline.study.tables import fixed_point_free_groups
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -52,15 +53,6 @@ class TrialResult:
     # test_psnr_k_per_image, test_psnr_at_depth_per_image, grad_groups_json (last epoch's
     # per-group probe), inits_json
     json_columns: dict[str, Any] = field(default_factory=dict)
-
-
-def iterations_at_depth(spec: TrialSpec) -> int | None:
-    """Scheme applications the trained network uses at inference: (T+1)·K, N, or None (solve)."""
-    if spec.estimator == "rjfb":
-        return (spec.restarts + 1) * spec.depth
-    if spec.estimator == "unrolled":
-        return spec.iterations
-    return None
 
 
 class Trial:
@@ -162,7 +154,7 @@ class Trial:
         if self.cfg.compile:
             step = _compiled(step)
         spec = self.spec
-        refine = spec.estimator in ("deq", "jfb") or spec.restart_tol is not None
+        refine = get_kind(spec.estimator).solves(spec)
         return autocast_no_grad(step, self.autocast, refine=refine), y
 
     # ------------------------------------------------------------------ checkpoints

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.study.config import StudyConfig
+from pipeline.study.estimators import ESTIMATOR_KINDS
 from pipeline.sweep import preflight, tracking
 from pipeline.sweep.cluster import (
     alive_nodes,
@@ -558,6 +559,7 @@ def _trainable(cfg: StudyConfig, prepared: Path, attempt: Attempt, ship: bool) -
         tags=attempt.tags,
         dataset=dataclasses.asdict(dataset),
         system_metrics_interval_s=cfg.mlflow.system_metrics_interval_s,
+        estimators=tuple(ESTIMATOR_KINDS.values()),
     )
     bundle = pack_prepared(prepared) if ship else None
     weights = pack_weights(cfg) if ship else None
