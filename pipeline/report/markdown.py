@@ -26,6 +26,7 @@ from pipeline.report.configs import REFERENCE, fmt_ci, fmt_ratio_ci, unreliable
 from pipeline.report.families import prior_order
 from pipeline.report.summary import summary_lines
 from pipeline.study.estimators import ESTIMATOR_KINDS, estimator_label
+from pipeline.study.tables import deq_baseline
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.study.config import ReportConfig
@@ -235,7 +236,7 @@ def _prior_section(
 
 
 def _deq_baseline(p: pd.DataFrame) -> list[str]:
-    deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+    deq = deq_baseline(p)
     if deq.empty:
         return [
             "**No finished DEQ baseline** for this prior: ΔPSNR, ratios and time to "

@@ -23,6 +23,7 @@ from pipeline.report.common import (
 from pipeline.report.families import family_of, prior_order
 from pipeline.report.tables import history_for, rjfb_rows, sort_configs
 from pipeline.study.estimators import estimator_color, estimator_label, estimators_by_order
+from pipeline.study.tables import deq_baseline
 
 _DPI = 110
 
@@ -181,7 +182,7 @@ def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
             c = colors[lab]
             ax.plot(g.index, g["test_psnr"], "o-", color=c, lw=2, ms=6)
             ax.plot(g.index, g["test_psnr_at_depth"], "s--", color=c, lw=1.2, ms=4, alpha=0.6)
-        deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+        deq = deq_baseline(p)
         deq = deq["test_psnr"].mean()
         if math.isfinite(deq):
             ax.axhline(deq, color="black", lw=1.8, zorder=1)
@@ -491,7 +492,7 @@ def histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
         if len(g):
             r = g.iloc[0]
             out.append((f"{name} (K={fmt_int(r['depth'])}, T={fmt_int(r['restarts'])})", color, g))
-    deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+    deq = deq_baseline(p)
     if len(deq):
         out.append(("DEQ", "black", deq))
     return out

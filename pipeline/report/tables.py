@@ -19,7 +19,7 @@ from pipeline.report.common import (
     is_missing,
 )
 from pipeline.study.estimators import ESTIMATOR_KINDS, estimator_label, estimator_order
-from pipeline.study.tables import TRIAL_NUMBER_COLUMNS
+from pipeline.study.tables import TRIAL_NUMBER_COLUMNS, deq_baseline
 from pipeline.util.errors import DataError
 
 _REQUIRED = ("prior", "estimator", "status")
@@ -204,7 +204,7 @@ def sort_configs(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def _deq_arms(t: pd.DataFrame) -> pd.DataFrame:
-    deq = t[(t["estimator"] == "deq") & t["finished"] & (t["start"] == "y")]
+    deq = deq_baseline(t)
     jac = deq["jac_reg"] if "jac_reg" in deq.columns else pd.Series(0.0, index=deq.index)
     und = (
         deq["deq_undefined_epoch"]
