@@ -737,10 +737,14 @@ class TrialSpec(_Strict):
     def name(self) -> str:
         """Readable and unique within a sweep, e.g. ``wl1-rjfb-K5-T10-warm-s0``: prior,
         estimator, the parts its registration names, start (unless y) and seed."""
+        return f"{self.config_name}-s{self.seed}"
+
+    @property
+    def config_name(self) -> str:
+        """The name of its configuration (every seed together), e.g. ``wl1-rjfb-K5-T10-warm``."""
         parts = [self.prior, self.estimator, *get_kind(self.estimator).name_parts(self)]
         if self.start != "y":
             parts.append(self.start)
-        parts.append(f"s{self.seed}")
         return "-".join(parts)
 
 

@@ -370,16 +370,16 @@ def search_tuner(
 
 
 def _trial_states(results: Any) -> list[tuple[Any, str]]:
-    """Each result with its Tune trial's status (TERMINATED, ERROR, PENDING, …)."""
-    trials = results._experiment_analysis.trials  # the ResultGrid's own order
-    return [(r, t.status) for r, t in zip(results, trials, strict=True)]
+    """Each result of a search that ended (:func:`_check_search_done` passed) with its Tune
+    trial's status: ERROR where it raised, else TERMINATED (ResultGrid's public API only)."""
+    return [(r, "ERROR" if r.error is not None else "TERMINATED") for r in results]
 
 
 def _check_search_done(results: Any) -> None:
     """``KeyboardInterrupt`` when the search stopped with trials left to run (Ctrl-C)."""
-    left = [r for r, status in _trial_states(results) if status not in ("TERMINATED", "ERROR")]
+    left = len(results) - results.num_terminated - results.num_errors
     if left:
-        raise KeyboardInterrupt(f"{len(left)} search trials did not finish")
+        raise KeyboardInterrupt(f"{left} search trials did not finish")
 
 
 def is_pruned(result: Any, status: str) -> bool:
