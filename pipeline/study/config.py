@@ -291,6 +291,14 @@ def parse_prior(raw: Mapping[str, Any]) -> PriorConfig:
     return cls.model_validate(raw)
 
 
+def prior_family(prior: Any) -> PriorFamily:
+    """The family of a prior config (a registered prior class, or its mapping as in
+    ``params.yaml`` or a ``model_dump()``); each prior type defines its own (``family()``)."""
+    if isinstance(prior, Mapping):
+        prior = parse_prior(prior)
+    return prior.family()
+
+
 class WaveletPrior(PriorConfig):
     """Forward-backward with a (weighted) wavelet norm."""
 

@@ -8,8 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.study.config import StudyConfig, TrialSpec
-from pipeline.study.families import prior_family
+from pipeline.study.config import StudyConfig, TrialSpec, prior_family
 from pipeline.study.tables import HISTORY_COLUMNS, JSON_LIST_COLUMNS, TRIAL_COLUMNS, TRIAL_SCHEMA
 from pipeline.util.hashing import sha256_hex
 
