@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -143,3 +144,59 @@ def test_dvc_deps_are_exactly_the_code_the_stage_runs(stage: str) -> None:
 def test_the_sweep_does_not_depend_on_the_report_or_the_tools() -> None:
     deps = set(_stages()["sweep"]["deps"])
     assert not deps & {"pipeline", "pipeline/report", "pipeline/tools"}, deps
+
+
+def _cycles() -> list[list[str]]:
+    """The import cycles among ``pipeline`` modules (strongly connected components of more
+    than one module, or a module importing itself), every import statement counted: a lazy
+    import inside a function closes a cycle as surely as a top-level one."""
+    files = sorted(PKG.rglob("*.py"))
+    graph = {f: {m for m in (_module_file(i) for i in _imports(f)) if m in files} for f in files}
+    index: dict[Path, int] = {}
+    low: dict[Path, int] = {}
+    stack: list[Path] = []
+    out: list[list[str]] = []
+
+    def visit(v: Path) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph[v]:
+                out.append(sorted(str(c.relative_to(REPO)) for c in comp))
+
+    for f in files:
+        if f not in index:
+            visit(f)
+    return out
+
+
+def test_no_import_cycles_function_level_imports_included() -> None:
+    assert _cycles() == []
+
+
+def test_the_cycle_check_sees_a_lazy_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check can fail: two modules whose only link back is an import inside a function."""
+    study = tmp_path / "pipeline" / "study"
+    study.mkdir(parents=True)
+    for init in (tmp_path / "pipeline" / "__init__.py", study / "__init__.py"):
+        init.write_text("")
+    (study / "a.py").write_text("from pipeline.study import b\n")
+    (study / "b.py").write_text("def f():\n    from pipeline.study import a\n")
+    (study / "c.py").write_text("from pipeline.study import a\n")  # imports, in no cycle
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "PKG", tmp_path / "pipeline")
+    assert _cycles() == [["pipeline/study/a.py", "pipeline/study/b.py"]]

@@ -33,7 +33,7 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -151,6 +151,22 @@ class Estimator:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
 
+# name -> estimator class; filled by @register_estimator (an estimator in another core module
+# registers itself the same way; ``pipeline.study.estimators`` says how trials use it)
+ESTIMATORS: dict[str, type[Estimator]] = {}
+
+E = TypeVar("E", bound=type[Estimator])
+
+
+def register_estimator(cls: E) -> E:
+    """Register an :class:`Estimator` dataclass under its ``name`` (a class decorator)."""
+    other = ESTIMATORS.get(cls.name)
+    if other is not None and other.__qualname__ != cls.__qualname__:
+        raise ValueError(f"estimator {cls.name!r} is already registered by {other.__qualname__}")
+    ESTIMATORS[cls.name] = cls
+    return cls
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -163,6 +179,7 @@ def _check_solver(estimator: str, option: str, name: str) -> None:
         raise ValueError(f"{estimator}: {option}: {err}") from None
 
 
+@register_estimator
 @dataclass
 class Unrolled(Estimator):
     """Autograd through ``iterations`` steps (layer index ``n % depth`` at step n)."""
@@ -191,6 +208,7 @@ class Unrolled(Estimator):
         return x
 
 
+@register_estimator
 @dataclass
 class RJFB(Estimator):
     """Restarted Jacobian-free backpropagation (Davy, Briceño-Arias, Pustelnik 2025)."""
@@ -284,6 +302,7 @@ class _ForwardSolve(Estimator):
         return x
 
 
+@register_estimator
 @dataclass
 class JFB(_ForwardSolve):
     """Forward solved to ``tol`` without autograd, then one tracked K-block (K = ``depth``)."""
@@ -368,6 +387,7 @@ class _ImplicitBackward(torch.autograd.Function):
         return ctx.implicit.solve(z, fz, grad), None, None
 
 
+@register_estimator
 @dataclass
 class DEQ(_ForwardSolve):
     """Deep-equilibrium gradient: exact at the fixed point of the K-block (K = ``depth``).
@@ -411,9 +431,6 @@ class DEQ(_ForwardSolve):
         return _ImplicitBackward.apply(fz, z, _ImplicitSolve(self, self.last))
 
 
-ESTIMATORS: dict[str, type[Estimator]] = {cls.name: cls for cls in (Unrolled, RJFB, JFB, DEQ)}
-
-
 def make_estimator(name: str, **options: Any) -> Estimator:
     """Build an estimator by name; unknown names and options get a "did you mean"."""
     try:
@@ -438,5 +455,6 @@ __all__ = [
     "as_layered",
     "block",
     "make_estimator",
+    "register_estimator",
     "takes_layer",
 ]

@@ -57,7 +57,8 @@ from __future__ import annotations
 from pipeline.report.common import COMPARE_COLUMNS, PLOT_FILES, TTQ_COLUMNS
 from pipeline.report.tables import compare_to_deq, time_to_quality
 from pipeline.report.writer import write_report
-from pipeline.study.families import FAMILIES, PriorFamily, prior_family
+from pipeline.study.config import prior_family
+from pipeline.study.families import FAMILIES, PriorFamily
 
 __all__ = [
     "COMPARE_COLUMNS",

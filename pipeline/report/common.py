@@ -43,10 +43,6 @@ DEEP_K = 5
 
 DEEP_T = 5
 
-EST_ORDER = {"deq": 0, "rjfb": 1, "jfb": 2, "unrolled": 3}
-
-EST_LABEL = {"deq": "DEQ", "rjfb": "rJFB", "jfb": "JFB", "unrolled": "unrolled"}
-
 EPS = 1e-9  # tolerance of the ">= target" test (targets are differences of floats)
 
 GAMMA_LIMIT = 1.0  # γ̂ above it: one step of the scheme is not a contraction at the learned θ

@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.study.families import FAMILIES, PriorFamily, prior_family
+from pipeline.study.config import prior_family
+from pipeline.study.families import FAMILIES, PriorFamily
 
 
 def _family_of_type(prior_type: str) -> PriorFamily:

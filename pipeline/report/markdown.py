@@ -11,7 +11,6 @@ import pandas as pd
 
 from pipeline.report.common import (
     EPS,
-    EST_LABEL,
     GAMMA_LIMIT,
     PLOT_FILES,
     fmt_db,
@@ -26,6 +25,8 @@ from pipeline.report.confidence import VERDICT_RULES
 from pipeline.report.configs import REFERENCE, fmt_ci, fmt_ratio_ci, unreliable
 from pipeline.report.families import prior_order
 from pipeline.report.summary import summary_lines
+from pipeline.study.estimators import ESTIMATOR_KINDS, estimator_label
+from pipeline.study.tables import deq_baseline
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.study.config import ReportConfig
@@ -43,6 +44,11 @@ def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
+
+
+def _estimator_cell(name: str) -> str:
+    """The estimator's label, or the name as written when it is not registered."""
+    return estimator_label(name) if name in ESTIMATOR_KINDS else _cell(name)
 
 
 def _k_cell(r: Any) -> str:
@@ -82,7 +88,7 @@ _TABLE_HEADER = [
 def _table_row(r: Any) -> list[str]:
     return [
         f"`{_cell(r.name)}`",
-        EST_LABEL.get(r.estimator, _cell(r.estimator)),
+        _estimator_cell(r.estimator),
         r.status if r.finished else f"**{_cell(r.status)}**",
         _k_cell(r),
         _t_cell(r),
@@ -231,7 +237,7 @@ def _prior_section(
 
 
 def _deq_baseline(p: pd.DataFrame) -> list[str]:
-    deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+    deq = deq_baseline(p)
     if deq.empty:
         return [
             "**No finished DEQ baseline** for this prior: ΔPSNR, ratios and time to "
@@ -261,7 +267,7 @@ def _failures_section(t: pd.DataFrame) -> list[str]:
             [
                 f"`{_cell(r.name)}`",
                 _cell(r.prior),
-                EST_LABEL.get(r.estimator, _cell(r.estimator)),
+                _estimator_cell(r.estimator),
                 f"**{_cell(r.status)}**",
                 _cell(r.status_reason or "(no reason recorded)"),
             ]

@@ -14,8 +14,6 @@ import pandas as pd
 from pipeline.report.common import (
     DEEP_K,
     DEEP_T,
-    EST_LABEL,
-    EST_ORDER,
     float_list,
     fmt_int,
     is_missing,
@@ -24,10 +22,10 @@ from pipeline.report.common import (
 )
 from pipeline.report.families import family_of, prior_order
 from pipeline.report.tables import history_for, rjfb_rows, sort_configs
+from pipeline.study.estimators import estimator_color, estimator_label, estimators_by_order
+from pipeline.study.tables import deq_baseline
 
 _DPI = 110
-
-_EST_COLOR = {"deq": "black", "jfb": "0.45", "unrolled": "tab:purple"}
 
 _RJFB_COLORS = [
     "tab:blue",
@@ -56,8 +54,8 @@ def _palette(t: pd.DataFrame) -> dict[str, Any]:
     for r in sort_configs(t).itertuples(index=False):
         if r.label in colors:
             continue
-        if r.estimator in _EST_COLOR:
-            colors[r.label] = _EST_COLOR[r.estimator]
+        if estimator_color(r.estimator) is not None:  # one colour for all its trials
+            colors[r.label] = estimator_color(r.estimator)
         else:
             colors[r.label] = _RJFB_COLORS[i % len(_RJFB_COLORS)]
             i += 1
@@ -184,7 +182,7 @@ def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
             c = colors[lab]
             ax.plot(g.index, g["test_psnr"], "o-", color=c, lw=2, ms=6)
             ax.plot(g.index, g["test_psnr_at_depth"], "s--", color=c, lw=1.2, ms=4, alpha=0.6)
-        deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+        deq = deq_baseline(p)
         deq = deq["test_psnr"].mean()
         if math.isfinite(deq):
             ax.axhline(deq, color="black", lw=1.8, zorder=1)
@@ -290,7 +288,7 @@ def _plot_cost(t: pd.DataFrame, path: Path) -> None:
     fig, axes = _figure(1, 2, 6.0, max(2.6, 0.32 * n + 1.4))
     y = np.arange(n)
     names = [r.name if r.finished else f"{r.name} [{r.status}]" for r in s.itertuples()]
-    colors = [_EST_COLOR.get(e, "tab:blue") for e in s["estimator"]]
+    colors = [estimator_color(e) or "tab:blue" for e in s["estimator"]]
     hatch = [None if f else "//" for f in s["finished"]]
     panels = [
         (axes[0, 0], "train_seconds", "time_ratio_vs_deq", "training wall time (s)", "{:.0f} s"),
@@ -323,8 +321,10 @@ def _plot_cost(t: pd.DataFrame, path: Path) -> None:
             prev = prior
     axes[0, 0].set_title("wall time (ratio to DEQ)")
     axes[0, 1].set_title("peak memory (ratio to DEQ)")
-    present = [e for e in EST_ORDER if (t["estimator"] == e).any()]
-    handles = [Patch(color=_EST_COLOR.get(e, "tab:blue"), label=EST_LABEL[e]) for e in present]
+    present = [e for e in estimators_by_order() if (t["estimator"] == e).any()]
+    handles = [
+        Patch(color=estimator_color(e) or "tab:blue", label=estimator_label(e)) for e in present
+    ]
     if (~t["finished"]).any():
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="not finished"))
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
@@ -492,7 +492,7 @@ def histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
         if len(g):
             r = g.iloc[0]
             out.append((f"{name} (K={fmt_int(r['depth'])}, T={fmt_int(r['restarts'])})", color, g))
-    deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+    deq = deq_baseline(p)
     if len(deq):
         out.append(("DEQ", "black", deq))
     return out

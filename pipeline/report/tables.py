@@ -14,13 +14,12 @@ from pipeline.report.common import (
     DEEP_K,
     DEEP_T,
     EPS,
-    EST_LABEL,
-    EST_ORDER,
     TTQ_COLUMNS,
     fmt_int,
     is_missing,
 )
-from pipeline.study.tables import TRIAL_NUMBER_COLUMNS
+from pipeline.study.estimators import ESTIMATOR_KINDS, estimator_label, estimator_order
+from pipeline.study.tables import TRIAL_NUMBER_COLUMNS, deq_baseline
 from pipeline.util.errors import DataError
 
 _REQUIRED = ("prior", "estimator", "status")
@@ -174,19 +173,12 @@ def history_for(t: pd.DataFrame, h: pd.DataFrame) -> tuple[pd.DataFrame, pd.Seri
 
 def _config_label(r: Any) -> str:
     """A short configuration label without prior and seed, e.g. ``rJFB K5 T10 warm``."""
-    est = r.estimator
-    parts = [EST_LABEL.get(est, est)]
-    if est == "rjfb":
-        parts += [f"K{fmt_int(r.depth)}", f"T{fmt_int(r.restarts)}"]
-        if not is_missing(r.restart_tol):
-            parts.append(f"tol{r.restart_tol:g}")
-    elif est == "unrolled":
-        parts.append(f"N{fmt_int(r.iterations)}")
+    kind = ESTIMATOR_KINDS.get(r.estimator)
+    parts = [estimator_label(r.estimator)]
+    if kind is not None:  # the parts its registration names
+        parts += kind.label_parts(r)
     elif not is_missing(r.depth) and r.depth != 1:
         parts.append(f"K{fmt_int(r.depth)}")
-    jac = getattr(r, "jac_reg", 0.0)
-    if est == "deq" and not is_missing(jac) and jac > 0:
-        parts.append(f"jac_reg={jac:g}")
     if r.start != "y":
         parts.append(r.start)
     return " ".join(parts)
@@ -196,7 +188,7 @@ def sort_configs(t: pd.DataFrame) -> pd.DataFrame:
     key = pd.DataFrame(
         {
             "prior": t["prior"],
-            "est": t["estimator"].map(lambda e: EST_ORDER.get(e, 9)),
+            "est": t["estimator"].map(estimator_order),
             "depth": t["depth"].fillna(0),
             "iterations": t["iterations"].fillna(0),
             "restarts": t["restarts"].fillna(0),
@@ -212,7 +204,7 @@ def sort_configs(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def _deq_arms(t: pd.DataFrame) -> pd.DataFrame:
-    deq = t[(t["estimator"] == "deq") & t["finished"] & (t["start"] == "y")]
+    deq = deq_baseline(t)
     jac = deq["jac_reg"] if "jac_reg" in deq.columns else pd.Series(0.0, index=deq.index)
     und = (
         deq["deq_undefined_epoch"]

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.report.common import is_missing, json_object
+from pipeline.study.estimators import iterations_at_depth
 from pipeline.study.tables import fixed_point_free_groups
 
 # the groups of θ the schemes log (``theta_json``), in the order the report lists them
@@ -215,13 +217,9 @@ def _floor_kind(r: Any, ref: Any) -> str | None:
 def total_depth(r: Any) -> float:
     """Scheme applications the trained network uses: (T+1)·K for rJFB, N unrolled; NaN (an
     equilibrium solve) for DEQ and JFB."""
-    est = r["estimator"]
-    if est == "rjfb":
-        k, t = float(r["depth"]), float(r["restarts"])
-        return (t + 1) * k if math.isfinite(k) and math.isfinite(t) else math.nan
-    if est == "unrolled":
-        return float(r["iterations"])
-    return math.nan
+    row = SimpleNamespace(**r) if isinstance(r, Mapping) else r  # a dict, a Series, a row
+    depth = iterations_at_depth(row)  # the estimator's registration says
+    return math.nan if depth is None else float(depth)
 
 
 def horizon(gamma: float) -> float:

@@ -30,6 +30,7 @@ from pipeline.report.tables import (
     time_to_quality,
 )
 from pipeline.report.theta import DISTANCE_GROUPS, floor_distances, split_floor_trials
+from pipeline.study.tables import deq_baseline
 from pipeline.util import jsonio
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -169,7 +170,7 @@ def _metrics(
     key_of = dict(zip(t.index, keys, strict=True))
 
     def deq_history(p: pd.DataFrame) -> pd.DataFrame | None:
-        deq = p[(p["estimator"] == "deq") & p["finished"] & (p["start"] == "y")]
+        deq = deq_baseline(p)
         return by_key.get(key_of[deq.index[0]]) if len(deq) else None
 
     status = t["status"]

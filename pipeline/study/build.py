@@ -12,6 +12,7 @@ Each prior type of ``pipeline.study.config`` registers its scheme builder here::
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from pipeline.core.denoisers import build_denoiser
 from pipeline.core.estimators import Estimator, make_estimator
 from pipeline.core.schemes import PnPFB, Scheme, WaveletFB
 from pipeline.study.config import PnPPrior, PriorConfig, StudyConfig, TrialSpec, WaveletPrior
+from pipeline.study.estimators import get_kind
 from pipeline.util.errors import ConfigError, UserError
 
 # (prior config, study, spec, channels, lipschitz=L or None) -> scheme
@@ -163,17 +165,12 @@ def fit_layers(values: list[float], layers: int) -> list[float]:
 
 
 def build_estimator(study: StudyConfig, spec: TrialSpec) -> Estimator:
-    deq = study.sweep.deq.model_dump()
-    if spec.estimator == "deq":
-        return make_estimator("deq", depth=spec.depth, **deq)
-    if spec.estimator == "jfb":
-        keep = ("tol", "max_iter", "solver", "anderson_memory", "anderson_damping")
-        return make_estimator("jfb", depth=spec.depth, **{k: deq[k] for k in keep})
-    if spec.estimator == "unrolled":
-        return make_estimator("unrolled", iterations=spec.iterations, depth=spec.depth)
-    return make_estimator(
-        "rjfb", depth=spec.depth, restarts=spec.restarts, restart_tol=spec.restart_tol
-    )
+    """The core estimator of ``spec``, with the options its registration
+    (``pipeline.study.estimators``) takes from the spec and ``sweep.deq``."""
+    kind = get_kind(spec.estimator)
+    # the core module that registers the class (the registry names it: it is free of torch)
+    importlib.import_module(kind.module)
+    return make_estimator(kind.name, **kind.options(spec, study.sweep.deq.model_dump()))
 
 
 def check_denoisers(study: StudyConfig, channels: int, priors: list[str] | None = None) -> None:

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -33,12 +34,29 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.study.estimators import ESTIMATOR_KINDS, OPTIONAL_FIELDS, UNSET, get_kind
 from pipeline.study.families import FAMILIES, PriorFamily
 from pipeline.util.errors import ConfigError, did_you_mean
 from pipeline.util.hashing import sha256_file
 from pipeline.util.names import AUTOCAST_NAMES, DENOISER_ARCH, SOLVER_NAMES, WAVELET_NAMES
 
-EstimatorName = Literal["deq", "rjfb", "jfb", "unrolled"]
+
+def _registered_estimator(value: Any) -> Any:
+    """An estimator name of the registry (``pipeline.study.estimators``), else one line with a
+    "did you mean" or the registered names."""
+    if isinstance(value, str):
+        try:
+            get_kind(value)
+        except ValueError as err:
+            raise _Located((), str(err)) from None
+        return value
+    listed = ", ".join(repr(n) for n in ESTIMATOR_KINDS)
+    raise _Located((), f"expected one of {listed}, got {_short(value)}")
+
+
+# The names come from the estimator registry; checked when a config is validated, so an
+# estimator registered at run time (a test's throwaway one) is accepted too.
+EstimatorName = Annotated[str, BeforeValidator(_registered_estimator)]
 Start = Literal["y", "warm"]
 Autocast = Literal[AUTOCAST_NAMES]  # type: ignore[valid-type]
 StepUnits = Literal["absolute", "1/L"]
@@ -271,6 +289,14 @@ def parse_prior(raw: Mapping[str, Any]) -> PriorConfig:
     if cls is None:
         raise ValueError(did_you_mean("prior type", str(tag), PRIOR_TYPES))
     return cls.model_validate(raw)
+
+
+def prior_family(prior: Any) -> PriorFamily:
+    """The family of a prior config (a registered prior class, or its mapping as in
+    ``params.yaml`` or a ``model_dump()``); each prior type defines its own (``family()``)."""
+    if isinstance(prior, Mapping):
+        prior = parse_prior(prior)
+    return prior.family()
 
 
 class WaveletPrior(PriorConfig):
@@ -666,7 +692,10 @@ class TrialSpec(_Strict):
     """One grid point: what a single Ray trial trains."""
 
     prior: str = Field(description="name of a prior of the priors section")
-    estimator: EstimatorName = Field(description="gradient estimator: deq, rjfb, jfb or unrolled")
+    estimator: EstimatorName = Field(
+        description="gradient estimator, one of pipeline.study.estimators (deq, rjfb, jfb, "
+        "unrolled, ...)"
+    )
     depth: PositiveInt = Field(
         1, description="K, the layers of the block the estimator backpropagates through, >= 1"
     )
@@ -698,39 +727,32 @@ class TrialSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrialSpec:
-        if self.estimator == "unrolled" and self.iterations is None:
-            raise _Located(("iterations",), "an unrolled trial needs iterations >= 1")
-        if self.estimator != "unrolled" and self.iterations is not None:
-            raise _Located(
-                ("iterations",), f"applies to unrolled trials only, not {self.estimator}"
-            )
-        if self.restart_tol is not None and self.estimator != "rjfb":
-            raise _Located(("restart_tol",), "applies to rjfb trials only")
-        if self.restarts != 0 and self.estimator != "rjfb":
-            raise _Located(("restarts",), f"applies to rjfb trials only, not {self.estimator}")
-        if self.jac_reg != 0 and self.estimator != "deq":
-            raise _Located(("jac_reg",), f"applies to deq trials only, not {self.estimator}")
+        """The optional fields as the estimator's registration says: those it requires set,
+        those it does not use left unset."""
+        kind = get_kind(self.estimator)
+        for name in OPTIONAL_FIELDS:
+            value = getattr(self, name)
+            if name in kind.required and value == UNSET[name]:
+                raise _Located((name,), f"an {self.estimator} trial needs {name} >= 1")
+            if name not in kind.fields and value != UNSET[name]:
+                users = [k.name for k in ESTIMATOR_KINDS.values() if name in k.fields]
+                raise _Located(
+                    (name,), f"applies to {' and '.join(users)} trials only, not {self.estimator}"
+                )
         return self
 
     @property
     def name(self) -> str:
-        """Readable and unique within a sweep, e.g. ``wl1-rjfb-K5-T10-warm-s0``."""
-        parts = [self.prior, self.estimator]
-        if self.estimator == "rjfb":
-            parts += [f"K{self.depth}", f"T{self.restarts}"]
-            if self.restart_tol is not None:
-                parts.append(f"tol{self.restart_tol!r}")  # shortest exact form: no collisions
-        elif self.estimator == "unrolled":
-            parts.append(f"N{self.iterations}")
-            if self.depth != 1:
-                parts.append(f"K{self.depth}")
-        elif self.depth != 1:
-            parts.append(f"K{self.depth}")
-        if self.jac_reg:
-            parts.append(f"jr{self.jac_reg!r}")  # shortest exact form: no collisions
+        """Readable and unique within a sweep, e.g. ``wl1-rjfb-K5-T10-warm-s0``: prior,
+        estimator, the parts its registration names, start (unless y) and seed."""
+        return f"{self.config_name}-s{self.seed}"
+
+    @property
+    def config_name(self) -> str:
+        """The name of its configuration (every seed together), e.g. ``wl1-rjfb-K5-T10-warm``."""
+        parts = [self.prior, self.estimator, *get_kind(self.estimator).name_parts(self)]
         if self.start != "y":
             parts.append(self.start)
-        parts.append(f"s{self.seed}")
         return "-".join(parts)
 
 
@@ -833,30 +855,9 @@ class SweepConfig(_Strict):
     def _expand(self) -> list[TrialSpec]:
         out: list[TrialSpec] = []
         for prior, est, seed in itertools.product(self.priors, self.estimators, self.seeds):
-            if est in ("deq", "jfb"):
-                out.append(TrialSpec(prior=prior, estimator=est, seed=seed))
-            elif est == "unrolled":
-                out += [
-                    TrialSpec(prior=prior, estimator=est, iterations=n, seed=seed)
-                    for n in self.unrolled_iterations
-                ]
-            else:
-                for depth, restarts, start, tol in itertools.product(
-                    self.depths, self.restarts, self.starts, self.restart_tols
-                ):
-                    if tol is not None and restarts == 0:
-                        continue  # adaptive restarts need a budget > 0
-                    out.append(
-                        TrialSpec(
-                            prior=prior,
-                            estimator=est,
-                            depth=depth,
-                            restarts=restarts,
-                            start=start,
-                            restart_tol=tol,
-                            seed=seed,
-                        )
-                    )
+            # the grid points of each estimator come from its registration
+            for fields in get_kind(est).grid(self):
+                out.append(TrialSpec(prior=prior, estimator=est, seed=seed, **fields))
         out += [t.with_seed(seed) for t in self.points for seed in self.seeds]
         return out + list(self.extra_trials)
 

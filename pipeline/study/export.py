@@ -12,7 +12,8 @@ A finished trial writes a ``model/`` folder (an artifact of its MLflow run):
   and ``build_denoiser(**architecture["denoiser"])`` takes them.
 
 Every file is written with ``torch.save`` of tensors only, readable with
-``torch.load(weights_only=True)``. :func:`load_model` rebuilds the trial around them.
+``torch.load(weights_only=True)``. :func:`pipeline.study.reload.load_model` rebuilds the trial
+around them.
 """
 
 from __future__ import annotations
@@ -76,31 +77,3 @@ def build_exported_denoiser(architecture: dict[str, Any], state_dict: dict[str, 
     model = build_denoiser(spec["kind"], channels=spec["channels"], **dict(spec["arch"]))
     model.load_state_dict(state_dict)
     return model
-
-
-def load_model(
-    study: Any, prepared: Path, folder: Path, denoiser_state: dict[str, Any] | None = None
-) -> Any:
-    """The trial of ``folder``'s model rebuilt on ``prepared`` with its learned values (a
-    :class:`pipeline.study.trial.Trial`; ``trial.evaluate(trial.test).mean()`` is its test
-    PSNR). ``denoiser_state``: the trained denoiser's weights (default: the folder's file)."""
-    from pipeline.study.config import TrialSpec
-    from pipeline.study.trial import Trial
-
-    folder = Path(folder)
-    architecture = read_architecture(folder)
-    spec = TrialSpec.model_validate(architecture["trial"])
-    trial = Trial(study, spec, Path(prepared))
-    own = torch.load(folder / architecture["scheme_state_dict"], weights_only=True)
-    denoiser = architecture.get("denoiser")
-    if denoiser and denoiser.get("trained"):
-        if denoiser_state is None:
-            denoiser_state = torch.load(folder / STATE_DICT, weights_only=True)
-        net = build_exported_denoiser(architecture, denoiser_state)
-        net.requires_grad_(False)
-        trial.scheme.denoiser = net.to(trial.device)
-    missing, unexpected = trial.scheme.load_state_dict(own, strict=False)
-    left = [k for k in missing if not k.startswith(DENOISER_PREFIX)]
-    if left or unexpected:
-        raise ValueError(f"{folder}: scheme state does not match ({left=}, {unexpected=})")
-    return trial

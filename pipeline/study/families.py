@@ -10,9 +10,7 @@ A trial's family follows from its prior's config alone (each prior type's ``fami
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 # family key -> its name in tables and plots, in the order the report lists families
 FAMILIES = {
@@ -31,14 +29,3 @@ class PriorFamily:
     key: str
     name: str
     label: str
-
-
-def prior_family(prior: Any) -> PriorFamily:
-    """The family of a prior config (a registered prior class, or its mapping as in
-    ``params.yaml`` or a ``model_dump()``); each prior type defines its own (``family()``)."""
-    if isinstance(prior, Mapping):
-        # config.py's prior classes build PriorFamily: importing it at the top would be circular
-        from pipeline.study.config import parse_prior
-
-        prior = parse_prior(prior)
-    return prior.family()

@@ -6,6 +6,10 @@ layer, with no imports, so that the report needs neither the sweep nor its depen
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from typing import Any
+
 # The trials table's columns, in order, each with what it holds: "text", "json" (a JSON list or
 # object), "seed" or "number" (a float, NaN where a trial has none: the report reads these as
 # floats). Comparisons with DEQ are not stored here: the report computes them.
@@ -89,6 +93,7 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "epochs": "number",
     "seed_train_noise": "number",
 }
+TRIAL_SCHEMA = _TRIAL_SCHEMA  # public: the trials table's contract (column -> kind)
 TRIAL_COLUMNS = list(_TRIAL_SCHEMA)
 # the columns that name a configuration (every seed of one arm together): the report's
 # configs table and the registry's choice of a prior's best group trials by these
@@ -102,6 +107,10 @@ JSON_LIST_COLUMNS = (
     "test_psnr_input_per_image",
 )
 TRIAL_NUMBER_COLUMNS = tuple(c for c, kind in _TRIAL_SCHEMA.items() if kind == "number")
+# JSON columns holding an object per trial (kept as JSON text in the table)
+JSON_OBJECT_COLUMNS = tuple(
+    c for c, kind in _TRIAL_SCHEMA.items() if kind == "json" and c not in JSON_LIST_COLUMNS
+)
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -120,6 +129,62 @@ HISTORY_COLUMNS = (
     "train_residual",
     "train_backward_residual",  # DEQ trials only (NaN for the others)
 )
+
+
+# metric keys that are the learned θ per parameter (history rows, MLflow), not table columns
+THETA_PREFIX = "theta."
+
+
+def check_trial_keys(
+    metrics: Iterable[str], history: Iterable[str] = (), json_columns: Iterable[str] = ()
+) -> None:
+    """Refuse (``KeyError`` naming them) the keys a trial reports that no table holds: its final
+    ``metrics`` must be trials-table or history columns (or ``theta.*``), each history row's
+    keys history columns (or ``theta.*``), ``json_columns`` JSON columns of the trials table.
+    The sweep keeps only the tables' columns: a key outside them would be dropped silently."""
+    trial, hist = set(_TRIAL_SCHEMA), set(HISTORY_COLUMNS)
+    json_cols = {c for c, kind in _TRIAL_SCHEMA.items() if kind == "json"}
+    unknown = sorted(
+        {f"metric {k!r}" for k in metrics if k not in trial | hist and not _theta(k)}
+        | {f"history key {k!r}" for k in history if k not in hist and not _theta(k)}
+        | {f"JSON column {k!r}" for k in json_columns if k not in json_cols}
+    )
+    if unknown:
+        raise KeyError(
+            f"{', '.join(unknown)}: not in the results schema (pipeline.study.tables: "
+            "_TRIAL_SCHEMA, HISTORY_COLUMNS); add the column there, or the sweep drops it"
+        )
+
+
+def _theta(key: str) -> bool:
+    return key.startswith(THETA_PREFIX)
+
+
+def deq_baseline(trials: Any, *, finished: bool = True, plain: bool = False) -> Any:
+    """The DEQ baseline trials of a trials table (a DataFrame): DEQ started from y (the
+    observation), only finished ones unless ``finished=False``; ``plain``: without Jacobian
+    regularisation (``jac_reg`` 0, missing, or absent from the table).
+
+    The one definition of which trials DEQ comparisons start from: the report (its DEQ arms,
+    lines and tables) and the sweep's model registry (``plain``) both select with it."""
+    keep = (trials["estimator"] == "deq") & (trials["start"] == "y")
+    if finished:
+        done = (
+            trials["finished"] if "finished" in trials.columns else trials["status"] == "finished"
+        )
+        keep &= done.astype(bool)
+    if plain and "jac_reg" in trials.columns:
+        keep &= trials["jac_reg"].map(_no_weight).astype(bool)
+    return trials[keep]
+
+
+def _no_weight(value: Any) -> bool:
+    """A Jacobian-penalty weight that means plain DEQ: 0, missing or not a number."""
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        return True
+    return not math.isfinite(weight) or weight == 0
 
 
 # Parameter groups whose value does not move the scheme's fixed point, per prior type, with the

@@ -28,7 +28,8 @@ from pipeline.core.solvers import anderson
 from pipeline.study.build import build_estimator, build_scheme, resolve_device
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.data import observe
-from pipeline.study.tables import fixed_point_free_groups
+from pipeline.study.estimators import get_kind, iterations_at_depth
+from pipeline.study.tables import check_trial_keys, fixed_point_free_groups
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
 
@@ -52,15 +53,6 @@ class TrialResult:
     # test_psnr_k_per_image, test_psnr_at_depth_per_image, grad_groups_json (last epoch's
     # per-group probe), inits_json
     json_columns: dict[str, Any] = field(default_factory=dict)
-
-
-def iterations_at_depth(spec: TrialSpec) -> int | None:
-    """Scheme applications the trained network uses at inference: (T+1)·K, N, or None (solve)."""
-    if spec.estimator == "rjfb":
-        return (spec.restarts + 1) * spec.depth
-    if spec.estimator == "unrolled":
-        return spec.iterations
-    return None
 
 
 class Trial:
@@ -162,7 +154,7 @@ class Trial:
         if self.cfg.compile:
             step = _compiled(step)
         spec = self.spec
-        refine = spec.estimator in ("deq", "jfb") or spec.restart_tol is not None
+        refine = get_kind(spec.estimator).solves(spec)
         return autocast_no_grad(step, self.autocast, refine=refine), y
 
     # ------------------------------------------------------------------ checkpoints
@@ -523,8 +515,10 @@ def run_trial(
         extra["deq_undefined_epoch"] = undefined
     if status != "finished":
         last = trial.history[-1] if trial.history else {}
-        return TrialResult(
-            status, reason, {**last, **extra}, trial.history, theta, json_columns=columns
+        return _checked(
+            TrialResult(
+                status, reason, {**last, **extra}, trial.history, theta, json_columns=columns
+            )
         )
 
     per_image = trial.evaluate(trial.test)
@@ -556,16 +550,30 @@ def run_trial(
     artifacts: list[Path] = []
     if artifacts_dir is not None:
         artifacts = write_artifacts(trial, theta, artifacts_dir, study.report.images)
-    return TrialResult(
-        status,
-        reason,
-        metrics,
-        trial.history,
-        theta,
-        per_image.tolist(),
-        artifacts,
-        json_columns=columns,
+    return _checked(
+        TrialResult(
+            status,
+            reason,
+            metrics,
+            trial.history,
+            theta,
+            per_image.tolist(),
+            artifacts,
+            json_columns=columns,
+        )
     )
+
+
+def _checked(result: TrialResult) -> TrialResult:
+    """``result`` once every key it reports is a column of the results schema
+    (``study.tables.check_trial_keys``: an unknown key fails loudly instead of vanishing from
+    the sweep's tables)."""
+    check_trial_keys(
+        result.metrics,
+        {k for row in result.history for k in row},
+        result.json_columns,
+    )
+    return result
 
 
 def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int) -> list[Path]:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.study.config import StudyConfig
+from pipeline.study.estimators import ESTIMATOR_KINDS
 from pipeline.sweep import preflight, tracking
 from pipeline.sweep.cluster import (
     alive_nodes,
@@ -369,16 +370,16 @@ def search_tuner(
 
 
 def _trial_states(results: Any) -> list[tuple[Any, str]]:
-    """Each result with its Tune trial's status (TERMINATED, ERROR, PENDING, …)."""
-    trials = results._experiment_analysis.trials  # the ResultGrid's own order
-    return [(r, t.status) for r, t in zip(results, trials, strict=True)]
+    """Each result of a search that ended (:func:`_check_search_done` passed) with its Tune
+    trial's status: ERROR where it raised, else TERMINATED (ResultGrid's public API only)."""
+    return [(r, "ERROR" if r.error is not None else "TERMINATED") for r in results]
 
 
 def _check_search_done(results: Any) -> None:
     """``KeyboardInterrupt`` when the search stopped with trials left to run (Ctrl-C)."""
-    left = [r for r, status in _trial_states(results) if status not in ("TERMINATED", "ERROR")]
+    left = len(results) - results.num_terminated - results.num_errors
     if left:
-        raise KeyboardInterrupt(f"{len(left)} search trials did not finish")
+        raise KeyboardInterrupt(f"{left} search trials did not finish")
 
 
 def is_pruned(result: Any, status: str) -> bool:
@@ -558,6 +559,7 @@ def _trainable(cfg: StudyConfig, prepared: Path, attempt: Attempt, ship: bool) -
         tags=attempt.tags,
         dataset=dataclasses.asdict(dataset),
         system_metrics_interval_s=cfg.mlflow.system_metrics_interval_s,
+        estimators=tuple(ESTIMATOR_KINDS.values()),
     )
     bundle = pack_prepared(prepared) if ship else None
     weights = pack_weights(cfg) if ship else None

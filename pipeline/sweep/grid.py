@@ -52,7 +52,7 @@ def search_points(cfg: StudyConfig, grid: Grid) -> list[dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for p in grid.points:
         spec = TrialSpec.model_validate(p["trial"])
-        config = _config_name(spec)
+        config = spec.config_name
         if config not in out:
             s = spec.model_copy(update={"seed": cfg.sweep.tune.search_seed})
             out[config] = {
@@ -62,11 +62,6 @@ def search_points(cfg: StudyConfig, grid: Grid) -> list[dict[str, Any]]:
                 "config": config,
             }
     return list(out.values())
-
-
-def _config_name(spec: TrialSpec) -> str:
-    """A trial's name without its seed (``wl1-rjfb-K5-T0``)."""
-    return spec.name.rsplit("-s", 1)[0]
 
 
 def with_lr(point: dict[str, Any], lr: float, role: str) -> dict[str, Any]:
@@ -79,7 +74,7 @@ def with_lr(point: dict[str, Any], lr: float, role: str) -> dict[str, Any]:
 
 def config_of(point: dict[str, Any]) -> str:
     """The seedless configuration a grid point belongs to."""
-    return _config_name(TrialSpec.model_validate(point["trial"]))
+    return TrialSpec.model_validate(point["trial"]).config_name
 
 
 def trial_key(cfg: StudyConfig, spec: TrialSpec) -> str:

@@ -21,8 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.study.chain import plain_deq
-from pipeline.study.tables import CONFIG_KEYS
+from pipeline.study.tables import CONFIG_KEYS, deq_baseline
 from pipeline.sweep import tracking
 
 ALIAS = "best"
@@ -64,8 +63,7 @@ def best_per_prior(trials: Any) -> dict[str, dict[str, Any]]:
         arm = rows[(rows[CONFIG_COLUMNS] == list(config)).all(axis=1)]
         chosen = arm.loc[arm["final_val_psnr"].idxmax()].to_dict()
         # the plain DEQ arms started from y (not the Jacobian-regularised or warm-started ones)
-        baseline = rows.apply(lambda r: plain_deq(r) and r["start"] == "y", axis=1)
-        deq = rows[baseline.astype(bool)]["test_psnr"]
+        deq = deq_baseline(rows, plain=True)["test_psnr"]
         deq_mean = float(deq.mean()) if len(deq) else math.nan
         chosen.update(
             config_val_psnr=float(means.loc[config, "final_val_psnr"]),

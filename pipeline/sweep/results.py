@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.study.config import StudyConfig, TrialSpec
-from pipeline.study.families import prior_family
-from pipeline.study.tables import HISTORY_COLUMNS, JSON_LIST_COLUMNS, TRIAL_COLUMNS
+from pipeline.study.config import StudyConfig, TrialSpec, prior_family
+from pipeline.study.tables import HISTORY_COLUMNS, JSON_LIST_COLUMNS, TRIAL_COLUMNS, TRIAL_SCHEMA
 from pipeline.util.hashing import sha256_hex
 
 
@@ -57,16 +56,9 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
             row.update(status="failed", status_reason=reason)
         else:
             row.update(status=metrics["status"], status_reason=metrics.get("status_reason", ""))
-        for col in TRIAL_COLUMNS:
+        for col, kind in TRIAL_SCHEMA.items():  # the rest from the result, as the schema says
             if col not in row:
-                row[col] = metrics.get(col, math.nan)
-        for col in JSON_LIST_COLUMNS:
-            row[col] = json.loads(metrics.get(col, "[]"))
-        row["grad_groups_json"] = metrics.get("grad_groups_json", "{}")
-        row["inits_json"] = metrics.get("inits_json", "{}")
-        row["theta_json"] = metrics.get("theta_json", "{}")
-        row["mlflow_run_id"] = metrics.get("mlflow_run_id", "")
-        row["node_id"] = metrics.get("node_id", "")
+                row[col] = _cell(kind, col, metrics)
         rows.append(row)
         part = _history(result, metrics if finished else None)
         if part is not None:
@@ -86,6 +78,18 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
         history = history.assign(_rank=rank).sort_values(["_rank", "epoch"], kind="stable")
         history = history.drop(columns="_rank").reset_index(drop=True)
     return trials, history
+
+
+def _cell(kind: str, col: str, metrics: Mapping[str, Any]) -> Any:
+    """A trials-table cell of kind ``kind`` from a trial's result (its default where the result
+    has none): JSON lists parsed, JSON objects kept as text, text, numbers (NaN)."""
+    if col in JSON_LIST_COLUMNS:
+        return json.loads(metrics.get(col, "[]"))
+    if kind == "json":
+        return metrics.get(col, "{}")
+    if kind == "text":
+        return metrics.get(col, "")
+    return metrics.get(col, math.nan)
 
 
 def scheme_key(prior: Any) -> str:

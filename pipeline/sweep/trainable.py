@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.study.config import StudyConfig, TrialSpec
+from pipeline.study.estimators import ESTIMATOR_KINDS, register_kind
 from pipeline.sweep import tracking
 from pipeline.sweep.grid import trial_params, with_lr
 from pipeline.sweep.shipping import PreparedBundle, WeightsBundle, localize_weights, materialize
@@ -37,6 +38,10 @@ class TrialContext:
     # the prepared data as an MLflow dataset input (tracking.DatasetRef's fields)
     dataset: dict[str, str] | None = None
     system_metrics_interval_s: float = 0.0
+    # the driver's estimator registrations (pipeline.study.estimators.EstimatorKind): shipped
+    # so that a trial knows an estimator registered at run time too (unpickling one imports
+    # the module that defines its functions, which registers its core class)
+    estimators: tuple[Any, ...] = ()
 
 
 def train_trial(
@@ -49,6 +54,9 @@ def train_trial(
     import ray
     from ray import tune
 
+    for kind in context.estimators:
+        if kind.name not in ESTIMATOR_KINDS:
+            register_kind(kind)
     spec = TrialSpec.model_validate(point["trial"])
     raw = context.study
     if point.get("lr") is not None:  # a tuned sweep's trial: its own learning rate

@@ -1,4 +1,4 @@
-"""Gradient VALUES of every estimator in pipeline.gradients, against closed forms.
+"""Gradient VALUES of every estimator in pipeline.core.estimators, against closed forms.
 
 The reference problem (tests/closed_form.py) is float64 Tikhonov denoising with periodic finite
 differences: x* = (I + λDᵀD)⁻¹ y, the scheme T(x) = x − τ((x − y) + λDᵀDx), ℓ = log λ learned.

@@ -1,4 +1,4 @@
-"""pipeline.solvers on affine contractions f(x) = Ax + b with a known solution x* = (I − A)⁻¹b.
+"""pipeline.core.solvers on affine contractions f(x) = Ax + b with a known solution x* = (I − A)⁻¹b.
 
 A is non-symmetric (non-normal) with spectral radius γ and a condition number κ ≤ 1.5 of its
 eigenvectors, so ‖x − x*‖ ≤ κ‖f(x) − x‖/(1 − γ): a relative residual r gives a relative error

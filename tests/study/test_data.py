@@ -1,4 +1,4 @@
-"""pipeline.data: split by image, crops, degradations (values), determinism, sources, errors."""
+"""pipeline.study.data: split by image, crops, degradations (values), determinism, sources, errors."""
 
 from __future__ import annotations
 

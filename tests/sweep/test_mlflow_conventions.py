@@ -139,7 +139,7 @@ def test_registered_best_reproduces_the_trial_test_psnr(
 ) -> None:
     import mlflow.pytorch
 
-    from pipeline.study.export import load_model
+    from pipeline.study.reload import load_model
     from pipeline.sweep.registry import register_best
 
     cfg, trials, c = swept["cfg"], swept["trials"], swept["client"]

@@ -1,4 +1,4 @@
-"""``pipeline.jsonio``: result files are strict JSON whatever the numbers are."""
+"""``pipeline.util.jsonio``: result files are strict JSON whatever the numbers are."""
 
 from __future__ import annotations
 
