@@ -14,7 +14,9 @@ run them under ``torch.no_grad()`` or on functions that return detached tensors.
 
 A new solver is one function registered with :func:`register_solver` under a name declared in
 ``pipeline.util.names.SOLVER_NAMES`` (which the params schema validates ``sweep.deq.solver``
-against without importing torch); the estimators look solvers up here by name.
+against without importing torch); the estimators look solvers up here by name. Broyden's method
+lives in :mod:`pipeline.core.broyden` (SHINE reuses its inverse estimate) and registers itself
+there; the import at the end of this module makes the registry complete whichever is imported.
 """
 
 from __future__ import annotations
@@ -185,3 +187,7 @@ def anderson(
         residual = relative_residual(fs[:, last], xs[:, last])
         k += 1
     return fs[:, last].reshape(shape).clone(), SolverInfo(k, residual, residual < tol)
+
+
+# Registers "broyden" (its module imports this one: the import stays last).
+import pipeline.core.broyden  # noqa: E402, F401
