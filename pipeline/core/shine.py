@@ -9,7 +9,7 @@ The contract of :mod:`pipeline.core.estimators`::
     est.last                   # Diagnostics (floats only)
 
 DEQ needs w = (I − J_xᵀ)⁻¹ g at the fixed point, i.e. a second solve. Broyden's forward
-(:mod:`pipeline.core.broyden`) already built H ≈ (I − J_x)⁻¹ per batch element (at its last
+(``broyden_solve`` in :mod:`pipeline.core.solvers`) already built H ≈ (I − J_x)⁻¹ per batch element (at its last
 iterate, from the secant pairs of the forward), so SHINE returns
 
     ∇_θ L ≈ J_θᵀ Hᵀ g        (the row vector gᵀH carried through one tracked Φ at z*),
@@ -37,10 +37,9 @@ from typing import ClassVar, Protocol
 import torch
 from torch import Tensor
 
-from pipeline.core.broyden import DEFAULT_MEMORY, broyden_solve
 from pipeline.core.estimators import Diagnostics, Estimator, Step, block
 from pipeline.core.implicit import attach_backward, vjp
-from pipeline.core.solvers import relative_residual
+from pipeline.core.solvers import BROYDEN_MEMORY, broyden_solve, relative_residual
 
 
 class InverseEstimate(Protocol):
@@ -81,7 +80,7 @@ class Shine(Estimator):
     name: ClassVar[str] = "shine"
     tol: float = 1e-4
     max_iter: int = 200
-    memory: int = DEFAULT_MEMORY
+    memory: int = BROYDEN_MEMORY
     depth: int = 1
     refine: int = 0
 

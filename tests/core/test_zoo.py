@@ -22,13 +22,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.broyden import BroydenInverse, broyden, broyden_solve
 from pipeline.core.estimators import make_estimator
 from pipeline.core.phantom import DampedPhantom, NeumannPhantom
 from pipeline.core.physics import build_physics, gaussian_kernel, lipschitz
 from pipeline.core.schemes import PnPFB, WaveletFB
 from pipeline.core.shine import Shine, backward_with_inverse
-from pipeline.core.solvers import SOLVERS, anderson, fixed_point, get_solver
+from pipeline.core.solvers import (
+    SOLVERS,
+    BroydenInverse,
+    anderson,
+    broyden,
+    broyden_solve,
+    fixed_point,
+    get_solver,
+)
 from tests import closed_form as cf
 
 pytestmark = [
