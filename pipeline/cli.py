@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline.util.cli import positive_int, run_cli
 
@@ -53,10 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--suite",
-        choices=("cpu", "gpu"),
+        choices=("cpu", "gpu", "trial"),
         default="cpu",
         help="cpu: Haar-l1 FB denoising, B=8 gray 64x64; gpu: DRUNet PnP-FB deblurring, "
-        "B=8 RGB 256x256 (default: %(default)s)",
+        "B=8 RGB 256x256; trial: one whole trial of the study per prior family, its wall "
+        "time split into phases (default: %(default)s)",
     )
     bench.add_argument("--quick", action="store_true", help="fewer repetitions, same rows")
     bench.add_argument(
@@ -81,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
         help="cpu suite: deepinv's WaveletPrior (needs ptwt) or a Prior with the floor's Haar "
         "prox; auto: WaveletPrior when ptwt is installed (default: %(default)s)",
     )
+    trial = bench.add_argument_group("--suite trial")
+    trial.add_argument("--params", default="params.yaml", help="the study (%(default)s)")
+    trial.add_argument("--prepared", default="data/prepared", help="its data (%(default)s)")
+    trial.add_argument(
+        "--trial",
+        action="append",
+        metavar="NAME",
+        help="a trial of the study (repeatable; default: one per prior family, "
+        "pipeline.tools.bench_trial.DEFAULT_TRIALS)",
+    )
+    trial.add_argument("--epochs", type=positive_int, help="every prior's epochs override")
     return parser
 
 
@@ -119,6 +132,18 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if backup is not None:
             print(f"  the previous {args.params} is kept as {backup}")
         print("  run it with `dvc repro`; `git checkout params.yaml` restores the default study")
+        return 0
+    if args.command == "bench" and args.suite == "trial":
+        from pipeline.tools import bench_trial
+
+        bench_trial.main(
+            Path(args.params),
+            Path(args.prepared),
+            tuple(args.trial) if args.trial else None,
+            threads=args.threads,
+            epochs=args.epochs,
+            json_path=Path(args.json) if args.json else None,
+        )
         return 0
     if args.command == "bench":
         from pipeline.tools import bench

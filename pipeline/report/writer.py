@@ -17,6 +17,7 @@ from pipeline.report.common import COMPARE_COLUMNS, TTQ_COLUMNS
 from pipeline.report.comparisons import baseline_table, restart_gain_table
 from pipeline.report.confidence import VERDICTS
 from pipeline.report.configs import config_table, deq_reliability, with_depth_and_distances
+from pipeline.report.cost import PHASE_PLOT, phase_table, plot_phases
 from pipeline.report.families import assign_families, prior_order
 from pipeline.report.markdown import render_markdown
 from pipeline.report.plots import write_plots
@@ -43,6 +44,7 @@ def write_report(
     cfg: ReportConfig,
     priors: Mapping[str, Any] | None = None,
     denoiser: Mapping[str, Any] | None = None,
+    sweep_timing: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``ablation.md``, ``metrics.json``, ``configs.parquet``, ``baselines.parquet``,
     ``restart_gain.parquet`` and ``plots/*.png`` under ``out_dir``.
@@ -57,6 +59,7 @@ def write_report(
     untouched. Returns the metrics written to ``metrics.json``.
     """
     t, h, ttq = _report_tables(trials, history, cfg, priors)
+    phases = phase_table(t)  # every trial's time, the floors' included
     # DEQ-only priors of the same scheme are the θ distances' noise floors, not priors
     t, floor = split_floor_trials(t)
     t = with_depth_and_distances(t)
@@ -68,6 +71,13 @@ def write_report(
     gains = restart_gain_table(t, tol, withheld)
     metrics = _metrics(t, h, configs, cfg)
     metrics.update(_new_metrics(baselines, gains, configs, floor, denoiser))
+    # where the trials' time went (pipeline.report.cost) and the sweep's own overhead
+    metrics["train_fraction"] = (
+        float(phases["train"].sum() / phases["total"].sum()) if len(phases) else None
+    )
+    metrics["phases"] = _records(phases) if len(phases) else []
+    if sweep_timing:
+        metrics["sweep_timing"] = dict(sweep_timing)
     metrics = jsonio.strict(metrics)
     tables = {"configs": configs, "baselines": baselines, "restart_gain": gains}
     _write_atomically(Path(out_dir), t, h, ttq.loc[t.index], tables, metrics, cfg)
@@ -236,6 +246,8 @@ def _write_atomically(
         plot_files = write_plots(
             t, h, ttq, tmp / "plots", cfg.quality_margin_db, configs, cfg.delta_psnr_tolerance
         )
+        plot_phases(pd.DataFrame(metrics.get("phases") or []), tmp / "plots" / PHASE_PLOT)
+        plot_files.append(PHASE_PLOT)
         for name, df in tables.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False)
         (tmp / "metrics.json").write_text(

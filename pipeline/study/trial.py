@@ -28,6 +28,7 @@ from pipeline.core.solvers import anderson
 from pipeline.study.build import build_estimator, build_scheme, resolve_device
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.data import observe
+from pipeline.study.phases import PhaseTimer
 from pipeline.study.tables import fixed_point_free_groups
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -128,6 +129,9 @@ class Trial:
         self.backward_steps = 0
         self.backward_unconverged = 0
         self.solve_residual = 0.0  # of the last evaluate()'s equilibrium solves
+        # the val split's fixed points at the current θ, per batch (evaluate() keeps them,
+        # a training step drops them): the probes' x* is the first batch's, not solved again
+        self.val_fixed_points: dict[tuple[int, ...], Tensor] = {}
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
         # val PSNR at equilibrium with the initial θ (epoch 0): shows whether training helped;
@@ -213,6 +217,7 @@ class Trial:
         if cfg.steps_per_epoch is not None:
             batches = batches[: cfg.steps_per_epoch]
         losses, seconds, residuals, backward = [], [], [], []
+        self.val_fixed_points = {}  # θ changes from here on
         for index in batches:
             start = time.perf_counter()
             step, y = self.train_step_fn(self.train, index)
@@ -271,12 +276,38 @@ class Trial:
         largest relative residual its equilibrium solves ended at."""
         self.solve_residual = 0.0
         out = []
-        bs = self.cfg.batch_size
-        for i in range(0, len(split), bs):
-            index = torch.arange(i, min(i + bs, len(split)))
+        keep = split is self.val and iterations is None
+        for index in self.batches(split):
             x = self.solve(split, index, iterations)
+            if keep:
+                self.val_fixed_points[tuple(index.tolist())] = x
             out.append(psnr(x.clamp(0, 1), split.clean[index]))
         return torch.cat(out)
+
+    def batches(self, split) -> list[Tensor]:
+        """The evaluation batches of a split: ``train.batch_size`` consecutive images (an
+        equilibrium solve stops on its batch's residual, so the batches are part of the
+        result)."""
+        bs = self.cfg.batch_size
+        return [torch.arange(i, min(i + bs, len(split))) for i in range(0, len(split), bs)]
+
+    @torch.no_grad()
+    def evaluate_depths(self, split, depths: list[int]) -> dict[int, Tensor]:
+        """Per-image PSNR after each of ``depths`` steps from y, from one trajectory per batch
+        (the iterates ``solve(split, index, n)`` makes for each n, recorded on the way to the
+        largest: the same tensors, computed once)."""
+        wanted = sorted({max(1, int(n)) for n in depths})
+        layers = self.scheme_layers()
+        out: dict[int, list[Tensor]] = {n: [] for n in wanted}
+        for index in self.batches(split):
+            step, x = self.step_fn(split, index)
+            clean = split.clean[index]
+            for n in range(wanted[-1]):
+                x = step(x, n % layers)
+                if n + 1 in out:
+                    out[n + 1].append(psnr(x.clamp(0, 1), clean))
+        per_n = {n: torch.cat(v) for n, v in out.items()}
+        return {int(n): per_n[max(1, int(n))] for n in depths}
 
     def probes(self) -> dict[str, float]:
         """Gradient fidelity vs DEQ and the contraction estimate on a fixed probe batch."""
@@ -306,7 +337,10 @@ class Trial:
                 per_group[name] = {**per_group[name], "cos": math.nan, "sign_agree": math.nan}
         cos_min, _ = probes.group_summary(per_group)
         step, _ = self.step_fn(self.val, index)
-        x_star = self.solve(self.val, index)
+        # the val evaluation of this epoch solved this batch at this θ already
+        x_star = self.val_fixed_points.get(tuple(index.tolist()))
+        if x_star is None:
+            x_star = self.solve(self.val, index)
         # tol 1e-4: measured on wl12 and pnp, the estimates agree with 20 full iterations to
         # 4e-5 relative, and a contracting 10-block's estimate stops 40% sooner
         gamma = probes.contraction(block(step, 1), x_star, iters=20, seed=0, tol=1e-4)
@@ -460,29 +494,40 @@ def run_trial(
     artifacts_dir: Path | None = None,
     threads: int | None = None,
     inits: dict[str, Any] | None = None,
+    timer: PhaseTimer | None = None,
 ) -> TrialResult:
     """Train, evaluate and report one trial. Divergence ends it with status ``diverged``.
 
     ``inits``: prior options replaced for this trial, e.g. ``{"sigma_init": [...]}`` from
-    :func:`pipeline.study.chain.chained_inits`; recorded in the metrics (``inits_json``)."""
+    :func:`pipeline.study.chain.chained_inits`; recorded in the metrics (``inits_json``).
+    ``timer``: the trial's phase timer, started where the trial started (the Tune trainable's
+    entry); a new one started here by default. Its ``seconds_*`` columns are in the metrics
+    (:mod:`pipeline.study.phases`)."""
+    timer = PhaseTimer() if timer is None else timer
     if threads:
         torch.set_num_threads(threads)
     trial = Trial(study, spec, prepared, inits=inits)
     if resume is not None:
         trial.restore(resume)
     else:
-        trial.initial_val_psnr = float(trial.evaluate(trial.val).mean())
+        with timer.phase("val"):
+            trial.initial_val_psnr = float(trial.evaluate(trial.val).mean())
     status, reason = "finished", ""
     while trial.epoch < trial.cfg.epochs:
+        timer.started_training()
         start = time.perf_counter()
         try:
-            loss, sec_per_step = trial.train_epoch()
+            with timer.phase("train"):
+                loss, sec_per_step = trial.train_epoch()
         except Diverged as err:
             status, reason = "diverged", f"epoch {trial.epoch + 1}: {err}"
             break
         trial.elapsed += time.perf_counter() - start
-        val = trial.evaluate(trial.val)
+        with timer.phase("val"):
+            val = trial.evaluate(trial.val)
         trial.epoch += 1
+        with timer.phase("probe"):
+            probes = trial.probes() if probed(trial.epoch, trial.cfg) else {}
         row = {
             "epoch": float(trial.epoch),
             "elapsed_seconds": trial.elapsed,
@@ -499,7 +544,7 @@ def run_trial(
                 if trial.train_backward_residual is not None
                 else {}
             ),
-            **(trial.probes() if probed(trial.epoch, trial.cfg) else {}),
+            **probes,
             **trial.theta_metrics(),
         }
         if not all(math.isfinite(v) for v in row.values()):
@@ -507,7 +552,9 @@ def run_trial(
             break
         trial.history.append(row)
         if report is not None:
-            report(row, trial.state())
+            with timer.phase("artifacts"):  # the epoch's row and checkpoint (MLflow, Tune)
+                report(row, trial.state())
+    timer.started_training()  # a trial resumed after its last epoch trains no step
 
     theta = trial.scheme.theta()
     columns: dict[str, Any] = {
@@ -524,16 +571,27 @@ def run_trial(
     if status != "finished":
         last = trial.history[-1] if trial.history else {}
         return TrialResult(
-            status, reason, {**last, **extra}, trial.history, theta, json_columns=columns
+            status,
+            reason,
+            {**last, **extra, **timer.metrics()},
+            trial.history,
+            theta,
+            json_columns=columns,
         )
 
-    per_image = trial.evaluate(trial.test)
-    eq_residual = trial.solve_residual
-    at_depth_iters = iterations_at_depth(spec)
-    at_depth = per_image if at_depth_iters is None else trial.evaluate(trial.test, at_depth_iters)
-    # one trained model at several depths (the reference code's histograms): 1 step, K steps
-    one = trial.evaluate(trial.test, 1)
-    k_steps = one if spec.depth == 1 else trial.evaluate(trial.test, spec.depth)
+    with timer.phase("test"):
+        per_image = trial.evaluate(trial.test)
+        eq_residual = trial.solve_residual
+        at_depth_iters = iterations_at_depth(spec)
+        # one trained model at several depths (the reference code's histograms): 1 step, K
+        # steps and the training depth, from one trajectory
+        depths = trial.evaluate_depths(
+            trial.test, [1, spec.depth] + ([at_depth_iters] if at_depth_iters else [])
+        )
+        one, k_steps = depths[1], depths[spec.depth]
+        at_depth = per_image if at_depth_iters is None else depths[at_depth_iters]
+    with timer.phase("probe"):
+        peak_mib = trial.saved_mib()
     columns["test_psnr_1_per_image"] = one.tolist()
     columns["test_psnr_k_per_image"] = k_steps.tolist()
     columns["test_psnr_at_depth_per_image"] = at_depth.tolist()
@@ -550,16 +608,17 @@ def run_trial(
         # did the test solve reach equilibrium? (compare with train.eval_tol)
         "test_eq_residual": eq_residual,
         "train_seconds": trial.elapsed,
-        "peak_mem_mib": trial.saved_mib(),
+        "peak_mem_mib": peak_mib,
         "final_val_psnr": trial.history[-1]["val_psnr"],
     }
     artifacts: list[Path] = []
     if artifacts_dir is not None:
-        artifacts = write_artifacts(trial, theta, artifacts_dir, study.report.images)
+        with timer.phase("artifacts"):
+            artifacts = write_artifacts(trial, theta, artifacts_dir, study.report.images)
     return TrialResult(
         status,
         reason,
-        metrics,
+        {**metrics, **timer.metrics()},
         trial.history,
         theta,
         per_image.tolist(),
