@@ -24,7 +24,7 @@ from pipeline.core.estimators import Estimator, block
 from pipeline.core.jacobian import jacobian_penalty
 from pipeline.core.precision import AUTOCAST_DTYPES, autocast_no_grad, step_memory
 from pipeline.core.probes import psnr
-from pipeline.core.solvers import anderson
+from pipeline.core.solvers import SolverInfo, anderson
 from pipeline.study.build import build_estimator, build_scheme, resolve_device
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.data import observe
@@ -64,8 +64,26 @@ def iterations_at_depth(spec: TrialSpec) -> int | None:
     return None
 
 
+@dataclass
+class Solved:
+    """An equilibrium solve of one evaluation batch: its fixed point, the solver's iterations
+    and whether it met ``train.eval_tol``, at the θ of training step ``version``."""
+
+    x: Tensor
+    iterations: int
+    converged: bool
+    version: int
+
+
 class Trial:
-    """State of one training run; ``run_trial`` drives it."""
+    """State of one training run; ``run_trial`` drives it.
+
+    ``exhaustive``: every equilibrium solve starts from y, as if nothing had been solved
+    before. Otherwise (the default) the val solves start
+    from the previous epoch's fixed points and the test solves from the iterate at the
+    training depth: each warm start is kept only when it meets the same tolerance
+    (else the solve from y runs), so a number changes by what the tolerance allows, never more
+    (``tests/study/test_phases.py`` compares the two on the same seed)."""
 
     def __init__(
         self,
@@ -129,9 +147,16 @@ class Trial:
         self.backward_steps = 0
         self.backward_unconverged = 0
         self.solve_residual = 0.0  # of the last evaluate()'s equilibrium solves
-        # the val split's fixed points at the current θ, per batch (evaluate() keeps them,
-        # a training step drops them): the probes' x* is the first batch's, not solved again
-        self.val_fixed_points: dict[tuple[int, ...], Tensor] = {}
+        self.exhaustive = False
+        # equilibrium solves kept per (split, batch): the val ones start the next epoch's (the
+        # val set is fixed), and at the current θ (``version``) the probes' x* is the first
+        # batch's, not solved again
+        self.solutions: dict[tuple[str, tuple[int, ...]], Solved] = {}
+        self.version = 0  # training steps taken so far (θ's version)
+        # evaluate_depths' iterates per (split, batch) and depth: the deepest starts the test
+        # solve, and the artifacts show them
+        self.depth_iterates: dict[tuple[str, tuple[int, ...]], dict[int, Tensor]] = {}
+        self.last_solve = SolverInfo(0, math.nan, False)  # the last equilibrium solve's
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
         # val PSNR at equilibrium with the initial θ (epoch 0): shows whether training helped;
@@ -183,7 +208,26 @@ class Trial:
             "history": json.dumps(self.history),
             "backward_counts": torch.tensor([self.backward_steps, self.backward_unconverged]),
             "initial_val_psnr": torch.tensor(self.initial_val_psnr, dtype=torch.float64),
+            # the warm starts, so that a resumed trial computes what an uninterrupted one does
+            "warm": self._warm_state(),
         }
+
+    def _warm_state(self) -> dict[str, Any]:
+        val = [(k, v) for k, v in self.solutions.items() if k[0] == "val"]
+        return {
+            "val_keys": json.dumps([list(k[1]) for k, _ in val]),
+            "val_x": [v.x for _, v in val],
+            "val_meta": torch.tensor([[v.iterations, v.converged, v.version] for _, v in val]),
+            "version": torch.tensor(self.version),
+        }
+
+    def _restore_warm(self, warm: dict[str, Any]) -> None:
+        self.version = int(warm["version"])
+        keys = json.loads(warm["val_keys"])
+        meta = warm["val_meta"].tolist() if keys else []
+        for key, x, (iterations, converged, version) in zip(keys, warm["val_x"], meta, strict=True):
+            solved = Solved(x.to(self.device), int(iterations), bool(converged), int(version))
+            self.solutions[("val", tuple(key))] = solved
 
     def restore(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
@@ -203,6 +247,8 @@ class Trial:
             self.backward_steps, self.backward_unconverged = (
                 int(v) for v in state["backward_counts"].tolist()
             )
+        if "warm" in state:  # older checkpoints lack it: the next solves start cold
+            self._restore_warm(state["warm"])
 
     # ------------------------------------------------------------------ pieces
     def step_fn(self, split, index: Tensor):
@@ -217,8 +263,8 @@ class Trial:
         if cfg.steps_per_epoch is not None:
             batches = batches[: cfg.steps_per_epoch]
         losses, seconds, residuals, backward = [], [], [], []
-        self.val_fixed_points = {}  # θ changes from here on
         for index in batches:
+            self.version += 1  # θ changes with this step: kept solutions are another θ's
             start = time.perf_counter()
             step, y = self.train_step_fn(self.train, index)
             x0 = self.bank[index] if self.bank is not None else y
@@ -252,9 +298,18 @@ class Trial:
         return jacobian_penalty(block(step, self.spec.depth), x, self.jac_generator)
 
     @torch.no_grad()
-    def solve(self, split, index: Tensor, iterations: int | None = None) -> Tensor:
+    def solve(
+        self,
+        split,
+        index: Tensor,
+        iterations: int | None = None,
+        start: Tensor | None = None,
+        cap: int | None = None,
+    ) -> Tensor:
         """Reconstruct: ``iterations`` steps from y (step n uses layer n mod K of a per-layer
-        scheme), or the fixed point of the K-block solved to eval_tol."""
+        scheme), or the fixed point of the K-block solved to eval_tol (Anderson). ``start``:
+        a warm start for the latter, kept if it meets eval_tol within ``cap`` iterations (else
+        the solve from y runs). ``self.last_solve`` is the kept solve's SolverInfo."""
         step, y = self.step_fn(split, index)
         layers = self.scheme_layers()
         phi = block(step, layers)
@@ -264,7 +319,12 @@ class Trial:
                 x = step(x, n % layers)
             return x
         cfg = self.cfg
-        x, info = anderson(phi, y, max_iter=cfg.eval_max_iter, tol=cfg.eval_tol)
+        info = None
+        if start is not None and cap is not None and not self.exhaustive:
+            x, info = anderson(phi, start, max_iter=min(cap, cfg.eval_max_iter), tol=cfg.eval_tol)
+        if info is None or not info.converged:
+            x, info = anderson(phi, y, max_iter=cfg.eval_max_iter, tol=cfg.eval_tol)
+        self.last_solve = info
         self.solve_residual = max(self.solve_residual, info.residual)
         return x
 
@@ -276,13 +336,43 @@ class Trial:
         largest relative residual its equilibrium solves ended at."""
         self.solve_residual = 0.0
         out = []
-        keep = split is self.val and iterations is None
+        name = self.split_name(split)
         for index in self.batches(split):
-            x = self.solve(split, index, iterations)
-            if keep:
-                self.val_fixed_points[tuple(index.tolist())] = x
+            key = (name, tuple(index.tolist()))
+            start, cap = (None, None) if iterations is not None else self.warm_start(key)
+            x = self.solve(split, index, iterations, start, cap)
+            if iterations is None:
+                info = self.last_solve
+                self.solutions[key] = Solved(x, info.iterations, info.converged, self.version)
             out.append(psnr(x.clamp(0, 1), split.clean[index]))
         return torch.cat(out)
+
+    def split_name(self, split) -> str:
+        return {id(self.train): "train", id(self.val): "val", id(self.test): "test"}[id(split)]
+
+    def warm_start(self, key: tuple[str, tuple[int, ...]]) -> tuple[Tensor | None, int | None]:
+        """Where an equilibrium solve of batch ``key`` starts, and within how many iterations
+        the start must meet the tolerance: a val batch from its previous fixed point within
+        the iterations that solve took (if it converged); a test batch from its iterate at the
+        training depth within the most the last val solves took (if they all converged).
+        (None, None): from y."""
+        if self.exhaustive:
+            return None, None
+        if key[0] == "val":
+            prev = self.solutions.get(key)
+            if prev is not None and prev.converged:
+                return prev.x, prev.iterations
+            return None, None
+        depths = self.depth_iterates.get(key)
+        val = [v for k, v in self.solutions.items() if k[0] == "val"]
+        if not depths or not val or not all(v.converged for v in val):
+            return None, None
+        return depths[max(depths)], max(v.iterations for v in val)
+
+    def fixed_point(self, split, index: Tensor) -> Solved | None:
+        """The kept equilibrium solve of this batch at the current θ, if any."""
+        kept = self.solutions.get((self.split_name(split), tuple(index.tolist())))
+        return kept if kept is not None and kept.version == self.version else None
 
     def batches(self, split) -> list[Tensor]:
         """The evaluation batches of a split: ``train.batch_size`` consecutive images (an
@@ -299,13 +389,17 @@ class Trial:
         wanted = sorted({max(1, int(n)) for n in depths})
         layers = self.scheme_layers()
         out: dict[int, list[Tensor]] = {n: [] for n in wanted}
+        name = self.split_name(split)
         for index in self.batches(split):
             step, x = self.step_fn(split, index)
             clean = split.clean[index]
+            kept: dict[int, Tensor] = {}
             for n in range(wanted[-1]):
                 x = step(x, n % layers)
                 if n + 1 in out:
                     out[n + 1].append(psnr(x.clamp(0, 1), clean))
+                    kept[n + 1] = x
+            self.depth_iterates[(name, tuple(index.tolist()))] = kept
         per_n = {n: torch.cat(v) for n, v in out.items()}
         return {int(n): per_n[max(1, int(n))] for n in depths}
 
@@ -318,7 +412,9 @@ class Trial:
         clean = self.val.clean[index]
 
         def grad_of(est: Estimator, training: bool) -> list[Tensor]:
-            # the trial's estimator as it trains (autocast option); DEQ in full precision
+            # the trial's estimator as it trains (autocast option); DEQ in full precision. The
+            # reference solves from y too: from the val fixed point it would save its forward
+            # solve but move its gradient by the forward tolerance (0.8% on a test study)
             step, y = (self.train_step_fn if training else self.step_fn)(self.val, index)
             return probes.gradient(lambda x: ((x - clean) ** 2).mean(), est, step, y, params)
 
@@ -338,11 +434,13 @@ class Trial:
         cos_min, _ = probes.group_summary(per_group)
         step, _ = self.step_fn(self.val, index)
         # the val evaluation of this epoch solved this batch at this θ already
-        x_star = self.val_fixed_points.get(tuple(index.tolist()))
-        if x_star is None:
-            x_star = self.solve(self.val, index)
+        kept = self.fixed_point(self.val, index)
+        x_star = kept.x if kept is not None else self.solve(self.val, index)
         # tol 1e-4: measured on wl12 and pnp, the estimates agree with 20 full iterations to
-        # 4e-5 relative, and a contracting 10-block's estimate stops 40% sooner
+        # 4e-5 relative, and a contracting 10-block's estimate stops 40% sooner. Always from
+        # the seeded random vector: started from the previous probe's vector, 20 iterations
+        # reach further (γ̂ 2% higher on a test study), and the report's horizon 1/(1 - γ̂)
+        # would move with it
         gamma = probes.contraction(block(step, 1), x_star, iters=20, seed=0, tol=1e-4)
         depth = self.spec.depth  # the K-block the estimator differentiates
         gamma_k = (
@@ -495,6 +593,7 @@ def run_trial(
     threads: int | None = None,
     inits: dict[str, Any] | None = None,
     timer: PhaseTimer | None = None,
+    exhaustive: bool = False,
 ) -> TrialResult:
     """Train, evaluate and report one trial. Divergence ends it with status ``diverged``.
 
@@ -502,11 +601,12 @@ def run_trial(
     :func:`pipeline.study.chain.chained_inits`; recorded in the metrics (``inits_json``).
     ``timer``: the trial's phase timer, started where the trial started (the Tune trainable's
     entry); a new one started here by default. Its ``seconds_*`` columns are in the metrics
-    (:mod:`pipeline.study.phases`)."""
+    (:mod:`pipeline.study.phases`). ``exhaustive``: no warm starts (:class:`Trial`)."""
     timer = PhaseTimer() if timer is None else timer
     if threads:
         torch.set_num_threads(threads)
     trial = Trial(study, spec, prepared, inits=inits)
+    trial.exhaustive = exhaustive
     if resume is not None:
         trial.restore(resume)
     else:
@@ -580,14 +680,14 @@ def run_trial(
         )
 
     with timer.phase("test"):
-        per_image = trial.evaluate(trial.test)
-        eq_residual = trial.solve_residual
         at_depth_iters = iterations_at_depth(spec)
         # one trained model at several depths (the reference code's histograms): 1 step, K
-        # steps and the training depth, from one trajectory
+        # steps and the training depth, from one trajectory (whose end starts the solve)
         depths = trial.evaluate_depths(
             trial.test, [1, spec.depth] + ([at_depth_iters] if at_depth_iters else [])
         )
+        per_image = trial.evaluate(trial.test)
+        eq_residual = trial.solve_residual
         one, k_steps = depths[1], depths[spec.depth]
         at_depth = per_image if at_depth_iters is None else depths[at_depth_iters]
     with timer.phase("probe"):
@@ -643,10 +743,18 @@ def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int)
     n = min(images, len(trial.test))
     index = torch.arange(n)
     rows = [("ground truth", trial.test.clean[index]), ("observation", trial.test.observed[index])]
-    rows.append(("at equilibrium", trial.solve(trial.test, index)))
+    # the first test batch's reconstructions as the test evaluation made them (the PSNRs in the
+    # trials table), solved here only when the images reach past that batch
+    first = trial.batches(trial.test)[0]
+    kept = trial.fixed_point(trial.test, first) if n <= len(first) else None
+    rows.append(("at equilibrium", kept.x[:n] if kept else trial.solve(trial.test, index)))
     depth_iters = iterations_at_depth(trial.spec)
     if depth_iters is not None:
-        rows.append((f"at depth ({depth_iters} it.)", trial.solve(trial.test, index, depth_iters)))
+        at = trial.depth_iterates.get(("test", tuple(first.tolist())), {}).get(depth_iters)
+        x = at[:n] if at is not None and n <= len(first) else None
+        if x is None:
+            x = trial.solve(trial.test, index, depth_iters)
+        rows.append((f"at depth ({depth_iters} it.)", x))
     fig, axes = plt.subplots(len(rows), n, figsize=(2.0 * n, 2.0 * len(rows)), squeeze=False)
     for r, (label, batch) in enumerate(rows):
         values = psnr(batch.clamp(0, 1), trial.test.clean[index])
