@@ -78,7 +78,8 @@ class Trial:
 
     ``exhaustive``: every reported reconstruction is computed on its own, as if nothing had
     been computed before: each test depth its own run of steps from y, the probes' x* its own
-    solve, the artifacts' reconstructions their own. Otherwise (the default) they are the
+    solve, a DEQ trial's probe reference its own gradient, the artifacts' reconstructions their
+    own. Otherwise (the default) they are the
     tensors computed once and kept (the depths recorded on one trajectory, x* from the val
     evaluation at the same θ, the artifacts from the test evaluation): the same operations on
     the same inputs, so every number is the same (``tests/study/test_phases.py``).
@@ -87,7 +88,7 @@ class Trial:
     the test iterate at depth) were measured and dropped: at eval_tol 1e-4 a scheme with
     γ̂ ≈ 0.99 stops up to 0.6 dB from its fixed point, so where a solve starts moves the
     reported PSNR by more than the report's 0.1 dB tolerance (0.18 dB on wl12 K5 T5).
-"""
+    """
 
     def __init__(
         self,
@@ -369,8 +370,12 @@ class Trial:
 
         reference = build_estimator(self.study, self.spec.model_copy(update={"estimator": "deq"}))
         g = grad_of(self.estimator, True)
-        g_ref = grad_of(reference, False)
-        ref_diag = reference.last  # the reference's own convergence (forward and backward)
+        if self.is_own_reference(reference):
+            # the same estimator on the same step and batch: the same gradient, computed once
+            g_ref, ref_diag = g, self.estimator.last
+        else:
+            g_ref = grad_of(reference, False)
+            ref_diag = reference.last  # the reference's own convergence (forward and backward)
         cosine, rel_err = probes.compare(g, g_ref)
         per_group = probes.compare_groups(g, g_ref, probes.parameter_groups(self.scheme, params))
         # a group the fixed point does not depend on (wavelet FB's τ) has an exact DEQ gradient
@@ -418,6 +423,18 @@ class Trial:
             "probe_ref_residual": _finite(ref_diag.residual, 0.0),
             "probe_ref_backward_residual": _finite(ref_diag.backward_residual, 0.0),
         }
+
+    def is_own_reference(self, reference: Estimator) -> bool:
+        """Whether the probes' DEQ reference computes what the trial's own estimator does on
+        the probe batch: a DEQ trial with the same options whose training step is the plain
+        step (no restart autocast, no torch.compile). Never when ``exhaustive``."""
+        return (
+            not self.exhaustive
+            and type(reference) is type(self.estimator)
+            and reference.options() == self.estimator.options()
+            and self.autocast is None
+            and not self.cfg.compile
+        )
 
     def theta_metrics(self) -> dict[str, float]:
         return flatten_theta(self.scheme.theta())

@@ -136,14 +136,22 @@ def test_sweep_overhead_counts_only_the_trials_of_this_stage() -> None:
     assert math.isnan(none["before_first_step_s"]) and math.isnan(none["after_last_trial_s"])
 
 
-def test_the_reused_reconstructions_report_the_exhaustive_numbers_exactly(prepared) -> None:
-    # the same seed with nothing reused (each depth, x*, each artifact computed on its own):
-    # every number of the trial, its history and its JSON columns are equal, not close
+@pytest.mark.parametrize(
+    "spec",
+    [
+        TrialSpec(prior="wl", estimator="rjfb", depth=3, restarts=4, seed=1),
+        TrialSpec(prior="wl", estimator="deq", seed=1),
+    ],
+    ids=["rjfb", "deq"],
+)
+def test_the_reused_results_report_the_exhaustive_numbers_exactly(prepared, spec) -> None:
+    # the same seed with nothing reused (each depth, x*, a DEQ trial's probe reference, each
+    # artifact computed on its own): every number of the trial, its history and its JSON
+    # columns are equal, not close
     study, data = prepared
     study = study.model_copy(
         update={"train": study.train.model_copy(update={"epochs": 3, "probe_every": 1})}
     )
-    spec = TrialSpec(prior="wl", estimator="rjfb", depth=3, restarts=4, seed=1)
     fast = run_trial(study, spec, data)
     full = run_trial(study, spec, data, exhaustive=True)
     clock = {"elapsed_seconds", "train_seconds", "seconds_per_step", *PHASE_COLUMNS}
@@ -155,3 +163,18 @@ def test_the_reused_reconstructions_report_the_exhaustive_numbers_exactly(prepar
     assert [timeless(r) for r in fast.history] == [timeless(r) for r in full.history]
     assert fast.json_columns == full.json_columns and fast.theta == full.theta
     assert fast.per_image_psnr == full.per_image_psnr
+
+
+def test_a_deq_trial_is_its_own_probe_reference(prepared) -> None:
+    from pipeline.study.build import build_estimator
+
+    study, data = prepared
+    for spec, own in ((TrialSpec(prior="wl", estimator="deq"), True), (RJFB, False)):
+        trial = Trial(study, spec, data)
+        reference = build_estimator(study, spec.model_copy(update={"estimator": "deq"}))
+        assert trial.is_own_reference(reference) is own
+        trial.exhaustive = True
+        assert not trial.is_own_reference(reference)
+
+
+RJFB = TrialSpec(prior="wl", estimator="rjfb", depth=2, restarts=1)
