@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
         "pipeline.tools.bench_trial.DEFAULT_TRIALS)",
     )
     trial.add_argument("--epochs", type=positive_int, help="every prior's epochs override")
+    trial.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="recompute what a trial reuses (test depths, the probes' x*, a DEQ trial's probe "
+        "reference): the reference the default is measured against",
+    )
     return parser
 
 
@@ -143,6 +149,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             epochs=args.epochs,
             json_path=Path(args.json) if args.json else None,
+            exhaustive=args.exhaustive,
         )
         return 0
     if args.command == "bench":

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.report.common import safe_name
 from pipeline.study.phases import PHASES
 
 PHASE_PLOT = "cost_phases.png"
@@ -50,14 +51,6 @@ def phase_table(t: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def overall_fraction(t: pd.DataFrame) -> float:
-    """Σ seconds_train / Σ seconds_total over the finished trials (NaN without the columns)."""
-    table = phase_table(t)
-    if table.empty:
-        return math.nan
-    return float(table["train"].sum() / table["total"].sum())
-
-
 def plot_phases(table: pd.DataFrame, path: Path) -> None:
     """A stacked horizontal bar per prior × estimator of :func:`phase_table`: summed seconds of
     each phase."""
@@ -71,7 +64,9 @@ def plot_phases(table: pd.DataFrame, path: Path) -> None:
         ax.text(0.5, 0.5, "no phase times in the trials table", ha="center", va="center")
         ax.set_axis_off()
     else:
-        labels = [f"{r.prior} · {r.estimator} ({r.n})" for r in table.itertuples()]
+        labels = [
+            f"{safe_name(r.prior)} · {safe_name(r.estimator)} ({r.n})" for r in table.itertuples()
+        ]
         left = pd.Series(0.0, index=table.index)
         for phase in ("train", *[p for p in PHASES if p != "train"], "other"):
             ax.barh(labels, table[phase], left=left, color=_COLOURS[phase], label=phase)
@@ -111,7 +106,7 @@ def cost_section(metrics: Mapping[str, Any]) -> list[str]:
         for r in table.itertuples():
             cells = [f"{getattr(r, p):.1f}" for p in PHASES]
             md.append(
-                f"| `{r.prior}` | {r.estimator} | {r.n} | "
+                f"| `{safe_name(r.prior)}` | {safe_name(r.estimator)} | {r.n} | "
                 + " | ".join(cells)
                 + f" | {r.other:.1f} | {r.total:.1f} | {r.train_fraction:.0%} |"
             )

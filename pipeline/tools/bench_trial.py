@@ -52,9 +52,11 @@ def run_trials(
     names: tuple[str, ...] = DEFAULT_TRIALS,
     threads: int = 1,
     epochs: int | None = None,
+    exhaustive: bool = False,
 ) -> list[TrialBench]:
     """Run the named trials of the study at ``params`` (``epochs`` overrides every prior's
-    epochs) and return their phase splits."""
+    epochs; ``exhaustive``: nothing computed once is reused, ``run_trial``'s reference) and
+    return their phase splits."""
     from pipeline.study.config import load_params
     from pipeline.study.trial import run_trial
     from pipeline.util.errors import ConfigError
@@ -74,7 +76,13 @@ def run_trials(
         timer = PhaseTimer()
         with tempfile.TemporaryDirectory() as d:
             result = run_trial(
-                study, specs[name], prepared, artifacts_dir=Path(d), threads=threads, timer=timer
+                study,
+                specs[name],
+                prepared,
+                artifacts_dir=Path(d),
+                threads=threads,
+                timer=timer,
+                exhaustive=exhaustive,
             )
         m = result.metrics
         seconds = {p: float(m[f"seconds_{p}"]) for p in PHASES}
@@ -119,12 +127,13 @@ def main(
     threads: int = 1,
     epochs: int | None = None,
     json_path: Path | None = None,
+    exhaustive: bool = False,
 ) -> list[TrialBench]:
     """Run the suite, print its table (and write it as JSON to ``json_path``)."""
     from pipeline.tools.machine import loadavg
 
     start = time.perf_counter()
-    rows = run_trials(params, prepared, names or DEFAULT_TRIALS, threads, epochs)
+    rows = run_trials(params, prepared, names or DEFAULT_TRIALS, threads, epochs, exhaustive)
     print(table(rows))
     print(f"({time.perf_counter() - start:.0f} s; load average {loadavg()})")
     if json_path is not None:
@@ -135,6 +144,7 @@ def main(
             {
                 "suite": "trial",
                 "threads": threads,
+                "exhaustive": exhaustive,
                 "load_average": loadavg(),
                 "trials": [
                     {"name": r.name, "seconds": r.seconds, "metrics": r.metrics} for r in rows
