@@ -59,7 +59,7 @@ def plot_phases(table: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(table), 2) + 1.4))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(table), 2) + 1.9))
     if table.empty:
         ax.text(0.5, 0.5, "no phase times in the trials table", ha="center", va="center")
         ax.set_axis_off()
@@ -75,7 +75,8 @@ def plot_phases(table: pd.DataFrame, path: Path) -> None:
             ax.text(r.total, i, f" {r.train_fraction:.0%} training", va="center", fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("summed trial wall time (s)")
-        ax.legend(fontsize=7, ncol=4, loc="lower right")
+        # below the axes: never over a bar or its label
+        ax.legend(fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, -0.28))
         ax.set_xlim(0, float(table["total"].max()) * 1.25)
     ax.set_title(PHASE_PLOT_TITLE, fontsize=9)
     fig.tight_layout()
