@@ -280,14 +280,19 @@ def test_broyden_inverse_is_the_textbook_update_and_meets_the_secant_equation():
 @settings(max_examples=10, deadline=None)
 @given(
     gamma=st.floats(0.05, 0.95),
-    dim=st.integers(1, 30),
+    dim=st.integers(1, 20),
     seed=st.integers(0, 2**16),
-    memory=st.integers(1, 40),
+    spare=st.integers(0, 10),
 )
-def test_broyden_finds_the_solution_of_any_contraction(gamma, dim, seed, memory):
+def test_broyden_finds_the_solution_of_any_contraction(gamma, dim, seed, spare):
+    """With a memory of at least 2n pairs Broyden terminates on an affine map in n dimensions
+    (Gay 1979) before its restart. A smaller memory restarts from the identity mid-way and has
+    no such guarantee: memory 1 at γ = 0.875, n = 2 stalls at residual 1.7 after 5,000 steps on
+    a non-normal map, so the property is stated for memory ≥ 2n only."""
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from test_solvers import affine_problem
 
+    memory = 2 * dim + spare
     f, x_star = affine_problem(dim=dim, batch=2, gamma=gamma, seed=seed)
     x, info = broyden(f, torch.zeros_like(x_star), max_iter=5000, tol=1e-12, memory=memory)
     assert info.converged, info
