@@ -48,10 +48,10 @@ def _registered_estimator(value: Any) -> Any:
         try:
             get_kind(value)
         except ValueError as err:
-            raise _Located((), str(err)) from None
+            raise Located((), str(err)) from None
         return value
     listed = ", ".join(repr(n) for n in ESTIMATOR_KINDS)
-    raise _Located((), f"expected one of {listed}, got {_short(value)}")
+    raise Located((), f"expected one of {listed}, got {short_repr(value)}")
 
 
 # The names come from the estimator registry; checked when a config is validated, so an
@@ -84,7 +84,7 @@ TRACKING_SCHEMES = (
 )
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # allow_inf_nan=False: "tol: .inf" or "lr: .nan" is a mistake, never a setting.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
@@ -97,21 +97,21 @@ class _Strict(BaseModel):
             return data
         for key, value in data.items():
             field = cls.model_fields.get(key) if isinstance(key, str) else None
-            if field is None or _admits(field.annotation, bool):
+            if field is None or admits(field.annotation, bool):
                 continue
             items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
             for i, v in items:
-                if isinstance(v, bool) and _admits_number(field.annotation):
+                if isinstance(v, bool) and admits_number(field.annotation):
                     loc: tuple[str | int, ...] = (key,) if i is None else (key, i)
-                    kind = "an integer" if _is_int_field(field.annotation) else "a number"
-                    raise _Located(loc, f"expected {kind}, got {v!r} (a boolean)")
+                    kind = "an integer" if is_int_field(field.annotation) else "a number"
+                    raise Located(loc, f"expected {kind}, got {v!r} (a boolean)")
         return data
 
 
 # --------------------------------------------------------------------------- data
 
 
-class Degradation(_Strict):
+class Degradation(Strict):
     """How observations are made from clean patches (deepinv physics + Gaussian noise)."""
 
     kind: Literal["denoising", "blur", "inpainting"] = Field(
@@ -152,10 +152,10 @@ class Degradation(_Strict):
     @model_validator(mode="after")
     def _odd_kernel(self) -> Degradation:
         if self.kind == "blur" and self.blur_size % 2 == 0:
-            raise _Located(("blur_size",), f"must be odd, got {self.blur_size}")
+            raise Located(("blur_size",), f"must be odd, got {self.blur_size}")
         for key in ("noise_sigma", "blur_sigma", "blur_angle"):
             if isinstance(getattr(self, key), list) and not getattr(self, key):
-                raise _Located((key,), "a per-channel list needs at least one value")
+                raise Located((key,), "a per-channel list needs at least one value")
         return self
 
     def channel_lists(self) -> dict[str, int]:
@@ -166,7 +166,7 @@ class Degradation(_Strict):
         return {k: len(v) for k in keys if isinstance(v := getattr(self, k), list)}
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     source: str = Field(
         "bundled", min_length=1, description="'bundled' (scikit-image photos) or a folder"
     )
@@ -210,7 +210,7 @@ class DataConfig(_Strict):
 # --------------------------------------------------------------------------- priors
 
 
-class TrainOverrides(_Strict):
+class TrainOverrides(Strict):
     """A prior's own changes to the ``train`` section: only the keys written in the file apply
     (``steps_per_epoch: null`` written explicitly resets it); ``device`` stays per study."""
 
@@ -248,7 +248,7 @@ class TrainOverrides(_Strict):
 PRIOR_TYPES: dict[str, type[PriorConfig]] = {}
 
 
-class PriorConfig(_Strict):
+class PriorConfig(Strict):
     """Base of the prior types of ``params.yaml``.
 
     A new prior type is one subclass here, with a ``type: Literal["name"]`` field (subclassing
@@ -355,22 +355,22 @@ class WaveletPrior(PriorConfig):
     @model_validator(mode="after")
     def _consistent(self) -> WaveletPrior:
         if self.wavelet not in WAVELET_NAMES:
-            raise _Located(
+            raise Located(
                 ("wavelet",),
                 f"unknown wavelet {self.wavelet!r}; expected 'haar' or a Daubechies name "
                 "'db1' ... 'db38' (e.g. 'db4')",
             )
         if self.norm != "weighted_l1" and self.per_subband:
-            raise _Located(("per_subband",), f"applies to norm weighted_l1 only, not {self.norm}")
+            raise Located(("per_subband",), f"applies to norm weighted_l1 only, not {self.norm}")
         if self.norm not in ("weighted_l1", "weighted_l12") and self.weights_init != 1.0:
-            raise _Located(
+            raise Located(
                 ("weights_init",),
                 f"applies to norm weighted_l1 or weighted_l12 only, not {self.norm}",
             )
         if self.norm != "weighted_l12":
             for key, default in (("scales_init", 1.0), ("group", "bands")):
                 if getattr(self, key) != default:
-                    raise _Located((key,), f"applies to norm weighted_l12 only, not {self.norm}")
+                    raise Located((key,), f"applies to norm weighted_l12 only, not {self.norm}")
         return self
 
     def min_side(self) -> int:
@@ -452,7 +452,7 @@ class PnPPrior(PriorConfig):
         own = DENOISER_ARCH[self.denoiser]
         for key in (k for keys in DENOISER_ARCH.values() for k in keys if k not in own):
             if getattr(self, key) is not None:
-                raise _Located((key,), f"is not an option of denoiser {self.denoiser!r}")
+                raise Located((key,), f"is not an option of denoiser {self.denoiser!r}")
         return self
 
     def min_side(self) -> int:
@@ -501,7 +501,7 @@ Prior = Annotated[Union[tuple(PRIOR_TYPES.values())], Field(discriminator="type"
 # --------------------------------------------------------------------------- training
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam or sgd, over θ")
     lr: PositiveFloat = Field(0.05, description="learning rate of θ, > 0")
     epochs: PositiveInt = Field(6, description="training epochs, >= 1")
@@ -555,7 +555,7 @@ class TrainConfig(_Strict):
     )
 
 
-class PretrainConfig(_Strict):
+class PretrainConfig(Strict):
     """The ``pretrain`` stage: a denoiser trained on random crops of the training images
     (``pretrain.npz`` of the prepared folder) with Gaussian noise of level σ drawn in
     [sigma_min, sigma_max]; PnP priors load its weights. It is measured against its noisy input
@@ -609,11 +609,11 @@ class PretrainConfig(_Strict):
     @model_validator(mode="after")
     def _ranges(self) -> PretrainConfig:
         if self.sigma_min > self.sigma_max:
-            raise _Located(
+            raise Located(
                 ("sigma_min",), f"must be <= sigma_max {self.sigma_max}, got {self.sigma_min}"
             )
         if self.crop is not None and self.denoiser == "drunet" and self.crop % 8:
-            raise _Located(("crop",), f"must be divisible by 8 for DRUNet, got {self.crop}")
+            raise Located(("crop",), f"must be divisible by 8 for DRUNet, got {self.crop}")
         return self
 
     def arch(self, kind: str | None = None) -> dict[str, int | bool]:
@@ -621,7 +621,7 @@ class PretrainConfig(_Strict):
         return {key: getattr(self, key) for key in DENOISER_ARCH[kind or self.denoiser]}
 
 
-class TuneDist(_Strict):
+class TuneDist(Strict):
     """A continuous hyperparameter's distribution for the tuned search."""
 
     dist: Literal["loguniform", "uniform"] = Field(
@@ -633,11 +633,11 @@ class TuneDist(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> TuneDist:
         if self.high <= self.low:
-            raise _Located(("high",), f"must be > low {self.low:g}, got {self.high:g}")
+            raise Located(("high",), f"must be > low {self.low:g}, got {self.high:g}")
         return self
 
 
-class TuneSpace(_Strict):
+class TuneSpace(Strict):
     """The hyperparameters a tuned sweep searches per grid point."""
 
     lr: TuneDist = Field(
@@ -646,7 +646,7 @@ class TuneSpace(_Strict):
     )
 
 
-class TuneOptions(_Strict):
+class TuneOptions(Strict):
     """``sweep.search: tuned``: per grid point, a search then the best configuration per seed."""
 
     samples: PositiveInt = Field(
@@ -667,7 +667,7 @@ class TuneOptions(_Strict):
     )
 
 
-class DEQOptions(_Strict):
+class DEQOptions(Strict):
     tol: PositiveFloat = Field(
         1e-4, description="relative residual the forward solves of DEQ and JFB stop at, > 0"
     )
@@ -688,7 +688,7 @@ class DEQOptions(_Strict):
     )
 
 
-class TrialSpec(_Strict):
+class TrialSpec(Strict):
     """One grid point: what a single Ray trial trains."""
 
     prior: str = Field(description="name of a prior of the priors section")
@@ -733,10 +733,10 @@ class TrialSpec(_Strict):
         for name in OPTIONAL_FIELDS:
             value = getattr(self, name)
             if name in kind.required and value == UNSET[name]:
-                raise _Located((name,), f"an {self.estimator} trial needs {name} >= 1")
+                raise Located((name,), f"an {self.estimator} trial needs {name} >= 1")
             if name not in kind.fields and value != UNSET[name]:
                 users = [k.name for k in ESTIMATOR_KINDS.values() if name in k.fields]
-                raise _Located(
+                raise Located(
                     (name,), f"applies to {' and '.join(users)} trials only, not {self.estimator}"
                 )
         return self
@@ -771,7 +771,7 @@ class TrialPoint(TrialSpec):
         return TrialSpec.model_validate({**self.model_dump(), "seed": seed})
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     """The grid. ``deq``/``jfb`` run once per prior and seed; ``rjfb`` over depths × restarts ×
     starts × restart_tols; ``unrolled`` over ``unrolled_iterations``; ``points`` add explicit
     configurations that run with every seed; ``extra_trials`` add explicit trials (deduplicated)."""
@@ -821,14 +821,14 @@ class SweepConfig(_Strict):
     def _non_empty(self) -> SweepConfig:
         for i, t in enumerate(self.points):
             if "seed" in t.model_fields_set:
-                raise _Located(
+                raise Located(
                     ("points", i, "seed"),
                     "a point runs with every seed of sweep.seeds: drop its seed (or move it to "
                     "extra_trials)",
                 )
         only_tols = all(t is not None for t in self.restart_tols)
         if "rjfb" in self.estimators and only_tols and all(r == 0 for r in self.restarts):
-            raise _Located(
+            raise Located(
                 ("restart_tols",),
                 "the rjfb grid is empty: adaptive restarts (a tolerance) need restarts > 0; "
                 "add a restart count > 0 to sweep.restarts or null to sweep.restart_tols",
@@ -837,7 +837,7 @@ class SweepConfig(_Strict):
         for t in self._expand():
             other = names.setdefault(t.name, t)
             if other != t:
-                raise _Located(
+                raise Located(
                     ("extra_trials",),
                     f"two different trials would both be named {t.name!r}: "
                     f"{other.model_dump()} and {t.model_dump()}",
@@ -865,7 +865,7 @@ class SweepConfig(_Strict):
 # --------------------------------------------------------------------------- services
 
 
-class RayConfig(_Strict):
+class RayConfig(Strict):
     address: str | None = Field(None, description="null: start a local Ray; else a cluster")
     num_cpus: PositiveInt | None = Field(None, description="CPUs of a locally started Ray")
     cpus_per_trial: PositiveFloat = Field(1, description="CPUs Ray reserves per trial, > 0")
@@ -899,11 +899,11 @@ class RayConfig(_Strict):
     def _gpu_fraction(self) -> RayConfig:
         g = self.gpus_per_trial
         if g > 1 and g != int(g):
-            raise _Located(
+            raise Located(
                 ("gpus_per_trial",), f"expected a fraction in (0, 1] or a whole number, got {g}"
             )
         if not self.address and self.num_cpus is not None and self.cpus_per_trial > self.num_cpus:
-            raise _Located(
+            raise Located(
                 ("cpus_per_trial",),
                 f"must be <= ray.num_cpus {self.num_cpus} (the local Ray could never start a "
                 f"trial), got {self.cpus_per_trial:g}",
@@ -911,7 +911,7 @@ class RayConfig(_Strict):
         return self
 
 
-class MlflowConfig(_Strict):
+class MlflowConfig(Strict):
     tracking_uri: str | None = Field(
         None, min_length=1, description="null: sqlite:///<repo>/mlflow.db"
     )
@@ -931,7 +931,7 @@ class MlflowConfig(_Strict):
         if uri is not None and "://" in uri:
             scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
             if scheme not in TRACKING_SCHEMES:
-                raise _Located(
+                raise Located(
                     ("tracking_uri",),
                     f"unsupported scheme {scheme!r} in {uri!r}; expected one of "
                     f"{', '.join(TRACKING_SCHEMES)} (or a plain path)",
@@ -939,7 +939,7 @@ class MlflowConfig(_Strict):
         return self
 
 
-class ReportConfig(_Strict):
+class ReportConfig(Strict):
     delta_psnr_tolerance: PositiveFloat = Field(
         0.1, description="|ΔPSNR| (dB) to DEQ within which the report calls an estimator equal, > 0"
     )
@@ -961,7 +961,7 @@ class ReportConfig(_Strict):
     )
 
 
-class StudyConfig(_Strict):
+class StudyConfig(Strict):
     data: DataConfig = Field(
         DataConfig(), description="the prepare stage: source images, patches, splits, degradation"
     )
@@ -987,43 +987,43 @@ class StudyConfig(_Strict):
     def _cross_checks(self) -> StudyConfig:
         for name in self.priors:
             if not re.fullmatch(PRIOR_NAME, name):
-                raise _Located(
+                raise Located(
                     ("priors", name),
                     "a prior name must be 1-64 letters, digits, '_', '.' or '-' starting with a "
                     "letter or digit (it names trials, folders and MLflow runs)",
                 )
         for i, name in enumerate(self.sweep.priors):
             if name not in self.priors:
-                raise _Located(("sweep", "priors", i), did_you_mean("prior", name, self.priors))
+                raise Located(("sweep", "priors", i), did_you_mean("prior", name, self.priors))
         for key in ("points", "extra_trials"):
             for i, t in enumerate(getattr(self.sweep, key)):
                 if t.prior not in self.priors:
-                    raise _Located(
+                    raise Located(
                         ("sweep", key, i, "prior"), did_you_mean("prior", t.prior, self.priors)
                     )
         for name, prior in self.priors.items():
             side = prior.min_side()
             if self.data.patch_size % side:
-                raise _Located(
+                raise Located(
                     ("data", "patch_size"),
                     f"must be divisible by {side} for prior {name!r}, got {self.data.patch_size}",
                 )
         crop = self.pretrain.crop
         if crop is not None and crop > self.data.pretrain_patch_size:
-            raise _Located(
+            raise Located(
                 ("pretrain", "crop"),
                 f"must be <= data.pretrain_patch_size {self.data.pretrain_patch_size}, got {crop}",
             )
         deg = self.data.degradation
         if deg.kind == "blur" and deg.blur_size > self.data.patch_size:
-            raise _Located(
+            raise Located(
                 ("data", "degradation", "blur_size"),
                 f"must be <= data.patch_size {self.data.patch_size}, got {deg.blur_size}",
             )
         for name, prior in self.priors.items():
             own = getattr(prior, "degradation", None)
             if own is not None and own.kind == "blur" and own.blur_size > self.data.patch_size:
-                raise _Located(
+                raise Located(
                     ("priors", name, "degradation", "blur_size"),
                     f"must be <= data.patch_size {self.data.patch_size}, got {own.blur_size}",
                 )
@@ -1035,7 +1035,7 @@ class StudyConfig(_Strict):
         for loc, d in degradations:
             for key, n in d.channel_lists().items():
                 if n != self.data.channels:
-                    raise _Located(
+                    raise Located(
                         (*loc, key),
                         f"one value per channel: data.color {self.data.color!r} has "
                         f"{self.data.channels}, got {n}",
@@ -1046,16 +1046,16 @@ class StudyConfig(_Strict):
                 continue
             pnps = [n for n, p in self.priors.items() if p.type == "pnp" and n != name]
             if source not in pnps:
-                raise _Located(
+                raise Located(
                     ("priors", name, "sigma_init_from"), did_you_mean("pnp prior", source, pnps)
                 )
             if getattr(self.priors[source], "sigma_init_from", None):
-                raise _Located(
+                raise Located(
                     ("priors", name, "sigma_init_from"),
                     f"{source!r} chains its own sigma: chains are one step deep",
                 )
         if self.train.device == "cuda" and self.ray.gpus_per_trial == 0:
-            raise _Located(
+            raise Located(
                 ("ray", "gpus_per_trial"),
                 "must be > 0 when train.device is 'cuda' (Ray hides the GPUs from trials that "
                 "request none); use a fraction such as 0.5 to share a GPU, or train.device: auto",
@@ -1134,7 +1134,7 @@ class StudyConfig(_Strict):
         return self
 
 
-class _Located(ValueError):
+class Located(ValueError):
     """A cross-field error that knows its own location in the file."""
 
     def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
@@ -1170,7 +1170,7 @@ def load_params(path: str | Path = "params.yaml") -> StudyConfig:
         raise ConfigError(f"{label}: not a UTF-8 text file") from None
     except OSError as err:
         raise ConfigError(f"{label}: cannot be read ({err.strerror or err})") from None
-    raw = _parse_yaml(text, label)
+    raw = parse_yaml(text, label)
     if raw is None:
         raise ConfigError(f"{label}: the file is empty (expected a mapping of sections)")
     return parse_params(raw, label=label).with_root(path.resolve().parent)
@@ -1182,7 +1182,7 @@ def parse_params(raw: Any, label: str = "params.yaml") -> StudyConfig:
         raise ConfigError(
             f"{label}: expected a mapping of sections at the top level, got {type(raw).__name__}"
         )
-    if _count_values(raw) > MAX_PARAMS_VALUES:
+    if count_values(raw) > MAX_PARAMS_VALUES:
         raise ConfigError(
             f"{label}: more than {MAX_PARAMS_VALUES} values once YAML aliases are expanded "
             "(expected a small mapping of sections)"
@@ -1192,9 +1192,9 @@ def parse_params(raw: Any, label: str = "params.yaml") -> StudyConfig:
     try:
         cfg = StudyConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_one_line(f"{label}: {_describe(err, raw)}")) from None
-    except _Located as err:  # pragma: no cover - pydantic wraps these; kept for safety
-        raise ConfigError(_one_line(f"{label}: {_loc(err.loc)}: {err.message}")) from None
+        raise ConfigError(one_line(f"{label}: {describe_error(err, raw)}")) from None
+    except Located as err:  # pragma: no cover - pydantic wraps these; kept for safety
+        raise ConfigError(one_line(f"{label}: {loc_text(err.loc)}: {err.message}")) from None
     check_maxima(cfg, label)  # sizes that allocate: one table of upper bounds
     return cfg
 
@@ -1224,21 +1224,21 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _parse_yaml(text: str, label: str) -> Any:
+def parse_yaml(text: str, label: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "could not be parsed"
-        raise ConfigError(_one_line(f"{label}: invalid YAML{where}: {problem}")) from None
+        raise ConfigError(one_line(f"{label}: invalid YAML{where}: {problem}")) from None
     except RecursionError:
         raise ConfigError(f"{label}: invalid YAML: nested too deeply") from None
     except (ValueError, TypeError, OverflowError) as err:  # e.g. a 5000-digit integer
-        raise ConfigError(_one_line(f"{label}: invalid YAML: {err}")) from None
+        raise ConfigError(one_line(f"{label}: invalid YAML: {err}")) from None
 
 
-def _count_values(tree: Any, limit: int = MAX_PARAMS_VALUES) -> int:
+def count_values(tree: Any, limit: int = MAX_PARAMS_VALUES) -> int:
     """Values in a parsed YAML tree, aliases counted at every use; stops past ``limit``."""
     count, stack = 0, [tree]
     while stack and count <= limit:
@@ -1252,7 +1252,7 @@ def _count_values(tree: Any, limit: int = MAX_PARAMS_VALUES) -> int:
     return count
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
@@ -1302,56 +1302,58 @@ def _file_loc(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _describe(err: ValidationError, raw: Any) -> str:
+def describe_error(err: ValidationError, raw: Any) -> str:
     e = _first_error(err)
     loc = _file_loc(tuple(e.get("loc", ())), raw)
     typ = e.get("type", "")
     ctx = e.get("ctx") or {}
     inner = ctx.get("error")
-    if isinstance(inner, _Located):
-        return f"{_loc(loc + tuple(inner.loc))}: {inner.message}"
+    if isinstance(inner, Located):
+        return f"{loc_text(loc + tuple(inner.loc))}: {inner.message}"
     if len(loc) >= 2 and loc[-1] == "[key]":  # a mapping key of the wrong type (priors: {1: ...})
         key = loc[-2]
         kinds = {bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}
         kind = kinds.get(type(key), type(key).__name__)
-        return f"{_loc(loc[:-2])}: key {_short(key)} is {kind}, not a name (quote it: '{key}')"
+        return (
+            f"{loc_text(loc[:-2])}: key {short_repr(key)} is {kind}, not a name (quote it: '{key}')"
+        )
     if typ == "extra_forbidden":
         known = _known_keys(StudyConfig, loc[:-1], raw)
-        return f"{_loc(loc)}: " + did_you_mean("key", str(loc[-1]), known, show_name=False)
+        return f"{loc_text(loc)}: " + did_you_mean("key", str(loc[-1]), known, show_name=False)
     got = e.get("input")
     if typ == "union_tag_invalid":
         tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
         tag = _tag_value(raw, loc)
         if not isinstance(tag, str):
-            return f"{_loc(loc)}.type: expected {prior_types_text()}, got {_short(tag)}"
-        return f"{_loc(loc)}.type: " + did_you_mean("prior type", tag, tags)
+            return f"{loc_text(loc)}.type: expected {prior_types_text()}, got {short_repr(tag)}"
+        return f"{loc_text(loc)}.type: " + did_you_mean("prior type", tag, tags)
     if typ == "union_tag_not_found":
-        return f"{_loc(loc)}: missing key 'type' (expected {prior_types_text()})"
+        return f"{loc_text(loc)}: missing key 'type' (expected {prior_types_text()})"
     if typ == "missing":
-        return f"{_loc(loc)}: missing required key"
+        return f"{loc_text(loc)}: missing required key"
     if typ == "literal_error":
         options = _literal_options(_annotation_at(loc, raw))
         if isinstance(got, str) and options:
-            return f"{_loc(loc)}: " + did_you_mean(_what(loc), got, options)
+            return f"{loc_text(loc)}: " + did_you_mean(_what(loc), got, options)
         if options:
             listed = ", ".join(repr(o) for o in options)
-            return f"{_loc(loc)}: expected one of {listed}, got {_short(got)}"
+            return f"{loc_text(loc)}: expected one of {listed}, got {short_repr(got)}"
     if typ in _BOUNDS:
         key, op = _BOUNDS[typ]
-        kind = "an integer" if _is_int_field(_annotation_at(loc, raw)) else "a number"
+        kind = "an integer" if is_int_field(_annotation_at(loc, raw)) else "a number"
         bound = ctx.get(key)
         bound = f"{bound:g}" if isinstance(bound, float) else bound
-        return f"{_loc(loc)}: expected {kind} {op} {bound}, got {_short(got)}"
+        return f"{loc_text(loc)}: expected {kind} {op} {bound}, got {short_repr(got)}"
     if typ == "too_short":
         n = ctx.get("min_length", 1)
         what = "a non-empty list" if n == 1 else f"a list of at least {n} items"
         if isinstance(got, dict):
             what = "a non-empty mapping" if n == 1 else f"a mapping of at least {n} entries"
-        return f"{_loc(loc)}: expected {what}, got {_short(got)}"
+        return f"{loc_text(loc)}: expected {what}, got {short_repr(got)}"
     if typ in _EXPECTED:
-        return f"{_loc(loc)}: expected {_EXPECTED[typ]}, got {_short(got)}"
+        return f"{loc_text(loc)}: expected {_EXPECTED[typ]}, got {short_repr(got)}"
     message = str(e.get("msg") or "invalid value").removeprefix("Value error, ")
-    return f"{_loc(loc)}: {message[:1].lower()}{message[1:]}, got {_short(got)}"
+    return f"{loc_text(loc)}: {message[:1].lower()}{message[1:]}, got {short_repr(got)}"
 
 
 def _tag_value(raw: Any, loc: tuple[Any, ...]) -> Any:
@@ -1391,7 +1393,7 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...], raw: Any) -> Any:
     ann: Any = model
     node = raw
     for part in loc:
-        if _is_union(ann) and isinstance(node, dict) and part == node.get("type"):
+        if is_union(ann) and isinstance(node, dict) and part == node.get("type"):
             ann = _resolve(ann, node)  # the discriminator tag: not a key of the file
             continue
         ann = _resolve(ann, node)
@@ -1413,30 +1415,30 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...], raw: Any) -> Any:
     return _resolve(ann, node)
 
 
-def _leaves(ann: Any) -> set[Any]:
+def annotation_leaves(ann: Any) -> set[Any]:
     """The plain types an annotation accepts (through Annotated, unions, lists, Literal)."""
     while typing.get_origin(ann) is Annotated:
         ann = typing.get_args(ann)[0]
     origin = typing.get_origin(ann)
     if origin in (typing.Union, types.UnionType):
-        return set().union(*(_leaves(a) for a in typing.get_args(ann)))
+        return set().union(*(annotation_leaves(a) for a in typing.get_args(ann)))
     if origin is list:
-        return _leaves(typing.get_args(ann)[0])
+        return annotation_leaves(typing.get_args(ann)[0])
     if origin is Literal:
         return {type(a) for a in typing.get_args(ann)}
     return {origin} if origin is not None else {ann}
 
 
-def _admits(ann: Any, typ: type) -> bool:
-    return typ in _leaves(ann)
+def admits(ann: Any, typ: type) -> bool:
+    return typ in annotation_leaves(ann)
 
 
-def _admits_number(ann: Any) -> bool:
-    return bool(_leaves(ann) & {int, float})
+def admits_number(ann: Any) -> bool:
+    return bool(annotation_leaves(ann) & {int, float})
 
 
-def _is_int_field(ann: Any) -> bool:
-    leaves = _leaves(ann) - {type(None)}
+def is_int_field(ann: Any) -> bool:
+    leaves = annotation_leaves(ann) - {type(None)}
     return leaves == {int}
 
 
@@ -1462,7 +1464,7 @@ def _what(loc: tuple[Any, ...]) -> str:
     return name.replace("_", " ")
 
 
-def _is_union(ann: Any) -> bool:
+def is_union(ann: Any) -> bool:
     while typing.get_origin(ann) is Annotated:
         ann = typing.get_args(ann)[0]
     return typing.get_origin(ann) in (typing.Union, types.UnionType)
@@ -1472,7 +1474,7 @@ def _resolve(ann: Any, node: Any) -> Any:
     """Strip Annotated/Optional; pick the union member a ``type:`` tag names."""
     while typing.get_origin(ann) is Annotated:
         ann = typing.get_args(ann)[0]
-    if not _is_union(ann):
+    if not is_union(ann):
         return ann
     members = [a for a in typing.get_args(ann) if a is not type(None)]
     models = [a for a in members if isinstance(a, type) and issubclass(a, BaseModel)]
@@ -1486,7 +1488,7 @@ def _resolve(ann: Any, node: Any) -> Any:
     return models[0] if len(models) == 1 else ann
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
+def loc_text(loc: tuple[Any, ...]) -> str:
     if len(loc) > 2 and loc[0] == "priors" and loc[2] in PRIOR_TYPES:
         loc = loc[:2] + loc[3:]  # pydantic's discriminator tag, not a key of the file
     out = ""
@@ -1501,7 +1503,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -142,7 +142,7 @@ def test_the_params_loader_is_a_safe_loader() -> None:
 
     assert issubclass(config._Loader, yaml.SafeLoader)
     with pytest.raises(config.ConfigError, match="invalid YAML"):
-        config._parse_yaml("x: !!python/object/apply:os.system ['true']\n", "params.yaml")
+        config.parse_yaml("x: !!python/object/apply:os.system ['true']\n", "params.yaml")
 
 
 # --------------------------------------------------------------------------- servers
