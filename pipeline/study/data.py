@@ -327,7 +327,7 @@ def prepare(cfg: StudyConfig, out_dir: Path, progress: bool = True) -> Path:
             files[f"{split}.npz"] = write_npz(tmp / f"{split}.npz", arrays[split])
         files[PRETRAIN] = write_npz(tmp / PRETRAIN, pool)
         if kernel is not None:
-            files[KERNEL] = _write_npy(tmp / KERNEL, kernel)
+            files[KERNEL] = write_npy(tmp / KERNEL, kernel)
         manifest = {
             "format": FORMAT_VERSION,
             "source": source,
@@ -555,7 +555,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
     return sha256_file(path)
 
 
-def _write_npy(path: Path, array: np.ndarray) -> str:
+def write_npy(path: Path, array: np.ndarray) -> str:
     with open(path, "wb") as f:
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
     return sha256_file(path)
@@ -774,7 +774,7 @@ def plain_name(name: Any) -> bool:
     )
 
 
-def _expected_arrays(manifest: dict[str, Any], split: SplitName) -> dict[str, tuple[Any, ...]]:
+def expected_arrays(manifest: dict[str, Any], split: SplitName) -> dict[str, tuple[Any, ...]]:
     """Each array of a split's .npz -> (shape, dtype) as the (checked) manifest says."""
     n = manifest["splits"][split]["patches"]
     c, p = manifest["channels"], manifest["patch_size"]
@@ -788,7 +788,7 @@ def _expected_arrays(manifest: dict[str, Any], split: SplitName) -> dict[str, tu
     return out
 
 
-def _pool_arrays(manifest: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+def pool_arrays(manifest: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
     """The arrays of ``pretrain.npz`` -> (shape, dtype) as the (checked) manifest says."""
     n, q = manifest["pretrain"]["patches"], manifest["pretrain"]["patch_size"]
     return {
@@ -808,8 +808,8 @@ def load_pretrain_pool(prepared_dir: Path, device: Any = "cpu") -> torch.Tensor:
     path = prepared_dir / PRETRAIN
     if "pretrain" not in manifest:
         raise DataError(f"{prepared_dir}: no pretraining crops ({PRETRAIN}){stale}")
-    _check_file(path, manifest["files"].get(PRETRAIN), stale)
-    _check_arrays(path, _pool_arrays(manifest), stale)
+    check_file(path, manifest["files"].get(PRETRAIN), stale)
+    check_arrays(path, pool_arrays(manifest), stale)
     try:
         with np.load(path, allow_pickle=False) as z:
             clean, index = z["clean"], z["image_index"]
@@ -842,7 +842,7 @@ def _npy_header(f: Any, label: str, stale: str) -> tuple[tuple[int, ...], np.dty
     return tuple(shape), dtype, f.tell()
 
 
-def _check_arrays(path: Path, expected: dict[str, tuple[Any, ...]], stale: str) -> None:
+def check_arrays(path: Path, expected: dict[str, tuple[Any, ...]], stale: str) -> None:
     """The .npz at ``path`` holds exactly ``expected`` (shapes, dtypes, stored uncompressed with
     the sizes its headers claim), read from the headers: nothing is allocated."""
     try:
@@ -872,7 +872,7 @@ def _check_arrays(path: Path, expected: dict[str, tuple[Any, ...]], stale: str) 
         raise DataError(f"{path}: unreadable ({err}){stale}") from None
 
 
-def _check_kernel(path: Path, manifest: dict[str, Any], stale: str) -> None:
+def check_kernel(path: Path, manifest: dict[str, Any], stale: str) -> None:
     k = manifest["degradation"].get("blur_size", 9)
     try:
         with open(path, "rb") as f:
@@ -897,13 +897,13 @@ def verify_prepared(prepared_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(prepared_dir)
     stale = "; rerun `dvc repro prepare`"
     for name in sorted(manifest["files"]):
-        _check_file(prepared_dir / name, manifest["files"][name], stale)
+        check_file(prepared_dir / name, manifest["files"][name], stale)
     for split in SPLITS:
-        _check_arrays(prepared_dir / f"{split}.npz", _expected_arrays(manifest, split), stale)
+        check_arrays(prepared_dir / f"{split}.npz", expected_arrays(manifest, split), stale)
     if PRETRAIN in manifest["files"]:
-        _check_arrays(prepared_dir / PRETRAIN, _pool_arrays(manifest), stale)
+        check_arrays(prepared_dir / PRETRAIN, pool_arrays(manifest), stale)
     if KERNEL in manifest["files"]:
-        _check_kernel(prepared_dir / KERNEL, manifest, stale)
+        check_kernel(prepared_dir / KERNEL, manifest, stale)
     return manifest
 
 
@@ -922,8 +922,8 @@ def load_split(prepared_dir: Path, split: SplitName, device: Any = "cpu") -> Spl
     files = manifest["files"]
 
     path = prepared_dir / f"{split}.npz"
-    _check_file(path, files.get(path.name), stale)
-    _check_arrays(path, _expected_arrays(manifest, split), stale)  # before anything is allocated
+    check_file(path, files.get(path.name), stale)
+    check_arrays(path, expected_arrays(manifest, split), stale)  # before anything is allocated
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -943,8 +943,8 @@ def load_split(prepared_dir: Path, split: SplitName, device: Any = "cpu") -> Spl
     kernel = None
     if kind == "blur":
         kpath = prepared_dir / KERNEL
-        _check_file(kpath, files.get(KERNEL), stale)
-        _check_kernel(kpath, manifest, stale)
+        check_file(kpath, files.get(KERNEL), stale)
+        check_kernel(kpath, manifest, stale)
         kernel = torch.from_numpy(np.load(kpath, allow_pickle=False)).to(device)
 
     def t(a: np.ndarray) -> torch.Tensor:
@@ -962,7 +962,7 @@ def load_split(prepared_dir: Path, split: SplitName, device: Any = "cpu") -> Spl
     )
 
 
-def _check_file(path: Path, sha: str | None, stale: str) -> None:
+def check_file(path: Path, sha: str | None, stale: str) -> None:
     if not path.is_file():
         if path.exists():
             raise DataError(f"{path}: not a regular file (a folder, FIFO or device){stale}")
