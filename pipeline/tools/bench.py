@@ -173,7 +173,7 @@ def deepinv_supports(cfg: Config) -> bool:
 # ------------------------------------------------------------------------------------------
 # the floor: hand-written Haar, FB step, plain loops
 
-_HAAR = 0.5 * torch.tensor(
+HAAR = 0.5 * torch.tensor(
     [[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, -1.0, -1.0], [1.0, -1.0, 1.0, -1.0], [1.0, -1.0, -1.0, 1.0]],
     dtype=torch.float64,
 )
@@ -432,14 +432,14 @@ class _CountProx(torch.autograd.Function):
         return grad, None
 
 
-def _count(x: Tensor, counter: list[int] | None) -> Tensor:
+def count_calls(x: Tensor, counter: list[int] | None) -> Tensor:
     if counter is None:
         return x
     counter[0] += 1
     return _CountProx.apply(x, counter) if torch.is_grad_enabled() and x.requires_grad else x
 
 
-def _deepinv_pgd(prior: Any, cfg: Config, params_algo: dict[str, Any], trainable: list[str]):
+def deepinv_pgd(prior: Any, cfg: Config, params_algo: dict[str, Any], trainable: list[str]):
     from deepinv.optim import PGD, DEQConfig
     from deepinv.optim.data_fidelity import L2
 
@@ -485,7 +485,7 @@ def cpu_problem(
     scheme = WaveletFB("haar", levels, "l1", reg_init=lam, step_size=tau).to(device)
 
     # floor: its own leaf log λ, same arithmetic as WaveletFB's step
-    m = _HAAR.to(device=device, dtype=clean.dtype)
+    m = HAAR.to(device=device, dtype=clean.dtype)
     mt = m.mT.contiguous()
     log_lam = torch.tensor(math.log(lam), device=device, requires_grad=True)
     log_tau = scheme.log_tau.detach().clone()
@@ -515,7 +515,7 @@ def cpu_problem(
                 self.counter: list[int] | None = None
 
             def prox(self, x: Tensor, *args: Any, gamma: Any = 1.0, **kwargs: Any) -> Tensor:
-                return _count(haar_soft(x, gamma, levels, m, mt), self.counter)
+                return count_calls(haar_soft(x, gamma, levels, m, mt), self.counter)
 
         class CountingWavelet(WaveletPrior):
             """deepinv's own WaveletPrior (ptwt); counts prox calls in the diagnostic run."""
@@ -525,7 +525,7 @@ def cpu_problem(
                 self.counter: list[int] | None = None
 
             def prox(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-                return _count(super().prox(x, *args, **kwargs), self.counter)
+                return count_calls(super().prox(x, *args, **kwargs), self.counter)
 
         if deepinv_prior == "wavelet":
             # WaveletPrior.prox thresholds at ths·γ with ths = 0.1 (PGD passes λτ as γ and cannot
@@ -535,7 +535,7 @@ def cpu_problem(
         else:
             prior = HaarL1()
             lam_d = lam
-        model = _deepinv_pgd(
+        model = deepinv_pgd(
             prior, cfg, {"lambda": lam_d, "stepsize": tau, "g_param": None}, ["lambda"]
         ).to(device)
         lam_param = model.params_algo["lambda"][0]
@@ -665,10 +665,10 @@ def gpu_problem(
                 self.counter: list[int] | None = None
 
             def prox(self, x: Tensor, sigma_denoiser: Any, *args: Any, **kwargs: Any) -> Tensor:
-                return _count(self.denoiser(x, sigma_denoiser), self.counter)
+                return count_calls(self.denoiser(x, sigma_denoiser), self.counter)
 
         prior = CountingPnP()
-        model = _deepinv_pgd(
+        model = deepinv_pgd(
             prior, cfg, {"lambda": 1.0, "stepsize": tau, "g_param": sigma_den}, ["g_param"]
         ).to(device)
         sig_param = model.params_algo["g_param"][0]
@@ -777,7 +777,7 @@ class Case:
         ]
 
 
-def _loss_of(x: Tensor, clean: Tensor) -> Tensor:
+def loss_of(x: Tensor, clean: Tensor) -> Tensor:
     return ((x - clean) ** 2).mean()
 
 
@@ -804,7 +804,7 @@ def project_case(problem: Problem, cfg: Config) -> Case:
             from pipeline.core.precision import autocast_no_grad
 
             step = autocast_no_grad(step, low)
-        return _loss_of(est(step, problem.x0), problem.clean)
+        return loss_of(est(step, problem.x0), problem.clean)
 
     def backward(loss: Tensor) -> None:
         loss.backward()
@@ -834,7 +834,7 @@ def deepinv_case(problem: Problem, cfg: Config) -> Case:
     model, params, to_ref, counter = problem.deepinv(cfg)
 
     def forward() -> Tensor:
-        return _loss_of(model(problem.y, problem.physics), problem.clean)
+        return loss_of(model(problem.y, problem.physics), problem.clean)
 
     def backward(loss: Tensor) -> None:
         loss.backward()
@@ -971,7 +971,7 @@ def denoiser_units(problem: Problem, device: torch.device, repeats: int) -> dict
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         resident = torch.cuda.memory_allocated(device)
-        _loss_of(step(problem.x0), problem.clean).backward()
+        loss_of(step(problem.x0), problem.clean).backward()
         _sync(device)
         units["one_step_peak_mib"] = (torch.cuda.max_memory_allocated(device) - resident) / 2**20
         for p in problem.project_params:
