@@ -25,9 +25,9 @@ from pipeline.report.tables import history_for, rjfb_rows, sort_configs
 from pipeline.study.estimators import estimator_color, estimator_label, estimators_by_order
 from pipeline.study.tables import deq_baseline
 
-_DPI = 110
+DPI = 110
 
-_RJFB_COLORS = [
+RJFB_COLORS = [
     "tab:blue",
     "tab:orange",
     "tab:green",
@@ -47,7 +47,7 @@ _RJFB_COLORS = [
 ]
 
 
-def _palette(t: pd.DataFrame) -> dict[str, Any]:
+def palette(t: pd.DataFrame) -> dict[str, Any]:
     """One colour per configuration label, the same in every plot."""
     colors: dict[str, Any] = {}
     i = 0
@@ -57,56 +57,56 @@ def _palette(t: pd.DataFrame) -> dict[str, Any]:
         if estimator_color(r.estimator) is not None:  # one colour for all its trials
             colors[r.label] = estimator_color(r.estimator)
         else:
-            colors[r.label] = _RJFB_COLORS[i % len(_RJFB_COLORS)]
+            colors[r.label] = RJFB_COLORS[i % len(RJFB_COLORS)]
             i += 1
     return colors
 
 
-def _figure(nrows: int, ncols: int, w: float, h: float):
+def new_figure(nrows: int, ncols: int, w: float, h: float):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(w * ncols, h * nrows), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(w * ncols, h * nrows), dpi=DPI, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
 
 
-def _save(fig: Any, path: Path) -> None:
-    fig.savefig(path, dpi=_DPI)
+def save_png(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=DPI)
 
 
-def _placeholder(path: Path, title: str, message: str) -> None:
-    fig, axes = _figure(1, 1, 6.4, 3.2)
+def placeholder(path: Path, title: str, message: str) -> None:
+    fig, axes = new_figure(1, 1, 6.4, 3.2)
     ax = axes[0, 0]
     ax.set_axis_off()
     ax.set_title(title, fontsize=13)
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, wrap=True)
-    _save(fig, path)
+    save_png(fig, path)
 
 
-def _empty_axis(ax: Any, title: str, message: str) -> None:
+def empty_axis(ax: Any, title: str, message: str) -> None:
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.3")
 
 
-def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+def grid_shape(n: int, max_cols: int = 3) -> tuple[int, int]:
     ncols = max(1, min(max_cols, n))
     return math.ceil(n / ncols), ncols
 
 
-def _hide_unused(axes: Any, used: int) -> None:
+def hide_unused(axes: Any, used: int) -> None:
     for ax in axes.flat[used:]:
         ax.set_visible(False)
 
 
-def _plot_name(t: pd.DataFrame, prior: str) -> str:
+def plot_name(t: pd.DataFrame, prior: str) -> str:
     """A panel's title: the prior and its family (PnP frozen vs trained denoiser, wavelet)."""
     family = family_of(t, prior)[0] if "family_name" in t.columns else ""
     return f"prior {prior} [{family}]" if family else f"prior {prior}"
 
 
-def _rjfb_series_label(r: Any) -> str:
+def rjfb_series_label(r: Any) -> str:
     s = f"T={fmt_int(r.restarts)}"
     if not is_missing(r.restart_tol):
         s = f"T≤{fmt_int(r.restarts)} tol {r.restart_tol:g}"
@@ -115,21 +115,21 @@ def _rjfb_series_label(r: Any) -> str:
     return s
 
 
-def _series_key(r: Any) -> tuple:
+def series_key(r: Any) -> tuple:
     return (r.start != "y", r.start, -1.0 if is_missing(r.restart_tol) else r.restart_tol)
 
 
-def _rjfb_series(rj: pd.DataFrame) -> tuple[list[tuple[str, Any, tuple]], dict[str, Any]]:
+def rjfb_series(rj: pd.DataFrame) -> tuple[list[tuple[str, Any, tuple]], dict[str, Any]]:
     """The rJFB series of a depth plot, (label, restarts, key) in legend order, and their colors."""
     series = sorted(
-        {(_rjfb_series_label(r), r.restarts, _series_key(r)) for r in rj.itertuples()},
+        {(rjfb_series_label(r), r.restarts, series_key(r)) for r in rj.itertuples()},
         key=lambda s: (s[2], s[1]),
     )
-    colors = {lab: _RJFB_COLORS[i % len(_RJFB_COLORS)] for i, (lab, _, _) in enumerate(series)}
+    colors = {lab: RJFB_COLORS[i % len(RJFB_COLORS)] for i, (lab, _, _) in enumerate(series)}
     return series, colors
 
 
-def _finish_depth_plot(
+def finish_depth_plot(
     fig: Any,
     t: pd.DataFrame,
     series: list[tuple[str, Any, tuple]],
@@ -152,27 +152,27 @@ def _finish_depth_plot(
         labels.append("JFB")
     fig.legend(handles, labels, loc="outside right center", fontsize=9)
     fig.suptitle(title, fontsize=13)
-    _save(fig, path)
+    save_png(fig, path)
 
 
-def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
+def plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
     priors = prior_order(t)
     title = "Test PSNR at equilibrium vs truncation depth K"
     if not priors:
-        _placeholder(path, title, "no trials")
+        placeholder(path, title, "no trials")
         return
     from matplotlib.lines import Line2D
 
-    nrows, ncols = _grid(len(priors))
-    fig, axes = _figure(nrows, ncols, 5.2, 4.0)
+    nrows, ncols = grid_shape(len(priors))
+    fig, axes = new_figure(nrows, ncols, 5.2, 4.0)
     rj_all = rjfb_rows(t)
-    series, colors = _rjfb_series(rj_all)
+    series, colors = rjfb_series(rj_all)
     for ax, prior in zip(axes.flat, priors, strict=False):
         p = t[t["prior"] == prior]
         rj = rjfb_rows(p).copy()
-        rj["series"] = [_rjfb_series_label(r) for r in rj.itertuples()]
+        rj["series"] = [rjfb_series_label(r) for r in rj.itertuples()]
         if rj.empty and not p["finished"].any():
-            _empty_axis(ax, _plot_name(t, prior), "no finished trials")
+            empty_axis(ax, plot_name(t, prior), "no finished trials")
             continue
         for lab, _, _ in series:
             g = rj[rj["series"] == lab].groupby("depth")[["test_psnr", "test_psnr_at_depth"]]
@@ -193,7 +193,7 @@ def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
         sub = [f"DEQ {deq:.2f} dB" if math.isfinite(deq) else "no DEQ baseline"]
         if math.isfinite(inp):
             sub.append(f"observations {inp:.2f} dB")
-        ax.set_title(f"{_plot_name(t, prior)}\n({', '.join(sub)})", fontsize=11)
+        ax.set_title(f"{plot_name(t, prior)}\n({', '.join(sub)})", fontsize=11)
         ks = sorted(set(rj["depth"].dropna().astype(int)) | set(jfb["depth"].dropna().astype(int)))
         if ks:
             ax.set_xticks(ks)
@@ -206,17 +206,17 @@ def _plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("truncation depth K (layers per block)")
         ax.set_ylabel("test PSNR (dB)")
         ax.grid(alpha=0.3)
-    _hide_unused(axes, len(priors))
+    hide_unused(axes, len(priors))
     extra = [
         (Line2D([], [], color="0.3", marker="o", lw=2), "at equilibrium"),
         (Line2D([], [], color="0.3", marker="s", ls="--", lw=1.2, alpha=0.6), "at depth (T+1)·K"),
     ]
     if ((t["estimator"] == "deq") & t["finished"]).any():
         extra.append((Line2D([], [], color="black", lw=1.8), "DEQ (equilibrium)"))
-    _finish_depth_plot(fig, t, series, colors, extra, title, path)
+    finish_depth_plot(fig, t, series, colors, extra, title, path)
 
 
-def _plot_grad_error(t: pd.DataFrame, path: Path) -> None:
+def plot_grad_error(t: pd.DataFrame, path: Path) -> None:
     title = "Gradient error vs DEQ (relative, at the final θ) against depth K"
     rj_all = rjfb_rows(t)
     rj_all = rj_all[
@@ -224,20 +224,20 @@ def _plot_grad_error(t: pd.DataFrame, path: Path) -> None:
     ]
     priors = prior_order(t)
     if rj_all.empty:
-        _placeholder(path, title, "no finished rJFB trial has a gradient error vs DEQ")
+        placeholder(path, title, "no finished rJFB trial has a gradient error vs DEQ")
         return
     from matplotlib.lines import Line2D
 
-    series, colors = _rjfb_series(rj_all)
-    nrows, ncols = _grid(len(priors))
-    fig, axes = _figure(nrows, ncols, 5.2, 4.0)
+    series, colors = rjfb_series(rj_all)
+    nrows, ncols = grid_shape(len(priors))
+    fig, axes = new_figure(nrows, ncols, 5.2, 4.0)
     ref_labels = []
     for ax, prior in zip(axes.flat, priors, strict=False):
         rj = rj_all[rj_all["prior"] == prior].copy()
         if rj.empty:
-            _empty_axis(ax, _plot_name(t, prior), "no gradient errors")
+            empty_axis(ax, plot_name(t, prior), "no gradient errors")
             continue
-        rj["series"] = [_rjfb_series_label(r) for r in rj.itertuples()]
+        rj["series"] = [rjfb_series_label(r) for r in rj.itertuples()]
         anchor = None
         for lab, _, _ in series:
             g = rj[rj["series"] == lab].groupby("depth")["grad_rel_err_vs_deq"].median()
@@ -265,27 +265,27 @@ def _plot_grad_error(t: pd.DataFrame, path: Path) -> None:
             subtitle = ""
         ax.set_yscale("log")
         ax.set_xticks(sorted(set(ks.astype(int)) | set(jfb["depth"].dropna().astype(int))))
-        ax.set_title(f"{_plot_name(t, prior)}{subtitle}", fontsize=11)
+        ax.set_title(f"{plot_name(t, prior)}{subtitle}", fontsize=11)
         ax.set_xlabel("truncation depth K")
         ax.set_ylabel("‖g − g_DEQ‖ / ‖g_DEQ‖")
         ax.grid(alpha=0.3, which="both")
-    _hide_unused(axes, len(priors))
+    hide_unused(axes, len(priors))
     extra: list[tuple[Any, str]] = []
     if ref_labels:
         extra.append((Line2D([], [], color="0.25", ls="-.", lw=1.3), "∝ γ^K (slope reference, ×2)"))
-    _finish_depth_plot(fig, t, series, colors, extra, title, path)
+    finish_depth_plot(fig, t, series, colors, extra, title, path)
 
 
-def _plot_cost(t: pd.DataFrame, path: Path) -> None:
+def plot_cost(t: pd.DataFrame, path: Path) -> None:
     title = "Training cost per configuration"
     if not len(t):
-        _placeholder(path, title, "no trials")
+        placeholder(path, title, "no trials")
         return
     from matplotlib.patches import Patch
 
     s = sort_configs(t).iloc[::-1]  # barh draws bottom-up: keep the table's order top-down
     n = len(s)
-    fig, axes = _figure(1, 2, 6.0, max(2.6, 0.32 * n + 1.4))
+    fig, axes = new_figure(1, 2, 6.0, max(2.6, 0.32 * n + 1.4))
     y = np.arange(n)
     names = [r.name if r.finished else f"{r.name} [{r.status}]" for r in s.itertuples()]
     colors = [estimator_color(e) or "tab:blue" for e in s["estimator"]]
@@ -329,10 +329,10 @@ def _plot_cost(t: pd.DataFrame, path: Path) -> None:
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="not finished"))
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
     fig.suptitle(title, fontsize=13)
-    _save(fig, path)
+    save_png(fig, path)
 
 
-def _legend_right(fig: Any, colors: dict[str, Any], used: Iterable[str], extra=()) -> None:
+def legend_right(fig: Any, colors: dict[str, Any], used: Iterable[str], extra=()) -> None:
     from matplotlib.lines import Line2D
 
     used = set(used)
@@ -346,7 +346,7 @@ def _legend_right(fig: Any, colors: dict[str, Any], used: Iterable[str], extra=(
         fig.legend(handles, labels, loc="outside right center", fontsize=8.5, ncol=ncol)
 
 
-def _line_style(r: Any) -> dict[str, Any]:
+def line_style(r: Any) -> dict[str, Any]:
     if r.estimator == "deq":
         return {"lw": 3.2, "zorder": 1}  # underneath: thinner lines on top stay visible
     return {"lw": 1.6, "ls": "-" if r.finished else ":", "alpha": 0.9}
@@ -381,19 +381,19 @@ def theta_trajectory(r: Any, g: pd.DataFrame, col: str) -> tuple[np.ndarray, np.
     return x, y
 
 
-def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -> None:
+def plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -> None:
     title = "Learned hyperparameters θ along training (from the initial θ at epoch 0)"
     theta_cols = [c for c in h.columns if str(c).startswith("theta.")]
     if h.empty or not theta_cols:
-        _placeholder(path, title, "no training history with θ columns")
+        placeholder(path, title, "no training history with θ columns")
         return
     by_key = {k: g for k, g in h.groupby("_key", sort=False)}
     tk = t.assign(hkey=keys.to_numpy())
     tk = sort_configs(tk[tk["hkey"].isin(by_key)])
     if tk.empty:
-        _placeholder(path, title, "no history row matches a trial")
+        placeholder(path, title, "no history row matches a trial")
         return
-    colors = _palette(t)
+    colors = palette(t)
     panels: list[tuple[str, str]] = []
     for prior in [p for p in prior_order(t) if p in set(tk["prior"])]:
         hp = pd.concat([by_key[k] for k in tk.loc[tk["prior"] == prior, "hkey"]])
@@ -404,10 +404,10 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
             if hp[c].notna().any() and np.nanmax(hp[c]) > np.nanmin(hp[c])
         ]
     if not panels:
-        _placeholder(path, title, "the θ columns of the history are empty")
+        placeholder(path, title, "the θ columns of the history are empty")
         return
-    nrows, ncols = _grid(len(panels), 4)
-    fig, axes = _figure(nrows, ncols, 3.9, 3.0)
+    nrows, ncols = grid_shape(len(panels), 4)
+    fig, axes = new_figure(nrows, ncols, 3.9, 3.0)
     used = set()
     seeds = sorted(set(tk["seed_key"]), key=lambda s: (len(s), s))
     style_of = {s: _SEED_STYLES[i % len(_SEED_STYLES)] for i, s in enumerate(seeds)}
@@ -417,7 +417,7 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
             g = by_key[r["hkey"]]
             if g[col].notna().any():
                 x, y = theta_trajectory(r, g, col)
-                style = _line_style(
+                style = line_style(
                     SimpleNamespace(estimator=r["estimator"], finished=r["finished"])
                 )
                 if r["finished"]:  # each seed its own line style, DEQ's beside every estimator
@@ -434,13 +434,13 @@ def _plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -
         ax.set_title(f"{prior}: {col.removeprefix('theta.')}", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    _hide_unused(axes, len(panels))
+    hide_unused(axes, len(panels))
     from matplotlib.lines import Line2D
 
     extra = [(Line2D([], [], color="0.3", ls=style_of[s], lw=1.6), f"seed {s}") for s in seeds]
-    _legend_right(fig, colors, used, extra)
+    legend_right(fig, colors, used, extra)
     fig.suptitle(title, fontsize=13)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _as_floats(v: Any) -> np.ndarray:
@@ -558,15 +558,15 @@ def _hist_panel(ax: Any, data: list[tuple[str, Any, str, np.ndarray]], title: st
     ax.set_ylim(0, ymax * 1.7)  # room for the legend
 
 
-def _plot_histograms(t: pd.DataFrame, path: Path) -> None:
+def plot_histograms(t: pd.DataFrame, path: Path) -> None:
     """Per prior, two panels: the estimators (one layer, no restart, restart, DEQ) at
     equilibrium, and one trained rJFB model after 1, K, (T+1)·K steps and at equilibrium."""
     title = "Per-image test PSNR: estimators at equilibrium, and one trained rJFB model at depths"
     priors = prior_order(t)
     if not priors:
-        _placeholder(path, title, "no trials")
+        placeholder(path, title, "no trials")
         return
-    fig, axes = _figure(len(priors), 2, 6.0, 4.0)
+    fig, axes = new_figure(len(priors), 2, 6.0, 4.0)
     for row, prior in zip(axes, priors, strict=True):
         p = t[t["prior"] == prior]
         data = []
@@ -576,9 +576,9 @@ def _plot_histograms(t: pd.DataFrame, path: Path) -> None:
                 if len(vals):
                     data.append((label, color, "-", vals))
         if data:
-            _hist_panel(row[0], data, f"{_plot_name(t, prior)}: at equilibrium")
+            _hist_panel(row[0], data, f"{plot_name(t, prior)}: at equilibrium")
         else:
-            _empty_axis(row[0], _plot_name(t, prior), "no per-image PSNRs")
+            empty_axis(row[0], plot_name(t, prior), "no per-image PSNRs")
         g = depth_model(p)
         depth = depth_data(g)
         if depth:
@@ -586,14 +586,14 @@ def _plot_histograms(t: pd.DataFrame, path: Path) -> None:
             name = f"rJFB K={fmt_int(r['depth'])}, T={fmt_int(r['restarts'])}"
             missing = [lab for lab, col, _, _ in DEPTH_COLUMNS if lab not in {d[0] for d in depth}]
             sub = f"\n(not recorded: {', '.join(missing)})" if missing else ""
-            _hist_panel(row[1], depth, f"{_plot_name(t, prior)}: trained {name} at depths{sub}")
+            _hist_panel(row[1], depth, f"{plot_name(t, prior)}: trained {name} at depths{sub}")
         else:
-            _empty_axis(row[1], _plot_name(t, prior), "no per-image PSNRs at several depths")
+            empty_axis(row[1], plot_name(t, prior), "no per-image PSNRs at several depths")
     fig.suptitle(title + " (dashed: means)", fontsize=13)
-    _save(fig, path)
+    save_png(fig, path)
 
 
-def _plot_val_curves(
+def plot_val_curves(
     t: pd.DataFrame,
     h: pd.DataFrame,
     keys: pd.Series,
@@ -603,7 +603,7 @@ def _plot_val_curves(
 ) -> None:
     title = "Validation PSNR vs training wall time"
     if h.empty or not h["val_psnr"].notna().any():
-        _placeholder(path, title, "no training history")
+        placeholder(path, title, "no training history")
         return
     by_key = {k: g for k, g in h.groupby("_key", sort=False)}
     tk = t.assign(hkey=keys.to_numpy(), ttq_s=ttq["time_to_quality_s"].to_numpy())
@@ -611,13 +611,13 @@ def _plot_val_curves(
     tk = sort_configs(tk[tk["hkey"].isin(by_key)])
     priors = [p for p in prior_order(t) if p in set(tk["prior"])]
     if not priors:
-        _placeholder(path, title, "no history row matches a trial")
+        placeholder(path, title, "no history row matches a trial")
         return
     from matplotlib.lines import Line2D
 
-    colors = _palette(t)
-    nrows, ncols = _grid(len(priors), 2)
-    fig, axes = _figure(nrows, ncols, 6.0, 4.2)
+    colors = palette(t)
+    nrows, ncols = grid_shape(len(priors), 2)
+    fig, axes = new_figure(nrows, ncols, 6.0, 4.2)
     used = set()
     for ax, prior in zip(axes.flat, priors, strict=False):
         p = tk[tk["prior"] == prior]
@@ -628,7 +628,7 @@ def _plot_val_curves(
             if not ok.any():
                 continue
             x, yv = g.loc[ok, "elapsed_seconds"], g.loc[ok, "val_psnr"]
-            ax.plot(x, yv, color=colors[r.label], marker=".", ms=4, **_line_style(r))
+            ax.plot(x, yv, color=colors[r.label], marker=".", ms=4, **line_style(r))
             used.add(r.label)
             if r.finished:
                 fin_vals.append(yv.to_numpy(float))
@@ -642,20 +642,20 @@ def _plot_val_curves(
             lo, hi = float(v.min()), float(v.max())
             pad = max(0.05 * (hi - lo), 0.1)
             ax.set_ylim(lo - pad, hi + pad)
-        ax.set_title(_plot_name(t, prior))
+        ax.set_title(plot_name(t, prior))
         ax.set_xlabel("elapsed training time (s)")
         ax.set_ylabel("validation PSNR (dB)")
         ax.grid(alpha=0.3)
-    _hide_unused(axes, len(priors))
+    hide_unused(axes, len(priors))
     extra = [
         (Line2D([], [], color="0.3", ls="--", lw=1), f"DEQ final − {margin:g} dB"),
         (Line2D([], [], color="0.3", marker="o", mfc="none", ls=""), "time to quality"),
     ]
     if (~tk["finished"]).any():
         extra.append((Line2D([], [], color="0.3", ls=":", lw=1.6), "(dotted: not finished)"))
-    _legend_right(fig, colors, used, extra)
+    legend_right(fig, colors, used, extra)
     fig.suptitle(title, fontsize=13)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def group_errors(rj: pd.DataFrame) -> pd.DataFrame:
@@ -676,7 +676,7 @@ def group_errors(rj: pd.DataFrame) -> pd.DataFrame:
 _T_STYLES = ["-", "--", ":", "-."]
 
 
-def _plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
+def plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
     """Per prior: every parameter group's relative gradient error to DEQ against K (median over
     seeds, one line style per T), with the slope reference γ̂^K (γ̂: the prior's measured
     one-step contraction)."""
@@ -685,7 +685,7 @@ def _plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
     rj = rj[(rj["start"] == "y") & rj["restart_tol"].isna()]
     err = group_errors(rj)
     if err.empty:
-        _placeholder(
+        placeholder(
             path,
             title,
             "no finished rJFB trial records per-group gradient errors (grad_groups_json)",
@@ -695,11 +695,11 @@ def _plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
 
     priors = [p for p in prior_order(t) if p in set(err["prior"])]
     groups = sorted(set(err["group"]))
-    colors = {g: _RJFB_COLORS[i % len(_RJFB_COLORS)] for i, g in enumerate(groups)}
+    colors = {g: RJFB_COLORS[i % len(RJFB_COLORS)] for i, g in enumerate(groups)}
     ts = sorted(set(err["restarts"].dropna()))
     styles = {tt: _T_STYLES[i % len(_T_STYLES)] for i, tt in enumerate(ts)}
-    nrows, ncols = _grid(len(priors))
-    fig, axes = _figure(nrows, ncols, 5.2, 4.0)
+    nrows, ncols = grid_shape(len(priors))
+    fig, axes = new_figure(nrows, ncols, 5.2, 4.0)
     any_ref = False
     for ax, prior in zip(axes.flat, priors, strict=False):
         e = err[err["prior"] == prior]
@@ -721,11 +721,11 @@ def _plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
         ax.set_yscale("log")
         if len(ks):
             ax.set_xticks(sorted(set(ks.astype(int))))
-        ax.set_title(f"{_plot_name(t, prior)}{sub}", fontsize=10)
+        ax.set_title(f"{plot_name(t, prior)}{sub}", fontsize=10)
         ax.set_xlabel("truncation depth K")
         ax.set_ylabel("per-group ‖g − g_DEQ‖ / ‖g_DEQ‖")
         ax.grid(alpha=0.3, which="both")
-    _hide_unused(axes, len(priors))
+    hide_unused(axes, len(priors))
     handles = [Line2D([], [], color=colors[g], lw=2) for g in groups]
     labels = list(groups)
     for tt in ts:
@@ -736,7 +736,7 @@ def _plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
         labels.append("γ̂^K")
     fig.legend(handles, labels, loc="outside right center", fontsize=8.5)
     fig.suptitle(title, fontsize=13)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def theta_depth_series(c: pd.DataFrame, prior: str) -> dict[str, pd.DataFrame]:
@@ -788,7 +788,7 @@ def theta_depth_figure(c: pd.DataFrame, t: pd.DataFrame, tolerance: float) -> An
     priors = [p for p in priors if len(data[p]["psnr"]) or len(data[p]["theta"])]
     if not priors:
         return None
-    fig, axes = _figure(2, len(priors), 4.6, 3.4)
+    fig, axes = new_figure(2, len(priors), 4.6, 3.4)
     for j, prior in enumerate(priors):
         d = data[prior]
         pc = c[c["prior"] == prior]
@@ -813,7 +813,7 @@ def theta_depth_figure(c: pd.DataFrame, t: pd.DataFrame, tolerance: float) -> An
             top.text(0.5, 0.5, "no θ distances", transform=top.transAxes, ha="center")
         top.axhline(0, color="0.7", lw=0.8)
         top.set_title(
-            f"{_plot_name(t, prior)}"
+            f"{plot_name(t, prior)}"
             + (f"\nhorizon {hor:.0f} steps" if math.isfinite(hor) else "\nno horizon (γ̂ ≥ 1)"),
             fontsize=10,
         )
@@ -841,14 +841,14 @@ def _yerr(d: pd.DataFrame) -> np.ndarray:
     return np.vstack([np.maximum(low, 0), np.maximum(high, 0)])
 
 
-def _plot_theta_depth(c: pd.DataFrame, t: pd.DataFrame, tolerance: float, path: Path) -> None:
+def plot_theta_depth(c: pd.DataFrame, t: pd.DataFrame, tolerance: float, path: Path) -> None:
     fig = theta_depth_figure(c, t, tolerance)
     if fig is None:
-        _placeholder(
+        placeholder(
             path, "Learned θ against DEQ's vs depth", "no configuration with a depth and a DEQ"
         )
         return
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def write_plots(
@@ -863,14 +863,14 @@ def write_plots(
     h, keys = history_for(t, h)
     c = configs if configs is not None else pd.DataFrame(columns=["prior"])
     makers: dict[str, Callable[[Path], None]] = {
-        "theta_distance_vs_depth.png": lambda f: _plot_theta_depth(c, t, tolerance, f),
-        "psnr_vs_depth.png": lambda f: _plot_psnr_vs_depth(t, f),
-        "grad_error_vs_depth.png": lambda f: _plot_grad_error(t, f),
-        "cost.png": lambda f: _plot_cost(t, f),
-        "theta_trajectories.png": lambda f: _plot_theta(t, h, keys, f),
-        "psnr_histograms.png": lambda f: _plot_histograms(t, f),
-        "val_psnr_curves.png": lambda f: _plot_val_curves(t, h, keys, ttq, f, margin),
-        "grad_groups_vs_depth.png": lambda f: _plot_grad_groups(t, f),
+        "theta_distance_vs_depth.png": lambda f: plot_theta_depth(c, t, tolerance, f),
+        "psnr_vs_depth.png": lambda f: plot_psnr_vs_depth(t, f),
+        "grad_error_vs_depth.png": lambda f: plot_grad_error(t, f),
+        "cost.png": lambda f: plot_cost(t, f),
+        "theta_trajectories.png": lambda f: plot_theta(t, h, keys, f),
+        "psnr_histograms.png": lambda f: plot_histograms(t, f),
+        "val_psnr_curves.png": lambda f: plot_val_curves(t, h, keys, ttq, f, margin),
+        "grad_groups_vs_depth.png": lambda f: plot_grad_groups(t, f),
     }
     for fname, make in makers.items():
         make(plots_dir / fname)
