@@ -226,3 +226,17 @@ def test_the_cycle_check_sees_a_lazy_import(
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "PKG", tmp_path / "pipeline")
     assert _cycles() == [["pipeline/study/a.py", "pipeline/study/b.py"]]
+
+
+MAX_MODULE_LINES = 700
+
+
+def test_no_module_is_over_700_lines() -> None:
+    """A module past 700 lines holds more than one concern: split it by concept (a facade
+    module may re-export the names others use)."""
+    long = {
+        str(f.relative_to(REPO)): n
+        for f in sorted(PKG.rglob("*.py"))
+        if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, long
