@@ -53,10 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--suite",
-        choices=("cpu", "gpu"),
+        choices=("cpu", "gpu", "zoo"),
         default="cpu",
         help="cpu: Haar-l1 FB denoising, B=8 gray 64x64; gpu: DRUNet PnP-FB deblurring, "
-        "B=8 RGB 256x256 (default: %(default)s)",
+        "B=8 RGB 256x256; zoo: every estimator (phantom gradients, SHINE, Broyden DEQ, ...) on "
+        "params.yaml's wl12 problem, see docs/bench-zoo.md (default: %(default)s)",
     )
     bench.add_argument("--quick", action="store_true", help="fewer repetitions, same rows")
     bench.add_argument(
@@ -119,6 +120,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if backup is not None:
             print(f"  the previous {args.params} is kept as {backup}")
         print("  run it with `dvc repro`; `git checkout params.yaml` restores the default study")
+        return 0
+    if args.command == "bench" and args.suite == "zoo":
+        from pipeline.tools import bench_zoo
+
+        bench_zoo.main(args.quick, args.repeats, args.threads, args.batch, json_path=args.json)
         return 0
     if args.command == "bench":
         from pipeline.tools import bench

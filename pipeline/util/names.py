@@ -13,7 +13,7 @@ from these names and refuse any other: ``core.solvers.register_solver``, ``core.
 from __future__ import annotations
 
 # fixed-point solvers of ``core.solvers`` (each registered there under this name)
-SOLVER_NAMES: tuple[str, ...] = ("fixed_point", "anderson")
+SOLVER_NAMES: tuple[str, ...] = ("fixed_point", "anderson", "broyden")
 
 # orthonormal wavelets of ``core.wavelets``: Haar and pywt's Daubechies db1 ... db38
 WAVELET_NAMES: tuple[str, ...] = ("haar", *(f"db{i}" for i in range(1, 39)))
