@@ -27,8 +27,7 @@ from pipeline.report.plotting import (
     plot_name,
     save_png,
 )
-from pipeline.report.tables import rjfb_rows
-from pipeline.study.tables import deq_baseline
+from pipeline.report.tables import deq_arms, rjfb_rows
 
 
 def rjfb_series_label(r: Any) -> str:
@@ -107,8 +106,7 @@ def plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
             c = colors[lab]
             ax.plot(g.index, g["test_psnr"], "o-", color=c, lw=2, ms=6)
             ax.plot(g.index, g["test_psnr_at_depth"], "s--", color=c, lw=1.2, ms=4, alpha=0.6)
-        deq = deq_baseline(p)
-        deq = deq["test_psnr"].mean()
+        deq = deq_arms(p)["test_psnr"].mean()  # the one DEQ arm of each seed
         if math.isfinite(deq):
             ax.axhline(deq, color="black", lw=1.8, zorder=1)
         jfb = p[(p["estimator"] == "jfb") & p["finished"]]

@@ -17,8 +17,7 @@ from pipeline.report.common import (
 )
 from pipeline.report.families import prior_order
 from pipeline.report.plotting import empty_axis, new_figure, placeholder, plot_name, save_png
-from pipeline.report.tables import rjfb_rows
-from pipeline.study.tables import deq_baseline
+from pipeline.report.tables import deq_arms, rjfb_rows
 
 
 def _as_floats(v: Any) -> np.ndarray:
@@ -70,7 +69,7 @@ def histogram_groups(p: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
         if len(g):
             r = g.iloc[0]
             out.append((f"{name} (K={fmt_int(r['depth'])}, T={fmt_int(r['restarts'])})", color, g))
-    deq = deq_baseline(p)
+    deq = deq_arms(p)  # the one DEQ arm of each seed
     if len(deq):
         out.append(("DEQ", "black", deq))
     return out
