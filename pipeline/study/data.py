@@ -2,7 +2,7 @@
 
 ``prepare(cfg, out_dir)`` turns an image source into three patch data sets split *by image*
 (``train.npz``, ``val.npz``, ``test.npz``), each holding clean patches, their degraded
-observations ``y = A x + noise`` made with the deepinv physics of :mod:`pipeline.schemes`,
+observations ``y = A x + noise`` made with the deepinv physics of :mod:`pipeline.core.physics`,
 the inpainting masks if any, and the index of the source image of every patch; plus
 ``kernel.npy`` (blur) and ``manifest.json`` (what was made, from what, and checksums).
 

@@ -4,7 +4,7 @@
 (forward, loss, backward) of every configuration on one problem and prints a markdown table with
 the columns of :data:`COLUMNS`:
 
-* ``impl``: ``rjfb-pipeline`` (``pipeline.schemes`` + ``pipeline.gradients``), ``deepinv``
+* ``impl``: ``rjfb-pipeline`` (``pipeline.core.schemes`` + ``pipeline.core.estimators``), ``deepinv``
   (``deepinv.optim.PGD`` with ``DEQConfig(jacobian_free=False)``, ``DEQConfig(jacobian_free=True)``
   or ``unfold=True``) or ``torch-floor`` (the same arithmetic written as a plain loop: hand-written
   Haar transform, soft-thresholding, ``torch.autograd`` and nothing else);
