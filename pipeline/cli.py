@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pipeline.util.cli import positive_int, run_cli
 
@@ -53,11 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--suite",
-        choices=("cpu", "gpu", "zoo"),
+        choices=("cpu", "gpu", "trial", "zoo"),
         default="cpu",
         help="cpu: Haar-l1 FB denoising, B=8 gray 64x64; gpu: DRUNet PnP-FB deblurring, "
-        "B=8 RGB 256x256; zoo: every estimator (phantom gradients, SHINE, Broyden DEQ, ...) on "
-        "params.yaml's wl12 problem, see docs/bench-zoo.md (default: %(default)s)",
+        "B=8 RGB 256x256; trial: one whole trial of the study per prior family, its wall "
+        "time split into phases; zoo: every estimator (phantom gradients, SHINE, Broyden DEQ, "
+        "...) on params.yaml's wl12 problem, see docs/bench-zoo.md (default: %(default)s)",
     )
     bench.add_argument("--quick", action="store_true", help="fewer repetitions, same rows")
     bench.add_argument(
@@ -81,6 +83,23 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="cpu suite: deepinv's WaveletPrior (needs ptwt) or a Prior with the floor's Haar "
         "prox; auto: WaveletPrior when ptwt is installed (default: %(default)s)",
+    )
+    trial = bench.add_argument_group("--suite trial")
+    trial.add_argument("--params", default="params.yaml", help="the study (%(default)s)")
+    trial.add_argument("--prepared", default="data/prepared", help="its data (%(default)s)")
+    trial.add_argument(
+        "--trial",
+        action="append",
+        metavar="NAME",
+        help="a trial of the study (repeatable; default: one per prior family, "
+        "pipeline.tools.bench_trial.DEFAULT_TRIALS)",
+    )
+    trial.add_argument("--epochs", type=positive_int, help="every prior's epochs override")
+    trial.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="recompute what a trial reuses (test depths, the probes' x*, a DEQ trial's probe "
+        "reference): the reference the default is measured against",
     )
     return parser
 
@@ -125,6 +144,18 @@ def _main(argv: Sequence[str] | None = None) -> int:
         from pipeline.tools import bench_zoo
 
         bench_zoo.main(args.quick, args.repeats, args.threads, args.batch, json_path=args.json)
+    if args.command == "bench" and args.suite == "trial":
+        from pipeline.tools import bench_trial
+
+        bench_trial.main(
+            Path(args.params),
+            Path(args.prepared),
+            tuple(args.trial) if args.trial else None,
+            threads=args.threads,
+            epochs=args.epochs,
+            json_path=Path(args.json) if args.json else None,
+            exhaustive=args.exhaustive,
+        )
         return 0
     if args.command == "bench":
         from pipeline.tools import bench

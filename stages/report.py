@@ -3,6 +3,7 @@
 python -m stages.report [--params params.yaml] [--trials reports/trials.parquet]
                         [--history reports/history.parquet] [--out reports]
                         [--denoiser-metrics models/denoiser.json]
+                        [--sweep-timing reports/sweep_timing.json]
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
         help="the pretrain stage's models/denoiser.json: a denoiser accepted although worse "
         "than its input (allow_weak) is stated first; absent file: nothing is said",
     )
+    parser.add_argument(
+        "--sweep-timing",
+        default=None,
+        help="the sweep stage's reports/sweep_timing.json: its overhead before the first "
+        "training step and after the last trial, shown in the cost section; absent: not shown",
+    )
     args = parser.parse_args(argv)
 
     from pipeline.study.config import load_params
@@ -73,7 +80,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     # the priors' config names the families of a trials table that does not (an older sweep)
     denoiser = _read_json(Path(args.denoiser_metrics)) if args.denoiser_metrics else None
-    metrics = write_report(trials, history, out, cfg.report, priors=cfg.priors, denoiser=denoiser)
+    timing = _read_json(Path(args.sweep_timing)) if args.sweep_timing else None
+    metrics = write_report(
+        trials,
+        history,
+        out,
+        cfg.report,
+        priors=cfg.priors,
+        denoiser=denoiser,
+        sweep_timing=timing,
+    )
     print(
         f"report: {metrics['n_trials']} trials ({metrics['n_finished']} finished) -> "
         f"{out / 'ablation.md'}, {out / 'metrics.json'}, {out / 'plots'}/"

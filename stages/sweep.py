@@ -28,6 +28,7 @@ from pipeline.util.cli import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    start = _process_start()
     parser = argparse.ArgumentParser(prog="python -m stages.sweep", description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument(
@@ -75,8 +76,46 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sweep's parent MLflow run (or pass --out on shared storage)"
         )
     experiment_id = tracking.ensure_experiment(cfg.tracking_uri, cfg.mlflow.experiment)
+    _overhead(trials, start, Path(args.out))
     print(f"runs table: {tracking.runs_table_hint(cfg.tracking_uri, experiment_id)}")
     return 0
+
+
+def _process_start() -> float:
+    """When this process started (Unix seconds): the stage's start, imports included."""
+    import time
+
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # no psutil: from here on (the interpreter's start-up is left out)
+        return time.time()
+
+
+def _overhead(trials: object, start: float, out: Path) -> None:
+    """Print the sweep's own overhead (start to the first training step, last trial to the
+    end) and write it to ``<out>/sweep_timing.json`` (a DVC metric the report shows)."""
+    import math
+    import time
+
+    from pipeline.study.phases import sweep_overhead
+    from pipeline.util import jsonio
+
+    columns = getattr(trials, "columns", ())
+
+    def column(name: str) -> list[float]:  # an older table (a finished sweep read back) lacks it
+        return trials[name].tolist() if name in columns else []  # type: ignore[index]
+
+    timing = sweep_overhead(column("first_step_unix"), column("ended_unix"), start, time.time())
+    jsonio.write(out / "sweep_timing.json", timing)
+    before, after = timing["before_first_step_s"], timing["after_last_trial_s"]
+    if math.isfinite(before) and math.isfinite(after):
+        print(
+            f"sweep overhead: {before:.1f} s from the stage's start to the first training "
+            f"step, {after:.1f} s from the last trial's end to the stage's end "
+            f"(stage {timing['stage_seconds']:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -98,6 +98,12 @@ def relative_residual(fx: Tensor, x: Tensor) -> float:
     return num / den if den > 0 else num
 
 
+def _residual_of(g: Tensor, fx: Tensor) -> float:
+    """``relative_residual(fx, x)`` from the residual ``g = fx - x`` already computed."""
+    num, den = torch.stack((torch.linalg.vector_norm(g), torch.linalg.vector_norm(fx))).tolist()
+    return num / den if den > 0 else num
+
+
 @register_solver("fixed_point")
 def fixed_point(f: TensorMap, x0: Tensor, max_iter: int, tol: float) -> tuple[Tensor, SolverInfo]:
     """Plain Picard iteration ``x <- f(x)`` until the relative residual is below ``tol``."""
@@ -145,17 +151,23 @@ def anderson(
     eye = torch.eye(m, dtype=flat.dtype, device=flat.device)
     ones = flat.new_ones(batch, m, 1)
 
-    xs[:, 0] = flat
-    fs[:, 0] = f(x0).reshape(batch, -1)
-    residual = relative_residual(fs[:, 0], xs[:, 0])
+    def store(i: int, x: Tensor, fx: Tensor) -> float:
+        """Keep the pair (x, f(x)) and its residual in slot i; return the relative residual,
+        measured on the contiguous f(x) and g rather than on the buffers' strided slots (a
+        strided norm costs ~5x a contiguous one: two per iteration were most of what Anderson
+        added to f on small images)."""
+        fx = fx.reshape(batch, -1).contiguous()
+        g = fx - x
+        xs[:, i] = x
+        fs[:, i] = fx
+        gs[:, i] = g
+        return _residual_of(g, fx)
+
+    residual = store(0, flat, f(x0))
     if residual < tol or max_iter <= 1:
         return fs[:, 0].reshape(shape), SolverInfo(1, residual, residual < tol)
-    torch.sub(fs[:, 0], xs[:, 0], out=gs[:, 0])
-
-    xs[:, 1] = fs[:, 0]
-    fs[:, 1] = f(fs[:, 0].reshape(shape)).reshape(batch, -1)
-    torch.sub(fs[:, 1], xs[:, 1], out=gs[:, 1])
-    residual = relative_residual(fs[:, 1], xs[:, 1])
+    x1 = fs[:, 0].clone()
+    residual = store(1, x1, f(x1.reshape(shape)))
     last = 1
     k = 2
     # The ridge must stay above the dtype's resolution, or the Gram matrix of nearly collinear
@@ -171,11 +183,12 @@ def anderson(
         w, failed = torch.linalg.solve_ex(gram, ones[:, :n])  # (batch, n, 1)
         alpha = w / w.sum(dim=1, keepdim=True)  # (batch, n, 1)
         # An element whose residual history is all zero (converged) or degenerate has no
-        # mixing weights: it takes a plain step from its latest iterate (no host sync).
-        bad = (failed != 0) | ~torch.isfinite(alpha).all(dim=1).squeeze(-1)
-        plain = torch.zeros_like(alpha)
-        plain[:, (k - 1) % m] = 1.0
-        alpha = torch.where(bad[:, None, None], plain, alpha)
+        # mixing weights: it takes a plain step from its latest iterate (no host sync). The
+        # plain step's weights are a row of the identity (a view: nothing allocated per
+        # iteration; these small ops are what Anderson costs beyond f on small problems).
+        ok = torch.isfinite(alpha).all(dim=1, keepdim=True) & (failed == 0)[:, None, None]
+        plain = eye[(k - 1) % m, :n].view(1, n, 1)
+        alpha = torch.where(ok, alpha, plain)
         mixed_f = torch.bmm(alpha.transpose(1, 2), fs[:, :n])[:, 0]
         if damping == 1.0:
             new_x = mixed_f
@@ -183,10 +196,7 @@ def anderson(
             mixed_x = torch.bmm(alpha.transpose(1, 2), xs[:, :n])[:, 0]
             new_x = damping * mixed_f + (1.0 - damping) * mixed_x
         last = k % m
-        xs[:, last] = new_x
-        fs[:, last] = f(new_x.reshape(shape)).reshape(batch, -1)
-        torch.sub(fs[:, last], xs[:, last], out=gs[:, last])
-        residual = relative_residual(fs[:, last], xs[:, last])
+        residual = store(last, new_x, f(new_x.reshape(shape)))
         k += 1
     return fs[:, last].reshape(shape).clone(), SolverInfo(k, residual, residual < tol)
 

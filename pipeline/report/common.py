@@ -32,6 +32,7 @@ PLOT_FILES = {
     "psnr_vs_depth.png": "Test PSNR at equilibrium vs truncation depth K",
     "grad_error_vs_depth.png": "Gradient error vs DEQ against K",
     "cost.png": "Training wall time and peak memory",
+    "cost_phases.png": "Where the trials' wall time went, per prior × estimator",
     "theta_trajectories.png": "Learned hyperparameters along training",
     "psnr_histograms.png": "Per-image test PSNR histograms",
     "val_psnr_curves.png": "Validation PSNR vs wall time",

@@ -23,6 +23,7 @@ from pipeline.report.common import (
 )
 from pipeline.report.confidence import VERDICT_RULES
 from pipeline.report.configs import REFERENCE, fmt_ci, fmt_ratio_ci, unreliable
+from pipeline.report.cost import cost_section
 from pipeline.report.families import prior_order
 from pipeline.report.summary import summary_lines
 from pipeline.report.tables import deq_arms
@@ -177,6 +178,7 @@ def render_markdown(
             t[t["prior"] == prior], c[c["prior"] == prior], prior, metrics["priors"][prior], cfg
         )
     md += _failures_section(t)
+    md += cost_section(metrics)
     md += ["## Plots", ""]
     for fname, title in PLOT_FILES.items():
         md += [f"### {title}", "", f"![{title}](plots/{fname})", ""]

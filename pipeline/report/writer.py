@@ -17,6 +17,7 @@ from pipeline.report.common import COMPARE_COLUMNS, TTQ_COLUMNS
 from pipeline.report.comparisons import baseline_table, restart_gain_table, start_gain_table
 from pipeline.report.confidence import VERDICTS
 from pipeline.report.configs import config_table, deq_reliability, with_depth_and_distances
+from pipeline.report.cost import PHASE_PLOT, phase_table, plot_phases
 from pipeline.report.families import assign_families, prior_order
 from pipeline.report.markdown import render_markdown
 from pipeline.report.plots import write_plots
@@ -44,6 +45,7 @@ def write_report(
     cfg: ReportConfig,
     priors: Mapping[str, Any] | None = None,
     denoiser: Mapping[str, Any] | None = None,
+    sweep_timing: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``ablation.md``, ``metrics.json``, ``configs.parquet``, ``baselines.parquet``,
     ``restart_gain.parquet``, ``start_gain.parquet`` and ``plots/*.png`` under ``out_dir``.
@@ -58,6 +60,7 @@ def write_report(
     untouched. Returns the metrics written to ``metrics.json``.
     """
     t, h, ttq = _report_tables(trials, history, cfg, priors)
+    phases = phase_table(t)  # every trial's time, the floors' included
     # DEQ-only priors of the same scheme are the θ distances' noise floors, not priors
     t, floor = split_floor_trials(t)
     t = with_depth_and_distances(t)
@@ -71,6 +74,13 @@ def write_report(
     metrics = _metrics(t, h, configs, cfg)
     metrics.update(_new_metrics(baselines, gains, configs, floor, denoiser))
     metrics["start_gain"] = _records(starts)
+    # where the trials' time went (pipeline.report.cost) and the sweep's own overhead
+    metrics["train_fraction"] = (
+        float(phases["train"].sum() / phases["total"].sum()) if len(phases) else None
+    )
+    metrics["phases"] = _records(phases) if len(phases) else []
+    if sweep_timing:
+        metrics["sweep_timing"] = dict(sweep_timing)
     metrics = jsonio.strict(metrics)
     tables = {
         "configs": configs,
@@ -245,6 +255,8 @@ def _write_atomically(
         plot_files = write_plots(
             t, h, ttq, tmp / "plots", cfg.quality_margin_db, configs, cfg.delta_psnr_tolerance
         )
+        plot_phases(pd.DataFrame(metrics.get("phases") or []), tmp / "plots" / PHASE_PLOT)
+        plot_files.append(PHASE_PLOT)
         for name, df in tables.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False)
         (tmp / "metrics.json").write_text(

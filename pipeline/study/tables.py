@@ -1,7 +1,8 @@
 """The columns of the sweep's tables (``trials.parquet``, ``history.parquet``).
 
 :mod:`pipeline.sweep` writes them and :mod:`pipeline.report` reads them; they live in the study
-layer, with no imports, so that the report needs neither the sweep nor its dependencies.
+layer, importing only the phase names (:mod:`pipeline.study.phases`, standard library only), so
+that the report needs neither the sweep nor its dependencies.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from typing import Any
+
+from pipeline.study.phases import PHASE_COLUMNS
 
 # The trials table's columns, in order, each with what it holds: "text", "json" (a JSON list or
 # object), "seed" or "number" (a float, NaN where a trial has none: the report reads these as
@@ -92,6 +95,14 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "scheme_key": "text",
     "epochs": "number",
     "seed_train_noise": "number",
+    # where the trial's wall time went (pipeline.study.phases): start-up (the trainable's entry
+    # to the first training step), training steps, validation, probes, test evaluation,
+    # artifacts (epoch rows, checkpoints, files) and the total, in seconds
+    **{c: "number" for c in PHASE_COLUMNS},
+    # the trial's wall clock (Unix seconds): its entry, its first training step, its end
+    "started_unix": "number",
+    "first_step_unix": "number",
+    "ended_unix": "number",
 }
 TRIAL_SCHEMA = _TRIAL_SCHEMA  # public: the trials table's contract (column -> kind)
 TRIAL_COLUMNS = list(_TRIAL_SCHEMA)

@@ -29,6 +29,7 @@ from pipeline.study.build import build_estimator, build_scheme, resolve_device
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.data import observe
 from pipeline.study.estimators import get_kind, iterations_at_depth
+from pipeline.study.phases import PhaseTimer
 from pipeline.study.tables import check_trial_keys, fixed_point_free_groups
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -55,8 +56,31 @@ class TrialResult:
     json_columns: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Solved:
+    """An equilibrium solve of one evaluation batch: its fixed point, at the θ of training
+    step ``version``."""
+
+    x: Tensor
+    version: int
+
+
 class Trial:
-    """State of one training run; ``run_trial`` drives it."""
+    """State of one training run; ``run_trial`` drives it.
+
+    ``exhaustive``: every reported reconstruction is computed on its own, as if nothing had
+    been computed before: each test depth its own run of steps from y, the probes' x* its own
+    solve, a DEQ trial's probe reference its own gradient, the artifacts' reconstructions their
+    own. Otherwise (the default) they are the
+    tensors computed once and kept (the depths recorded on one trajectory, x* from the val
+    evaluation at the same θ, the artifacts from the test evaluation): the same operations on
+    the same inputs, so every number is the same (``tests/study/test_phases.py``).
+
+    Equilibrium solves always start from y. Warm starts (the previous epoch's val fixed points,
+    the test iterate at depth) were measured and dropped: at eval_tol 1e-4 a scheme with
+    γ̂ ≈ 0.99 stops up to 0.6 dB from its fixed point, so where a solve starts moves the
+    reported PSNR by more than the report's 0.1 dB tolerance (0.18 dB on wl12 K5 T5).
+    """
 
     def __init__(
         self,
@@ -120,6 +144,13 @@ class Trial:
         self.backward_steps = 0
         self.backward_unconverged = 0
         self.solve_residual = 0.0  # of the last evaluate()'s equilibrium solves
+        self.exhaustive = False
+        # equilibrium solves kept per (split, batch) with the θ they were solved at (its
+        # ``version``): the probes' x* is the val evaluation's first batch, not solved again
+        self.solutions: dict[tuple[str, tuple[int, ...]], Solved] = {}
+        self.version = 0  # training steps taken so far (θ's version)
+        # evaluate_depths' iterates per (split, batch) and depth: the artifacts show them
+        self.depth_iterates: dict[tuple[str, tuple[int, ...]], dict[int, Tensor]] = {}
         self.history: list[dict[str, float]] = []
         self.elapsed = 0.0
         # val PSNR at equilibrium with the initial θ (epoch 0): shows whether training helped;
@@ -206,6 +237,7 @@ class Trial:
             batches = batches[: cfg.steps_per_epoch]
         losses, seconds, residuals, backward = [], [], [], []
         for index in batches:
+            self.version += 1  # θ changes with this step: kept solutions are another θ's
             start = time.perf_counter()
             step, y = self.train_step_fn(self.train, index)
             x0 = self.bank[index] if self.bank is not None else y
@@ -263,12 +295,55 @@ class Trial:
         largest relative residual its equilibrium solves ended at."""
         self.solve_residual = 0.0
         out = []
-        bs = self.cfg.batch_size
-        for i in range(0, len(split), bs):
-            index = torch.arange(i, min(i + bs, len(split)))
+        name = self.split_name(split)
+        for index in self.batches(split):
             x = self.solve(split, index, iterations)
+            if iterations is None:
+                self.solutions[(name, tuple(index.tolist()))] = Solved(x, self.version)
             out.append(psnr(x.clamp(0, 1), split.clean[index]))
         return torch.cat(out)
+
+    def split_name(self, split) -> str:
+        return {id(self.train): "train", id(self.val): "val", id(self.test): "test"}[id(split)]
+
+    def fixed_point(self, split, index: Tensor) -> Solved | None:
+        """The kept equilibrium solve of this batch at the current θ, if any (never when
+        ``exhaustive``)."""
+        if self.exhaustive:
+            return None
+        kept = self.solutions.get((self.split_name(split), tuple(index.tolist())))
+        return kept if kept is not None and kept.version == self.version else None
+
+    def batches(self, split) -> list[Tensor]:
+        """The evaluation batches of a split: ``train.batch_size`` consecutive images (an
+        equilibrium solve stops on its batch's residual, so the batches are part of the
+        result)."""
+        bs = self.cfg.batch_size
+        return [torch.arange(i, min(i + bs, len(split))) for i in range(0, len(split), bs)]
+
+    @torch.no_grad()
+    def evaluate_depths(self, split, depths: list[int]) -> dict[int, Tensor]:
+        """Per-image PSNR after each of ``depths`` steps from y, from one trajectory per batch
+        (the iterates ``solve(split, index, n)`` makes for each n, recorded on the way to the
+        largest: the same tensors, computed once)."""
+        if self.exhaustive:  # each depth its own run of steps from y
+            return {int(n): self.evaluate(split, int(n)) for n in depths}
+        wanted = sorted({max(1, int(n)) for n in depths})
+        layers = self.scheme_layers()
+        out: dict[int, list[Tensor]] = {n: [] for n in wanted}
+        name = self.split_name(split)
+        for index in self.batches(split):
+            step, x = self.step_fn(split, index)
+            clean = split.clean[index]
+            kept: dict[int, Tensor] = {}
+            for n in range(wanted[-1]):
+                x = step(x, n % layers)
+                if n + 1 in out:
+                    out[n + 1].append(psnr(x.clamp(0, 1), clean))
+                    kept[n + 1] = x
+            self.depth_iterates[(name, tuple(index.tolist()))] = kept
+        per_n = {n: torch.cat(v) for n, v in out.items()}
+        return {int(n): per_n[max(1, int(n))] for n in depths}
 
     def probes(self) -> dict[str, float]:
         """Gradient fidelity vs DEQ and the contraction estimate on a fixed probe batch."""
@@ -279,14 +354,20 @@ class Trial:
         clean = self.val.clean[index]
 
         def grad_of(est: Estimator, training: bool) -> list[Tensor]:
-            # the trial's estimator as it trains (autocast option); DEQ in full precision
+            # the trial's estimator as it trains (autocast option); DEQ in full precision. The
+            # reference solves from y too: from the val fixed point it would save its forward
+            # solve but move its gradient by the forward tolerance (0.8% on a test study)
             step, y = (self.train_step_fn if training else self.step_fn)(self.val, index)
             return probes.gradient(lambda x: ((x - clean) ** 2).mean(), est, step, y, params)
 
         reference = build_estimator(self.study, self.spec.model_copy(update={"estimator": "deq"}))
         g = grad_of(self.estimator, True)
-        g_ref = grad_of(reference, False)
-        ref_diag = reference.last  # the reference's own convergence (forward and backward)
+        if self.is_own_reference(reference):
+            # the same estimator on the same step and batch: the same gradient, computed once
+            g_ref, ref_diag = g, self.estimator.last
+        else:
+            g_ref = grad_of(reference, False)
+            ref_diag = reference.last  # the reference's own convergence (forward and backward)
         cosine, rel_err = probes.compare(g, g_ref)
         per_group = probes.compare_groups(g, g_ref, probes.parameter_groups(self.scheme, params))
         # a group the fixed point does not depend on (wavelet FB's τ) has an exact DEQ gradient
@@ -298,9 +379,14 @@ class Trial:
                 per_group[name] = {**per_group[name], "cos": math.nan, "sign_agree": math.nan}
         cos_min, _ = probes.group_summary(per_group)
         step, _ = self.step_fn(self.val, index)
-        x_star = self.solve(self.val, index)
+        # the val evaluation of this epoch solved this batch at this θ already
+        kept = self.fixed_point(self.val, index)
+        x_star = kept.x if kept is not None else self.solve(self.val, index)
         # tol 1e-4: measured on wl12 and pnp, the estimates agree with 20 full iterations to
-        # 4e-5 relative, and a contracting 10-block's estimate stops 40% sooner
+        # 4e-5 relative, and a contracting 10-block's estimate stops 40% sooner. Always from
+        # the seeded random vector: started from the previous probe's vector, 20 iterations
+        # reach further (γ̂ 2% higher on a test study), and the report's horizon 1/(1 - γ̂)
+        # would move with it
         gamma = probes.contraction(block(step, 1), x_star, iters=20, seed=0, tol=1e-4)
         depth = self.spec.depth  # the K-block the estimator differentiates
         gamma_k = (
@@ -329,6 +415,18 @@ class Trial:
             "probe_ref_residual": _finite(ref_diag.residual, 0.0),
             "probe_ref_backward_residual": _finite(ref_diag.backward_residual, 0.0),
         }
+
+    def is_own_reference(self, reference: Estimator) -> bool:
+        """Whether the probes' DEQ reference computes what the trial's own estimator does on
+        the probe batch: a DEQ trial with the same options whose training step is the plain
+        step (no restart autocast, no torch.compile). Never when ``exhaustive``."""
+        return (
+            not self.exhaustive
+            and type(reference) is type(self.estimator)
+            and reference.options() == self.estimator.options()
+            and self.autocast is None
+            and not self.cfg.compile
+        )
 
     def theta_metrics(self) -> dict[str, float]:
         return flatten_theta(self.scheme.theta())
@@ -452,29 +550,43 @@ def run_trial(
     artifacts_dir: Path | None = None,
     threads: int | None = None,
     inits: dict[str, Any] | None = None,
+    timer: PhaseTimer | None = None,
+    exhaustive: bool = False,
 ) -> TrialResult:
     """Train, evaluate and report one trial. Divergence ends it with status ``diverged``.
 
     ``inits``: prior options replaced for this trial, e.g. ``{"sigma_init": [...]}`` from
-    :func:`pipeline.study.chain.chained_inits`; recorded in the metrics (``inits_json``)."""
+    :func:`pipeline.study.chain.chained_inits`; recorded in the metrics (``inits_json``).
+    ``timer``: the trial's phase timer, started where the trial started (the Tune trainable's
+    entry); a new one started here by default. Its ``seconds_*`` columns are in the metrics
+    (:mod:`pipeline.study.phases`). ``exhaustive``: nothing computed once is reused
+    (:class:`Trial`): the reference the default's reuse is tested against."""
+    timer = PhaseTimer() if timer is None else timer
     if threads:
         torch.set_num_threads(threads)
     trial = Trial(study, spec, prepared, inits=inits)
+    trial.exhaustive = exhaustive
     if resume is not None:
         trial.restore(resume)
     else:
-        trial.initial_val_psnr = float(trial.evaluate(trial.val).mean())
+        with timer.phase("val"):
+            trial.initial_val_psnr = float(trial.evaluate(trial.val).mean())
     status, reason = "finished", ""
     while trial.epoch < trial.cfg.epochs:
+        timer.started_training()
         start = time.perf_counter()
         try:
-            loss, sec_per_step = trial.train_epoch()
+            with timer.phase("train"):
+                loss, sec_per_step = trial.train_epoch()
         except Diverged as err:
             status, reason = "diverged", f"epoch {trial.epoch + 1}: {err}"
             break
         trial.elapsed += time.perf_counter() - start
-        val = trial.evaluate(trial.val)
+        with timer.phase("val"):
+            val = trial.evaluate(trial.val)
         trial.epoch += 1
+        with timer.phase("probe"):
+            probes = trial.probes() if probed(trial.epoch, trial.cfg) else {}
         row = {
             "epoch": float(trial.epoch),
             "elapsed_seconds": trial.elapsed,
@@ -491,7 +603,7 @@ def run_trial(
                 if trial.train_backward_residual is not None
                 else {}
             ),
-            **(trial.probes() if probed(trial.epoch, trial.cfg) else {}),
+            **probes,
             **trial.theta_metrics(),
         }
         if not all(math.isfinite(v) for v in row.values()):
@@ -499,7 +611,9 @@ def run_trial(
             break
         trial.history.append(row)
         if report is not None:
-            report(row, trial.state())
+            with timer.phase("artifacts"):  # the epoch's row and checkpoint (MLflow, Tune)
+                report(row, trial.state())
+    timer.started_training()  # a trial resumed after its last epoch trains no step
 
     theta = trial.scheme.theta()
     columns: dict[str, Any] = {
@@ -517,17 +631,28 @@ def run_trial(
         last = trial.history[-1] if trial.history else {}
         return _checked(
             TrialResult(
-                status, reason, {**last, **extra}, trial.history, theta, json_columns=columns
+                status,
+                reason,
+                {**last, **extra, **timer.metrics()},
+                trial.history,
+                theta,
+                json_columns=columns,
             )
         )
 
-    per_image = trial.evaluate(trial.test)
-    eq_residual = trial.solve_residual
-    at_depth_iters = iterations_at_depth(spec)
-    at_depth = per_image if at_depth_iters is None else trial.evaluate(trial.test, at_depth_iters)
-    # one trained model at several depths (the reference code's histograms): 1 step, K steps
-    one = trial.evaluate(trial.test, 1)
-    k_steps = one if spec.depth == 1 else trial.evaluate(trial.test, spec.depth)
+    with timer.phase("test"):
+        at_depth_iters = iterations_at_depth(spec)
+        per_image = trial.evaluate(trial.test)
+        eq_residual = trial.solve_residual
+        # one trained model at several depths (the reference code's histograms): 1 step, K
+        # steps and the training depth, from one trajectory
+        depths = trial.evaluate_depths(
+            trial.test, [1, spec.depth] + ([at_depth_iters] if at_depth_iters else [])
+        )
+        one, k_steps = depths[1], depths[spec.depth]
+        at_depth = per_image if at_depth_iters is None else depths[at_depth_iters]
+    with timer.phase("probe"):
+        peak_mib = trial.saved_mib()
     columns["test_psnr_1_per_image"] = one.tolist()
     columns["test_psnr_k_per_image"] = k_steps.tolist()
     columns["test_psnr_at_depth_per_image"] = at_depth.tolist()
@@ -544,17 +669,18 @@ def run_trial(
         # did the test solve reach equilibrium? (compare with train.eval_tol)
         "test_eq_residual": eq_residual,
         "train_seconds": trial.elapsed,
-        "peak_mem_mib": trial.saved_mib(),
+        "peak_mem_mib": peak_mib,
         "final_val_psnr": trial.history[-1]["val_psnr"],
     }
     artifacts: list[Path] = []
     if artifacts_dir is not None:
-        artifacts = write_artifacts(trial, theta, artifacts_dir, study.report.images)
+        with timer.phase("artifacts"):
+            artifacts = write_artifacts(trial, theta, artifacts_dir, study.report.images)
     return _checked(
         TrialResult(
             status,
             reason,
-            metrics,
+            {**metrics, **timer.metrics()},
             trial.history,
             theta,
             per_image.tolist(),
@@ -592,10 +718,18 @@ def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int)
     n = min(images, len(trial.test))
     index = torch.arange(n)
     rows = [("ground truth", trial.test.clean[index]), ("observation", trial.test.observed[index])]
-    rows.append(("at equilibrium", trial.solve(trial.test, index)))
+    # the first test batch's reconstructions as the test evaluation made them (the PSNRs in the
+    # trials table), solved here only when the images reach past that batch
+    first = trial.batches(trial.test)[0]
+    kept = trial.fixed_point(trial.test, first) if n <= len(first) else None
+    rows.append(("at equilibrium", kept.x[:n] if kept else trial.solve(trial.test, index)))
     depth_iters = iterations_at_depth(trial.spec)
     if depth_iters is not None:
-        rows.append((f"at depth ({depth_iters} it.)", trial.solve(trial.test, index, depth_iters)))
+        at = trial.depth_iterates.get(("test", tuple(first.tolist())), {}).get(depth_iters)
+        x = at[:n] if at is not None and n <= len(first) else None
+        if x is None:
+            x = trial.solve(trial.test, index, depth_iters)
+        rows.append((f"at depth ({depth_iters} it.)", x))
     fig, axes = plt.subplots(len(rows), n, figsize=(2.0 * n, 2.0 * len(rows)), squeeze=False)
     for r, (label, batch) in enumerate(rows):
         values = psnr(batch.clamp(0, 1), trial.test.clean[index])

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.estimators import ESTIMATOR_KINDS, register_kind
+from pipeline.study.phases import PhaseTimer
 from pipeline.sweep import tracking
 from pipeline.sweep.grid import trial_params, with_lr
 from pipeline.sweep.shipping import PreparedBundle, WeightsBundle, localize_weights, materialize
@@ -51,6 +52,9 @@ def train_trial(
     weights: WeightsBundle | None = None,
 ) -> None:
     """The Tune trainable: one trial, its MLflow child run, checkpoints for resume."""
+    # the trial's phases start here: opening its MLflow run is part of its start-up
+    timer = PhaseTimer()
+    started_unix = time.time()
     import ray
     from ray import tune
 
@@ -83,9 +87,17 @@ def train_trial(
     with tracking.system_metrics(context.tracking_uri, run.run_id, interval, run.reopened):
         search = point.get("role") == "search"
         result, progress = _train(
-            study, spec, context, c, run, bundle, weights, point.get("inits"), search
+            study, spec, context, c, run, bundle, weights, point.get("inits"), search, timer
         )
-    tune.report(_log_final(c, run, result, progress, node_id))
+    clock = {"started_unix": started_unix, "first_step_unix": _unix(timer.first_step)}
+    tune.report(_log_final(c, run, result, progress, node_id, timer, clock))
+
+
+def _unix(perf: float | None) -> float:
+    """A ``time.perf_counter()`` reading of this process as Unix time (NaN for None)."""
+    if perf is None:
+        return float("nan")
+    return time.time() - (time.perf_counter() - perf)
 
 
 def _open_run(
@@ -149,6 +161,7 @@ def _train(
     weights: WeightsBundle | None,
     inits: dict[str, Any] | None = None,
     search: bool = False,
+    timer: PhaseTimer | None = None,
 ) -> tuple[Any, _Progress]:
     """Train from Tune's checkpoint, if any; the run ends KILLED or FAILED when training does."""
     from ray import tune
@@ -177,6 +190,7 @@ def _train(
             artifacts_dir=artifacts,
             threads=context.threads,
             inits=inits,
+            timer=timer,
         )
     except KeyboardInterrupt:
         tracking.finish(c, run_id, "interrupted", "interrupted", "KILLED")
@@ -195,13 +209,27 @@ def _train(
 
 
 def _log_final(
-    c: Any, run: tracking.ChildRun, result: Any, progress: _Progress, node_id: str
+    c: Any,
+    run: tracking.ChildRun,
+    result: Any,
+    progress: _Progress,
+    node_id: str,
+    timer: PhaseTimer | None = None,
+    clock: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Log the trial's last epochs, final metrics and artifacts, keep its result with the run
-    and end it; return that result (what Tune is told)."""
+    """Log the trial's last epochs, artifacts and final metrics (its phase times, counted up
+    to here: the artifacts' upload is part of its ``artifacts`` phase), keep its result with
+    the run and end it; return that result (what Tune is told)."""
     run_id = run.run_id
-    progress.log_pending()
+    timer = PhaseTimer() if timer is None else timer
+    with timer.phase("artifacts"):
+        progress.log_pending()
+        tracking.log_artifacts(c, run_id, result.artifacts)
     final = {k: v for k, v in result.metrics.items() if k != "epoch"}
+    final.update(timer.metrics())
+    # wall-clock times of the trial (Unix seconds): the sweep's own overhead before the first
+    # training step and after the last trial are measured against them
+    final.update({**(clock or {}), "ended_unix": time.time()})
     last_epoch = result.history[-1] if result.history else {}
     summary = {k: v for k, v in final.items() if k not in last_epoch}  # epochs already logged
     summary.update(progress.cost)
@@ -209,7 +237,6 @@ def _log_final(
         have = set(c.get_run(run_id).data.metrics)
         summary = {k: v for k, v in summary.items() if tracking.metric_name(k) not in have}
     tracking.log_metrics(c, run_id, summary, step=len(result.history))
-    tracking.log_artifacts(c, run_id, result.artifacts)
     payload = {
         **final,
         "final": 1,

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-TIMING = {"elapsed_seconds", "seconds_per_step", "train_seconds"}
+from pipeline.study.phases import PHASE_COLUMNS
+
+TIMING = {"elapsed_seconds", "seconds_per_step", "train_seconds", *PHASE_COLUMNS}
 
 STUDY: dict[str, Any] = {
     "data": {

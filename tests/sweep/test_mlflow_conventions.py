@@ -181,3 +181,20 @@ def test_code_tags_outside_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     tags = tracking.code_tags(tmp_path)
     assert tracking.GIT_COMMIT not in tags and tracking.DVC_EXP not in tags
+
+
+def test_each_trial_reports_its_phases_in_the_table_and_in_mlflow(swept: dict[str, Any]) -> None:
+    from pipeline.study.phases import PHASE_COLUMNS, PHASES
+
+    trials = swept["trials"]
+    for row in trials.itertuples():
+        seconds = {p: getattr(row, f"seconds_{p}") for p in PHASES}
+        # every phase ran in a sweep's trial (its MLflow run opened, artifacts uploaded) and
+        # they fit in its total: phases never overlap
+        assert all(s > 0 for s in seconds.values()), (row.name, seconds)
+        assert sum(seconds.values()) <= row.seconds_total
+        # the wall clock: entered, first step, end, in that order
+        assert row.started_unix <= row.first_step_unix <= row.ended_unix
+        run = swept["children"][row.name]
+        for col in PHASE_COLUMNS:
+            assert run.data.metrics[col] == pytest.approx(getattr(row, col)), col
