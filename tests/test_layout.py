@@ -39,12 +39,29 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """The nodes under ``if TYPE_CHECKING:``: imports for annotations, never run."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return out
+
+
 @cache
-def _imports(path: Path) -> frozenset[str]:
+def _imports(path: Path, run_only: bool = False) -> frozenset[str]:
     """The ``pipeline.*`` / ``stages.*`` modules ``path`` imports, resolved to files that exist
-    (``from pipeline.core import schemes`` names the module ``pipeline.core.schemes``)."""
+    (``from pipeline.core import schemes`` names the module ``pipeline.core.schemes``).
+    ``run_only``: leave out the imports under ``if TYPE_CHECKING:`` (annotations only)."""
     out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_only(tree) if run_only else set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -148,10 +165,14 @@ def test_the_sweep_does_not_depend_on_the_report_or_the_tools() -> None:
 
 def _cycles() -> list[list[str]]:
     """The import cycles among ``pipeline`` modules (strongly connected components of more
-    than one module, or a module importing itself), every import statement counted: a lazy
-    import inside a function closes a cycle as surely as a top-level one."""
+    than one module, or a module importing itself), every import statement that runs counted:
+    a lazy import inside a function closes a cycle as surely as a top-level one (an import
+    under ``if TYPE_CHECKING:`` never runs, so it does not)."""
     files = sorted(PKG.rglob("*.py"))
-    graph = {f: {m for m in (_module_file(i) for i in _imports(f)) if m in files} for f in files}
+    graph = {
+        f: {m for m in (_module_file(i) for i in _imports(f, run_only=True)) if m in files}
+        for f in files
+    }
     index: dict[Path, int] = {}
     low: dict[Path, int] = {}
     stack: list[Path] = []
@@ -189,7 +210,8 @@ def test_no_import_cycles_function_level_imports_included() -> None:
 def test_the_cycle_check_sees_a_lazy_import(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The check can fail: two modules whose only link back is an import inside a function."""
+    """The check can fail: two modules whose only link back is an import inside a function (and
+    one under ``if TYPE_CHECKING:`` is no link)."""
     study = tmp_path / "pipeline" / "study"
     study.mkdir(parents=True)
     for init in (tmp_path / "pipeline" / "__init__.py", study / "__init__.py"):
@@ -197,6 +219,24 @@ def test_the_cycle_check_sees_a_lazy_import(
     (study / "a.py").write_text("from pipeline.study import b\n")
     (study / "b.py").write_text("def f():\n    from pipeline.study import a\n")
     (study / "c.py").write_text("from pipeline.study import a\n")  # imports, in no cycle
+    (study / "d.py").write_text(  # a link back for annotations only: never runs, no cycle
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipeline.study import e\n"
+    )
+    (study / "e.py").write_text("from pipeline.study import d\n")
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "PKG", tmp_path / "pipeline")
     assert _cycles() == [["pipeline/study/a.py", "pipeline/study/b.py"]]
+
+
+MAX_MODULE_LINES = 700
+
+
+def test_no_module_is_over_700_lines() -> None:
+    """A module past 700 lines holds more than one concern: split it by concept (a facade
+    module may re-export the names others use)."""
+    long = {
+        str(f.relative_to(REPO)): n
+        for f in sorted(PKG.rglob("*.py"))
+        if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, long

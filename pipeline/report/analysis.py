@@ -25,8 +25,7 @@ from pipeline.report.common import (
 )
 from pipeline.report.confidence import VERDICTS
 from pipeline.report.configs import REFERENCE
-from pipeline.report.tables import deep_rows, deq_rows, rjfb_rows
-from pipeline.study.tables import deq_baseline
+from pipeline.report.tables import deep_rows, deq_candidates, deq_rows, rjfb_rows
 
 
 def _contraction(p: pd.DataFrame) -> dict[str, Any]:
@@ -54,7 +53,9 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
     (``train_backward_residual``, when the table has both) and the test solve below
     ``eval_tol`` (``test_eq_residual``). ``hp``: the DEQ trial's history (earlier epochs that
     ended above a tolerance are counted)."""
-    deq = deq_baseline(p, finished=False)  # an unfinished DEQ says why it did not converge
+    deq = deq_candidates(
+        p
+    )  # the baseline arm first; an unfinished DEQ says why it did not converge
     out: dict[str, Any] = {
         "deq_trial": None,
         "deq_converged": None,
@@ -67,7 +68,6 @@ def _deq_convergence(p: pd.DataFrame, hp: pd.DataFrame | None) -> dict[str, Any]
     }
     if deq.empty:
         return out
-    deq = deq.sort_values("finished", ascending=False, kind="stable")
     r = deq.iloc[0]
     out["deq_trial"] = r["name"]
     if not r["finished"]:

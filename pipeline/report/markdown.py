@@ -26,6 +26,7 @@ from pipeline.report.configs import REFERENCE, fmt_ci, fmt_ratio_ci, unreliable
 from pipeline.report.cost import cost_section
 from pipeline.report.families import prior_order
 from pipeline.report.summary import summary_lines
+from pipeline.report.tables import deq_arms
 from pipeline.study.estimators import ESTIMATOR_KINDS, estimator_label
 from pipeline.study.tables import deq_baseline
 
@@ -239,7 +240,9 @@ def _prior_section(
 
 
 def _deq_baseline(p: pd.DataFrame) -> list[str]:
-    deq = deq_baseline(p)
+    # the plain arms (an undefined one is stated) and the arm that replaces an undefined one
+    arms = deq_baseline(p, plain=True).index.union(deq_arms(p).index)
+    deq = p.loc[p.index.isin(arms)]
     if deq.empty:
         return [
             "**No finished DEQ baseline** for this prior: ΔPSNR, ratios and time to "

@@ -203,8 +203,8 @@ def sort_configs(t: pd.DataFrame) -> pd.DataFrame:
     return t.loc[order]
 
 
-def _deq_arms(t: pd.DataFrame) -> pd.DataFrame:
-    deq = deq_baseline(t)
+def _deq_arms(t: pd.DataFrame, finished: bool = True) -> pd.DataFrame:
+    deq = deq_baseline(t, finished=finished)
     jac = deq["jac_reg"] if "jac_reg" in deq.columns else pd.Series(0.0, index=deq.index)
     und = (
         deq["deq_undefined_epoch"]
@@ -215,20 +215,42 @@ def _deq_arms(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def deq_rows(t: pd.DataFrame) -> pd.DataFrame:
-    """The DEQ baseline row of each (prior, seed), indexed by (prior, seed_key).
+    """The DEQ baseline row of each (prior, seed), indexed by (prior, seed_key): the rows of
+    :func:`deq_arms`."""
+    return deq_arms(t).set_index(["prior", "seed_key"])
+
+
+def deq_arms(t: pd.DataFrame) -> pd.DataFrame:
+    """The DEQ baseline trial of each (prior, seed), as rows of ``t`` (its index kept).
 
     The plain DEQ arm (``jac_reg`` 0) where it is defined; where it is undefined (its scheme
     stopped contracting: ``deq_undefined_epoch`` set) the Jacobian-regularised arm with the
     smallest ``jac_reg`` that is defined; an undefined arm is never a baseline. Among equals,
-    depth 1 first, then the smallest K."""
+    depth 1 first, then the smallest K. Every DEQ number of the report (tables, the plots' DEQ
+    line and histogram, the markdown's baseline lines, metrics.json) comes from these rows."""
     deq = _deq_arms(t)
     deq = deq[~np.isfinite(deq["_undef"].to_numpy(dtype=float))]
     if deq.empty:
-        return deq.drop(columns=["_jac", "_undef"]).set_index(["prior", "seed_key"])
+        return deq.drop(columns=["_jac", "_undef"])
     deq = deq.assign(_d1=(deq["depth"].fillna(1) != 1).astype(int), _j1=(deq["_jac"] > 0))
     deq = deq.sort_values(["_j1", "_jac", "_d1", "depth"], kind="stable")
     deq = deq.drop(columns=["_jac", "_undef", "_d1", "_j1"])
-    return deq.drop_duplicates(["prior", "seed_key"]).set_index(["prior", "seed_key"])
+    return deq.drop_duplicates(["prior", "seed_key"])
+
+
+def deq_candidates(t: pd.DataFrame) -> pd.DataFrame:
+    """Every DEQ-from-y trial of ``t``, unfinished ones included, best baseline first: finished,
+    then defined, then plain (``jac_reg`` 0) before the smallest ``jac_reg``, else in table
+    order. The report states the convergence, and reads the history, of the first."""
+    deq = _deq_arms(t, finished=False)
+    done = deq["finished"] if "finished" in deq.columns else deq["status"] == "finished"
+    deq = deq.assign(
+        _nf=(~done.astype(bool)).astype(int),
+        _u=np.isfinite(deq["_undef"].to_numpy(dtype=float)).astype(int),
+        _j1=(deq["_jac"] > 0),
+    )
+    deq = deq.sort_values(["_nf", "_u", "_j1", "_jac"], kind="stable")
+    return deq.drop(columns=["_jac", "_undef", "_nf", "_u", "_j1"])
 
 
 def deq_undefined(t: pd.DataFrame) -> dict[tuple[str, str], int]:

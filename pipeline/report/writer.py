@@ -23,6 +23,7 @@ from pipeline.report.markdown import render_markdown
 from pipeline.report.plots import write_plots
 from pipeline.report.tables import (
     compare_to_deq,
+    deq_candidates,
     deq_rows,
     history_for,
     normalise_history,
@@ -31,7 +32,6 @@ from pipeline.report.tables import (
     time_to_quality,
 )
 from pipeline.report.theta import DISTANCE_GROUPS, floor_distances, split_floor_trials
-from pipeline.study.tables import deq_baseline
 from pipeline.util import jsonio
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -180,7 +180,8 @@ def _metrics(
     key_of = dict(zip(t.index, keys, strict=True))
 
     def deq_history(p: pd.DataFrame) -> pd.DataFrame | None:
-        deq = deq_baseline(p)
+        deq = deq_candidates(p)  # the trial whose convergence analysis states
+        deq = deq[deq["finished"].astype(bool)]
         return by_key.get(key_of[deq.index[0]]) if len(deq) else None
 
     status = t["status"]

@@ -72,7 +72,7 @@ def _pnp_case(
     from pipeline.core.denoisers import build_denoiser
     from pipeline.core.physics import build_physics, gaussian_kernel
     from pipeline.core.schemes import PnPFB
-    from pipeline.tools.bench import crops, noise
+    from pipeline.tools.bench_base import crops, noise
 
     clean, _ = crops("rgb", 2, size, 0, torch.device("cpu"))
     kernel = gaussian_kernel(5, 1.0)
@@ -294,7 +294,7 @@ def _compile_case(device: torch.device, shape: dict[str, int]) -> tuple[Any, Any
     from pipeline.core.denoisers import build_denoiser
     from pipeline.core.physics import build_physics, gaussian_kernel
     from pipeline.core.schemes import PnPFB
-    from pipeline.tools.bench import crops, noise
+    from pipeline.tools.bench_base import crops, noise
 
     size, k = shape["size"], shape["depth"]
     clean, _ = crops("rgb", shape["batch"], size, 0, torch.device("cpu"))

@@ -138,11 +138,11 @@ def test_no_code_execution_from_data() -> None:
 def test_the_params_loader_is_a_safe_loader() -> None:
     import yaml
 
-    from pipeline.study import config
+    from pipeline.study import params_loader
 
-    assert issubclass(config._Loader, yaml.SafeLoader)
-    with pytest.raises(config.ConfigError, match="invalid YAML"):
-        config._parse_yaml("x: !!python/object/apply:os.system ['true']\n", "params.yaml")
+    assert issubclass(params_loader._Loader, yaml.SafeLoader)
+    with pytest.raises(params_loader.ConfigError, match="invalid YAML"):
+        params_loader.parse_yaml("x: !!python/object/apply:os.system ['true']\n", "params.yaml")
 
 
 # --------------------------------------------------------------------------- servers

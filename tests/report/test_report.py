@@ -556,7 +556,7 @@ def test_a_failure_while_writing_leaves_the_previous_report(tables, tmp_path, mo
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(plots, "_plot_theta", boom)
+    monkeypatch.setattr(plots, "plot_theta", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(tables[0].head(5), tables[1], tmp_path, CFG)
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}

@@ -271,7 +271,7 @@ def test_a_compiler_failure_names_train_compile(root: Path, monkeypatch) -> None
     """No silent fallback: a failing torch.compile stops the trial with one line naming the
     setting (a backend that raises stands in for a missing C++ compiler or Triton)."""
     from pipeline.core import compiled
-    from pipeline.study import trial as trial_module
+    from pipeline.study import trial_loop as trial_module
 
     def broken(gm, inputs):
         raise RuntimeError("no working C++ compiler\n(details)")

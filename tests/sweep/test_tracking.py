@@ -37,8 +37,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     code = 200
     mlflow = True
+    paths: tuple[str, ...] = ()
 
     def do_GET(self) -> None:
+        type(self).paths = (*type(self).paths, self.path)  # what the check asked, in order
         api = self.path.startswith("/api/2.0/mlflow/")
         if api and self.mlflow:
             self.send_response(404)
@@ -67,9 +69,14 @@ def http_server() -> Iterator[tuple[str, type[_Handler]]]:
 
 
 def test_check_reachable_accepts_a_healthy_server(http_server) -> None:
-    url, _ = http_server
-    tracking.check_reachable(url)
-    tracking.check_reachable(url + "/")
+    url, handler = http_server
+    assert tracking.check_reachable(url) is None
+    asked = handler.paths
+    # /health first, then the MLflow REST API: a healthy MLflow server passes both
+    assert asked[0] == "/health" and len(asked) >= 2, asked
+    assert all(p.startswith("/api/2.0/mlflow/") for p in asked[1:]), asked
+    assert tracking.check_reachable(url + "/") is None
+    assert handler.paths[len(asked)] == "/health"  # the trailing slash is not doubled
 
 
 def test_check_reachable_refuses_a_server_that_is_not_mlflow(http_server) -> None:
@@ -104,8 +111,16 @@ def test_check_reachable_fails_fast_when_nothing_listens() -> None:
     assert time.monotonic() - start < 5
 
 
-def test_check_reachable_leaves_local_stores_alone(tmp_path: Path) -> None:
-    tracking.check_reachable(f"sqlite:///{tmp_path / 'absent' / 'mlflow.db'}")
+def test_check_reachable_leaves_local_stores_alone(tmp_path: Path, monkeypatch) -> None:
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a local store needs no network check")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    assert tracking.check_reachable(f"sqlite:///{tmp_path / 'absent' / 'mlflow.db'}") is None
+    assert tracking.check_reachable(str(tmp_path / "mlruns")) is None
+    assert list(tmp_path.iterdir()) == []  # nothing created either
 
 
 # --------------------------------------------------------------------------- run lifecycle

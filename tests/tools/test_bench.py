@@ -126,7 +126,7 @@ def test_floor_haar_soft_threshold_is_the_project_prox() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 32, 32, generator=gen, dtype=torch.float64)
     scheme = WaveletFB("haar", 3, "l1").double()
-    m = bench._HAAR.double()
+    m = bench.HAAR.double()
     for t in (1e-3, 0.05, 0.3):
         want = scheme.prox(x, t / scheme.log_reg.exp().item())  # threshold γ·λ = t
         got = bench.haar_soft(x, torch.tensor(t, dtype=torch.float64), 3, m, m.mT.contiguous())
