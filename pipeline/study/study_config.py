@@ -13,7 +13,7 @@ from pydantic import (
 )
 
 from pipeline.study.data_config import DataConfig
-from pipeline.study.priors import PnPPrior, Prior
+from pipeline.study.priors import PnPPrior, Prior, TrainOverrides
 from pipeline.study.schema import (
     PRIOR_NAME,
     Located,
@@ -216,6 +216,16 @@ class StudyConfig(Strict):
         if not isinstance(p, PnPPrior):
             raise TypeError(f"prior {prior!r} is not a PnP prior")
         return p.arch(self.pretrain)
+
+    def with_lr(self, prior: str, lr: float) -> StudyConfig:
+        """The study with ``prior``'s trials at learning rate ``lr`` (a tuned sweep's trial):
+        the prior's ``train`` overrides gain ``lr`` (validated), the rest as written, the root
+        kept."""
+        p = self.priors[prior]
+        written = p.train.updates() if p.train is not None else {}
+        train = TrainOverrides.model_validate({**written, "lr": lr})
+        priors = {**self.priors, prior: p.model_copy(update={"train": train})}
+        return self.model_copy(update={"priors": priors}).with_root(self._root)
 
     def with_root(self, root: Path) -> StudyConfig:
         self._root = Path(root).resolve()

@@ -57,7 +57,7 @@ from pipeline.sweep.cluster import (
     init_ray,
     sweep_lock,
 )
-from pipeline.sweep.grid import Grid, build_grid, config_of, search_points, with_lr
+from pipeline.sweep.grid import Grid, GridPoint, build_grid, search_points
 from pipeline.sweep.results import collect, write_tables
 from pipeline.sweep.shipping import check_weights, pack_prepared, pack_weights
 from pipeline.sweep.trainable import TrialContext, trial_name, tune_trainable
@@ -300,18 +300,18 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: Attempt) -
         results = _signed_fit(tuner, path)
         _check_search_done(results)
         _mark_pruned(attempt, point, results)
-        best[point["config"]] = best_lr(results)
+        best[str(point.config)] = best_lr(results)
     points = []
     for p in grid.points:
-        lr = best[config_of(p)]
+        config = p.spec.config_name
+        lr = best[config]
         if lr is None:
-            prior = p["trial"]["prior"]
-            q = with_lr(p, cfg.train_for(prior).lr, "tuned")
-            q["inits_error"] = f"search: no sample of {config_of(p)} finished"
+            q = p.with_lr(cfg.train_for(p.spec.prior).lr, "tuned")
+            q = dataclasses.replace(q, inits_error=f"search: no sample of {config} finished")
         else:
-            q = with_lr(p, lr, "tuned")
+            q = p.with_lr(lr, "tuned")
         points.append(q)
-    blob = json.dumps([p["key"] for p in points]).encode()
+    blob = json.dumps([p.key for p in points]).encode()
     name = f"{grid.name}-tuned-{sha256_hex(blob, 8)}"
     path = f"{cfg.storage_path.rstrip('/')}/{name}"
     restoring = attempt.restoring and _can_restore(cfg, path)
@@ -319,7 +319,7 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: Attempt) -
 
 
 def search_tuner(
-    cfg: StudyConfig, point: dict, name: str, path: str, trainable: Any, restoring: bool
+    cfg: StudyConfig, point: GridPoint, name: str, path: str, trainable: Any, restoring: bool
 ) -> Any:
     """One configuration's search: a Tune experiment sampling lr under ASHA on val_psnr."""
     from ray import tune
@@ -341,13 +341,13 @@ def search_tuner(
         from ray.tune.search import BasicVariantGenerator
 
         search_alg = BasicVariantGenerator(random_state=opts.seed)
-    epochs = cfg.train_for(point["trial"]["prior"]).epochs
+    epochs = cfg.train_for(point.spec.prior).epochs
     return _open_tuner(
         cfg,
         path,
         lambda: tune.Tuner(
             trainable,
-            param_space={"point": point, "lr": sample(space.low, space.high)},
+            param_space={"point": point.to_tune(), "lr": sample(space.low, space.high)},
             tune_config=tune.TuneConfig(
                 metric="val_psnr",
                 mode="max",
@@ -389,7 +389,7 @@ def is_pruned(result: Any, status: str) -> bool:
     )
 
 
-def _mark_pruned(attempt: Attempt, point: dict, results: Any) -> None:
+def _mark_pruned(attempt: Attempt, point: GridPoint, results: Any) -> None:
     """The child runs of the pruned search trials end KILLED with ``rjfb.status = pruned``."""
     from pipeline.sweep.trainable import PRUNED_REASON
 
@@ -397,7 +397,7 @@ def _mark_pruned(attempt: Attempt, point: dict, results: Any) -> None:
     for r, status in _trial_states(results):
         if not is_pruned(r, status):
             continue
-        key = with_lr(point, float(r.config["lr"]), "search")["key"]
+        key = point.with_lr(float(r.config["lr"]), "search").key
         run_id = tracking.child_run_id(c, attempt.experiment_id, attempt.parent_run_id, key)
         if run_id is None:
             continue
@@ -428,18 +428,18 @@ def best_lr(results: Any) -> float | None:
     return min(scored)[1] if scored else None
 
 
-def split_phases(cfg: StudyConfig, grid: Grid) -> tuple[list[dict], list[dict]]:
+def split_phases(cfg: StudyConfig, grid: Grid) -> tuple[list[GridPoint], list[GridPoint]]:
     """The grid's points in two phases (:func:`pipeline.study.chain.phases`); one phase (all
     points first) when the study chains nothing or nothing runs before the chained trials."""
     from pipeline.study.chain import phases
 
     later = {t.name for t in phases(cfg)[1]}
-    first = [p for p in grid.points if p["name"] not in later]
-    second = [p for p in grid.points if p["name"] in later]
+    first = [p for p in grid.points if p.name not in later]
+    second = [p for p in grid.points if p.name in later]
     return (first, second) if first and second else (grid.points, [])
 
 
-def _chain(cfg: StudyConfig, points: list[dict], done: Any) -> list[dict]:
+def _chain(cfg: StudyConfig, points: list[GridPoint], done: Any) -> list[GridPoint]:
     """The second phase's points with ``inits`` (σ learned by the source trial) or, when every
     source trial failed, ``inits_error`` (the trial then fails with that reason, alone). Derived
     data: the trial keys stay as they are."""
@@ -448,21 +448,21 @@ def _chain(cfg: StudyConfig, points: list[dict], done: Any) -> list[dict]:
     inits, failures = chained_inits(cfg, done), chain_failures(cfg, done)
     out = []
     for p in points:
-        p = {k: v for k, v in p.items() if k not in ("inits", "inits_error")}
-        if p["name"] in failures:
-            p["inits_error"] = failures[p["name"]]
-        elif p["name"] in inits:
-            p["inits"] = inits[p["name"]]
+        p = dataclasses.replace(p, inits=None, inits_error=None)
+        if p.name in failures:
+            p = dataclasses.replace(p, inits_error=failures[p.name])
+        elif p.name in inits:
+            p = dataclasses.replace(p, inits=inits[p.name])
         out.append(p)
     return out
 
 
-def phase_name(grid: Grid, points: list[dict]) -> str:
+def phase_name(grid: Grid, points: list[GridPoint]) -> str:
     """The second phase's Tune experiment: ``sweep-<key>-p2-<inits>``, where ``<inits>`` hashes
     what the first phase handed it. A first phase whose results changed (an errored source trial
     that succeeds when retried) starts a new second phase instead of restoring one whose points
     hold stale inits (Tune keeps a trial's config as it was first given)."""
-    derived = {p["key"]: [p.get("inits"), p.get("inits_error")] for p in points}
+    derived = {p.key: [p.inits, p.inits_error] for p in points}
     blob = json.dumps(derived, sort_keys=True).encode()
     return f"{grid.name}-p2-{sha256_hex(blob, 8)}"
 
@@ -528,7 +528,12 @@ def _signed_fit(tuner: Any, path: str) -> Any:
 
 
 def _fit(
-    cfg: StudyConfig, points: list[dict], name: str, path: str, trainable: Any, restoring: bool
+    cfg: StudyConfig,
+    points: list[GridPoint],
+    name: str,
+    path: str,
+    trainable: Any,
+    restoring: bool,
 ) -> list[Any]:
     """One Tune experiment's results; ``KeyboardInterrupt`` when some trial did not finish."""
     results = list(_signed_fit(_tuner(cfg, points, name, path, trainable, restoring), path))
@@ -570,7 +575,12 @@ def _trainable(cfg: StudyConfig, prepared: Path, attempt: Attempt, ship: bool) -
 
 
 def _tuner(
-    cfg: StudyConfig, points: list[dict], name: str, path: str, trainable: Any, restoring: bool
+    cfg: StudyConfig,
+    points: list[GridPoint],
+    name: str,
+    path: str,
+    trainable: Any,
+    restoring: bool,
 ) -> Any:
     """The Tune experiment ``name`` at ``path``: restored with its unfinished and errored
     trials, else a new one with one trial per point."""
@@ -586,7 +596,7 @@ def _tuner(
         path,
         lambda: tune.Tuner(
             trainable,
-            param_space={"point": tune.grid_search(points)},
+            param_space={"point": tune.grid_search([p.to_tune() for p in points])},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=cfg.ray.max_concurrent_trials,
                 trial_name_creator=trial_name,

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.study.config import StudyConfig, TrialSpec, prior_family
+from pipeline.study.config import StudyConfig, prior_family
 from pipeline.study.tables import HISTORY_COLUMNS, JSON_LIST_COLUMNS, TRIAL_COLUMNS, TRIAL_SCHEMA
+from pipeline.sweep.grid import GridPoint
 from pipeline.util.hashing import sha256_hex
 
 
@@ -19,14 +20,14 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
 
     rows, hist = [], []
     for result in grid:
-        point = result.config["point"]
-        spec = TrialSpec.model_validate(point["trial"])
+        point = GridPoint.from_tune(result.config["point"])
+        spec = point.spec
         metrics = dict(result.metrics or {})
         family = prior_family(cfg.priors[spec.prior])
         train = cfg.train_for(spec.prior)
         row: dict[str, Any] = {
-            "trial_id": point["key"],
-            "name": point["name"],
+            "trial_id": point.key,
+            "name": point.name,
             "prior": spec.prior,
             "prior_type": cfg.priors[spec.prior].type,
             "estimator": spec.estimator,
@@ -37,7 +38,7 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
             "iterations": spec.iterations,
             "jac_reg": spec.jac_reg,
             "seed": spec.seed,
-            "tuned_lr": float(point["lr"]) if point.get("role") == "tuned" else math.nan,
+            "tuned_lr": point.lr if point.role == "tuned" and point.lr is not None else math.nan,
             "prior_family": family.key,
             "prior_label": family.label,
             "deq_tol": cfg.sweep.deq.tol,
@@ -62,8 +63,8 @@ def collect(grid: Any, cfg: StudyConfig) -> tuple[Any, Any]:
         rows.append(row)
         part = _history(result, metrics if finished else None)
         if part is not None:
-            part.insert(0, "name", point["name"])
-            part.insert(0, "trial_id", point["key"])
+            part.insert(0, "name", point.name)
+            part.insert(0, "trial_id", point.key)
             hist.append(part)
     trials = pd.DataFrame(rows)
     trials = trials[TRIAL_COLUMNS]

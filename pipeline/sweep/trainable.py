@@ -17,7 +17,7 @@ from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.estimators import ESTIMATOR_KINDS, register_kind
 from pipeline.study.phases import PhaseTimer
 from pipeline.sweep import tracking
-from pipeline.sweep.grid import trial_params, with_lr
+from pipeline.sweep.grid import GridPoint, trial_params
 from pipeline.sweep.shipping import PreparedBundle, WeightsBundle, localize_weights, materialize
 from pipeline.util.errors import UserError
 
@@ -46,32 +46,39 @@ class TrialContext:
 
 
 def train_trial(
-    point: dict[str, Any],
+    config: dict[str, Any],
     context: TrialContext,
     bundle: PreparedBundle | None = None,
     weights: WeightsBundle | None = None,
 ) -> None:
-    """The Tune trainable: one trial, its MLflow child run, checkpoints for resume."""
+    """The Tune trainable: one trial, its MLflow child run, checkpoints for resume.
+
+    ``config`` is the trial's Tune config: its grid point as plain values
+    (:meth:`GridPoint.to_tune`) and, for a search sample, the sampled ``lr``. The point, its
+    :class:`TrialSpec` included, is parsed here, once; the trial then uses the parsed spec, and
+    a tuned learning rate reaches the study through it (:meth:`StudyConfig.with_lr`)."""
     # the trial's phases start here: opening its MLflow run is part of its start-up
     timer = PhaseTimer()
     started_unix = time.time()
     import ray
     from ray import tune
 
-    for kind in context.estimators:
+    for kind in context.estimators:  # before the spec is parsed: it names its estimator
         if kind.name not in ESTIMATOR_KINDS:
             register_kind(kind)
-    spec = TrialSpec.model_validate(point["trial"])
-    raw = context.study
-    if point.get("lr") is not None:  # a tuned sweep's trial: its own learning rate
-        raw = with_study_lr(raw, spec.prior, float(point["lr"]))
-    study = StudyConfig.model_validate(raw).with_root(Path(context.root))
+    point = GridPoint.from_tune(config["point"])
+    if config.get("lr") is not None:  # a search sample: the point at the sampled lr
+        point = point.with_lr(float(config["lr"]), "search")
+    spec = point.spec
+    study = StudyConfig.model_validate(context.study).with_root(Path(context.root))
+    if point.lr is not None:  # a tuned sweep's trial: its own learning rate
+        study = study.with_lr(spec.prior, point.lr)
     c = tracking.client(context.tracking_uri)
     node_id = ray.get_runtime_context().get_node_id()
-    run = _open_run(study, spec, point, context, weights, node_id)
-    if point.get("inits_error"):
+    run = _open_run(study, point, context, weights, node_id)
+    if point.inits_error:
         # a chained trial whose source trials all failed: it fails alone, with their fates
-        tune.report(_refuse(c, run, point["inits_error"], node_id))
+        tune.report(_refuse(c, run, point.inits_error, node_id))
         return
     if run.finished:
         # An earlier attempt finished this trial but the driver died before Tune recorded it:
@@ -85,9 +92,9 @@ def train_trial(
         tracking.log_dataset(c, run.run_id, tracking.DatasetRef(**context.dataset))
     interval = context.system_metrics_interval_s
     with tracking.system_metrics(context.tracking_uri, run.run_id, interval, run.reopened):
-        search = point.get("role") == "search"
+        search = point.role == "search"
         result, progress = _train(
-            study, spec, context, c, run, bundle, weights, point.get("inits"), search, timer
+            study, spec, context, c, run, bundle, weights, point.inits, search, timer
         )
     clock = {"started_unix": started_unix, "first_step_unix": _unix(timer.first_step)}
     tune.report(_log_final(c, run, result, progress, node_id, timer, clock))
@@ -102,16 +109,15 @@ def _unix(perf: float | None) -> float:
 
 def _open_run(
     study: StudyConfig,
-    spec: TrialSpec,
-    point: dict[str, Any],
+    point: GridPoint,
     context: TrialContext,
     weights: WeightsBundle | None,
     node_id: str,
 ) -> tracking.ChildRun:
     """The trial's child run (an earlier attempt's, if any), tagged with where it runs."""
-    params = trial_params(study, point, spec.prior, weights)
-    if point.get("inits"):  # chained initial values (a later phase of the sweep)
-        params["inits"] = point["inits"]
+    params = trial_params(study, point, weights)
+    if point.inits:  # chained initial values (a later phase of the sweep)
+        params["inits"] = point.inits
     where = {
         **context.tags,
         tracking.NODE_ID: node_id,
@@ -121,16 +127,16 @@ def _open_run(
         context.tracking_uri,
         context.experiment_id,
         context.parent_run_id,
-        point["key"],
-        point["name"],
+        point.key,
+        point.name,
         params,
         where,
     )
-    if run.reopened and not run.finished and point.get("inits"):
+    if run.reopened and not run.finished and point.inits:
         # an earlier attempt's run (e.g. one that failed for want of a source result) lacks them
         c = tracking.client(context.tracking_uri)
         have = c.get_run(run.run_id).data.params
-        new = tracking.flatten({"inits": point["inits"]})
+        new = tracking.flatten({"inits": point.inits})
         tracking.log_params(c, run.run_id, {k: v for k, v in new.items() if k not in have})
     return run
 
@@ -340,26 +346,14 @@ def load_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
 PRUNED_REASON = "stopped early by the ASHA scheduler (search phase)"
 
 
-def with_study_lr(study: dict[str, Any], prior: str, lr: float) -> dict[str, Any]:
-    """The study (its JSON dump) with ``prior``'s trials at learning rate ``lr``."""
-    priors = dict(study["priors"])
-    prior_cfg = dict(priors[prior])
-    prior_cfg["train"] = {**(prior_cfg.get("train") or {}), "lr": lr}
-    priors[prior] = prior_cfg
-    return {**study, "priors": priors}
-
-
 def tune_trainable(
     config: dict[str, Any],
     context: TrialContext,
     bundle: PreparedBundle | None = None,
     weights: WeightsBundle | None = None,
 ) -> None:
-    point = config["point"]
-    if config.get("lr") is not None:  # a search sample: the point at the sampled lr
-        point = with_lr(point, float(config["lr"]), "search")
     try:
-        train_trial(point, context, bundle, weights)
+        train_trial(config, context, bundle, weights)
     except Exception as err:
         raise shippable_error(err) from None
 
@@ -378,6 +372,7 @@ def shippable_error(err: Exception) -> Exception:
 
 
 def trial_name(trial: Any) -> str:
+    """A Tune trial's name and folder: its point's name (a search sample's names its lr)."""
+    point = GridPoint.from_tune(trial.config["point"])
     lr = trial.config.get("lr")
-    name = str(trial.config["point"]["name"])
-    return name if lr is None else with_lr(trial.config["point"], float(lr), "search")["name"]
+    return point.name if lr is None else point.with_lr(float(lr), "search").name

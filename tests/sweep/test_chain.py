@@ -129,7 +129,7 @@ def test_both_phases_are_children_of_one_parent_in_grid_order(swept: dict[str, A
     ids = set(trials["mlflow_run_id"]) - {""}  # a trial that raised (gone) reports none
     assert ids == {r.info.run_id for r in children} - {by_name["gone-deq-s0"].info.run_id}
     # trial keys do not depend on the inits; the inits are logged as parameters
-    keys = {p["name"]: p["key"] for p in build_grid(cfg).points}
+    keys = {p.name: p.key for p in build_grid(cfg).points}
     assert {n: r.data.tags[tracking.TRIAL_KEY] for n, r in by_name.items()} == keys
     fb = by_name["fb-deq-s0"].data.params
     assert fb["inits.sigma_init_from"] == "pnp-deq-s0"

@@ -7,6 +7,7 @@ resuming. Update them only on purpose.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 
 from pipeline.core.denoisers import build_denoiser
 from pipeline.study.config import StudyConfig, TrialSpec, parse_params
-from pipeline.sweep.grid import build_grid, trial_context, trial_key
+from pipeline.sweep.grid import GridPoint, build_grid, search_points, trial_context, trial_key
 
 STUDY: dict[str, Any] = {
     "data": {"source": "imgs"},
@@ -39,7 +40,7 @@ def test_keys_are_stable() -> None:
     # changed once more with the pretraining crops (data.pretrain_*), TrialSpec.jac_reg and
     # train.probe_every
     grid = build_grid(_study(STUDY))
-    assert {p["name"]: p["key"] for p in grid.points} == {
+    assert {p.name: p.key for p in grid.points} == {
         "l1-deq-s0": "15405d7ee88742b3",
         "l1-rjfb-K2-T0-s0": "a50d4d0f2809c9e8",
         "l1-rjfb-K2-T1-s0": "e32daa47529bb904",
@@ -55,9 +56,64 @@ def test_grid_points_follow_the_trials_in_order() -> None:
     study = _study(STUDY)
     grid = build_grid(study)
     trials = study.trials()
-    assert [p["name"] for p in grid.points] == [t.name for t in trials]
-    assert [TrialSpec.model_validate(p["trial"]) for p in grid.points] == trials
-    assert [p["key"] for p in grid.points] == [trial_key(study, t) for t in trials]
+    assert [p.name for p in grid.points] == [t.name for t in trials]
+    assert [p.spec for p in grid.points] == trials
+    assert [p.key for p in grid.points] == [trial_key(study, t) for t in trials]
+
+
+SPEC_JSON = {
+    "prior": "l1",
+    "estimator": "rjfb",
+    "depth": 2,
+    "restarts": 0,
+    "restart_tol": None,
+    "start": "y",
+    "iterations": None,
+    "seed": 0,
+    "jac_reg": 0.0,
+}
+
+
+def test_tune_configs_carry_points_as_plain_values_in_their_earlier_layout() -> None:
+    """Tune keeps its trials' configs in the experiment state a resumed sweep loads: a point
+    travels as plain JSON values in the layout sweeps started earlier stored (so they resume),
+    never as a project object, and comes back as the same point, its spec parsed. The search
+    and tuned keys and names are pinned like the grid's (an earlier tuned sweep's)."""
+    point = build_grid(_study(STUDY)).points[1]
+    assert point.to_tune() == {
+        "trial": SPEC_JSON,
+        "name": "l1-rjfb-K2-T0-s0",
+        "key": "a50d4d0f2809c9e8",
+    }
+    search = point.with_lr(0.02, "search")
+    tuned = point.with_lr(0.02, "tuned")
+    assert search.to_tune() == {
+        "trial": SPEC_JSON,
+        "name": "l1-rjfb-K2-T0-s0-lr0.02",
+        "key": "3ea4e1a667034211",
+        "lr": 0.02,
+        "role": "search",
+    }
+    assert (tuned.name, tuned.key, tuned.lr, tuned.role) == (
+        point.name,
+        "920567977915e811",
+        0.02,
+        "tuned",
+    )
+    study = _study({**STUDY, "sweep": {**STUDY["sweep"], "search": "tuned"}})
+    first = search_points(study, build_grid(study))[1].to_tune()
+    assert first == {
+        "trial": SPEC_JSON,
+        "name": "l1-rjfb-K2-T0-search",
+        "key": "a50d4d0f2809c9e8",
+        "config": "l1-rjfb-K2-T0",
+    }
+    chained = GridPoint(point.spec, point.name, point.key, inits={"sigma_init": [0.1, 0.2]})
+    for p in (point, search, tuned, chained):
+        config = p.to_tune()
+        assert json.loads(json.dumps(config)) == config  # plain values only
+        back = GridPoint.from_tune(config)
+        assert back == p and isinstance(back.spec, TrialSpec)
 
 
 def test_a_prior_train_override_is_part_of_the_key() -> None:

@@ -110,7 +110,7 @@ def test_a_trial_on_a_node_without_the_file_loads_the_shipped_copy(tmp_path: Pat
     weights = save_denoiser(driver / "models" / "denoiser.pt")
     expected = torch.load(weights, weights_only=True)
     point = build_grid(study).points[0]
-    driver_params = {"trial": point["trial"], **trial_context(study, "pnp")}
+    driver_params = {"trial": point.spec.model_dump(mode="json"), **trial_context(study, "pnp")}
     bundle = pack_weights(study)
 
     # the node: same config and root path, but no models/ folder there
@@ -123,7 +123,7 @@ def test_a_trial_on_a_node_without_the_file_loads_the_shipped_copy(tmp_path: Pat
     assert study.priors["pnp"].weights == "models/denoiser.pt"  # the driver's config untouched
     check_denoisers(node, channels=1)
 
-    params = trial_params(study, point, "pnp", bundle)
+    params = trial_params(study, point, bundle)
     assert params == driver_params  # MLflow sees the configured path and the same sha256
     assert params["prior"]["weights"] == "models/denoiser.pt"
 

@@ -169,9 +169,42 @@ def test_the_grid_mode_keeps_its_trial_keys() -> None:
     tuned_cfg = parse_params(STUDY)
     tuned = build_grid(tuned_cfg)
     assert grid == explicit
-    assert [p["key"] for p in tuned.points] == [p["key"] for p in grid.points]
+    assert [p.key for p in tuned.points] == [p.key for p in grid.points]
     assert tuned.key != grid.key  # a tuned sweep is another sweep (its own experiments)
-    assert [p["name"] for p in search_points(tuned_cfg, tuned)] == ["l1-rjfb-K2-T0-search"]
+    assert [p.name for p in search_points(tuned_cfg, tuned)] == ["l1-rjfb-K2-T0-search"]
+
+
+def test_a_tuned_lr_reaches_only_its_priors_trials() -> None:
+    """A tuned trial's study (``StudyConfig.with_lr``): its prior's train overrides gain the lr
+    and keep what was written (an explicit ``steps_per_epoch: null`` still resets it), the
+    other priors and the root stay, and the dump validates back to the same study (Ray hands
+    trials the study as a dump; MLflow logs it)."""
+    from pydantic import ValidationError
+
+    from pipeline.study.config import StudyConfig, parse_params
+
+    raw = {
+        **STUDY,
+        "train": {**STUDY.get("train", {}), "steps_per_epoch": 3, "lr": 0.05},
+        "priors": {
+            "l1": {"type": "wavelet", "train": {"epochs": 4, "steps_per_epoch": None}},
+            "l2": {"type": "wavelet"},
+        },
+        "sweep": {**STUDY["sweep"], "priors": ["l1", "l2"]},
+    }
+    cfg = parse_params(raw).with_root(Path("/somewhere"))
+    for prior, other in (("l1", "l2"), ("l2", "l1")):
+        tuned = cfg.with_lr(prior, 0.0123)
+        assert tuned.train_for(prior) == cfg.train_for(prior).model_copy(update={"lr": 0.0123})
+        assert tuned.train_for(other) == cfg.train_for(other)
+        assert tuned.root == Path("/somewhere")
+        again = StudyConfig.model_validate(tuned.model_dump(mode="json"))
+        assert again.model_dump(mode="json") == tuned.model_dump(mode="json")
+    assert cfg.with_lr("l1", 0.0123).train_for("l1").steps_per_epoch is None
+    assert cfg.with_lr("l2", 0.0123).train_for("l2").steps_per_epoch == 3
+    assert cfg.train_for("l1").lr == 0.05  # the study itself unchanged
+    with pytest.raises(ValidationError, match="greater than 0"):  # validated like a written lr
+        cfg.with_lr("l1", -1.0)
 
 
 def test_tuned_refuses_chained_priors_and_bad_bounds() -> None:
