@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from test_report import CFG, synthetic_history, synthetic_trials
+from builders import CFG, synthetic_history, synthetic_trials
 
 from pipeline.report import plot_depth, write_report
 from pipeline.report.plot_histograms import histogram_groups
