@@ -41,7 +41,7 @@ FAILED_REASON = "CUDA out of memory | tried to allocate 2.00 GiB"
 EPOCHS = 6
 
 
-def _row(prior: str, estimator: str, **kw) -> dict:
+def trial_row(prior: str, estimator: str, **kw) -> dict:
     depth, restarts, iters = kw.get("depth", 1), kw.get("restarts", 0), kw.get("iterations")
     parts = [prior, estimator]
     if estimator == "rjfb":
@@ -78,7 +78,7 @@ def synthetic_trials() -> pd.DataFrame:
         gamma = 0.8 if prior == "l1" else 0.9
         scale = 1.0 if prior == "l1" else 5.0
         rows.append(
-            _row(
+            trial_row(
                 prior,
                 "deq",
                 test_psnr=psnr,
@@ -96,7 +96,7 @@ def synthetic_trials() -> pd.DataFrame:
                 eq, at_depth = RJFB_PSNR[(prior, k, t)]
                 err = 0.6 * gamma**k + (0.3 if t == 0 else 0.0)
                 rows.append(
-                    _row(
+                    trial_row(
                         prior,
                         "rjfb",
                         depth=k,
@@ -112,7 +112,7 @@ def synthetic_trials() -> pd.DataFrame:
                     )
                 )
         rows.append(
-            _row(
+            trial_row(
                 prior,
                 "unrolled",
                 iterations=20,
@@ -127,7 +127,7 @@ def synthetic_trials() -> pd.DataFrame:
             )
         )
     rows.append(
-        _row(
+        trial_row(
             "l1",
             "jfb",
             test_psnr=27.35,
@@ -205,34 +205,34 @@ def synthetic_history(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _by_name(df: pd.DataFrame, name: str) -> pd.Series:
+def trial_by_name(df: pd.DataFrame, name: str) -> pd.Series:
     rows = df[df["name"] == name]
     assert len(rows) == 1, name
     return rows.iloc[0]
 
 
-def _section(md: str, title: str) -> str:
+def md_section(md: str, title: str) -> str:
     m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", md, re.S | re.M)
     assert m, title
     return m.group(1)
 
 
-def _table_cells(md: str, name: str) -> list[str]:
+def table_cells(md: str, name: str) -> list[str]:
     line = next(ln for ln in md.splitlines() if ln.startswith(f"| `{name}` |"))
     return [c.strip() for c in line.strip("|").split(" | ")]
 
 
-def _configs(out: Path) -> pd.DataFrame:
+def read_configs(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / "configs.parquet")
 
 
-def _config(c: pd.DataFrame, prior: str, label: str) -> pd.Series:
+def config_row(c: pd.DataFrame, prior: str, label: str) -> pd.Series:
     rows = c[(c["prior"] == prior) & (c["label"] == label)]
     assert len(rows) == 1, (prior, label)
     return rows.iloc[0]
 
 
-def _assert_pngs(out: Path) -> None:
+def assert_pngs(out: Path) -> None:
     for fname in PLOT_FILES:
         data = (out / "plots" / fname).read_bytes()
         assert data[:8] == PNG_MAGIC, fname
@@ -254,7 +254,7 @@ FROZEN = "PnP, frozen denoiser: learn tau, sigma, relaxation"
 TRAINED = "DRUNet inside FB, trained: all denoiser weights (lr 0.0001), tau, sigma, relaxation"
 
 
-def _family_study():
+def family_study():
     from pipeline.study.config import parse_params
 
     return parse_params(
@@ -273,7 +273,7 @@ def family_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     its deep rJFB ends 0.085 dB below DEQ, inside the 0.1 dB tolerance by chance."""
     from pipeline.report import prior_family
 
-    study = _family_study()
+    study = family_study()
     # prior -> DEQ PSNR, γ̂ per trial (deq, K1T0, K5T0, K5T5), deep rJFB Δ, DEQ train residual
     spec = {
         "l1": (27.5, (0.8, 0.8, 0.8, 0.8), -0.001, 3e-5),
@@ -298,7 +298,7 @@ def family_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
         configs = [("deq", 1, 0, 0.0), ("rjfb", 1, 0, -1.5), ("rjfb", 5, 0, -0.6)]
         configs.append(("rjfb", 5, 5, deep))
         for (est, k, t, delta), gamma in zip(configs, gammas, strict=True):
-            row = _row(
+            row = trial_row(
                 prior,
                 est,
                 depth=k,
@@ -332,7 +332,7 @@ def family_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     return compare_to_deq(pd.DataFrame(rows)), pd.DataFrame(hist)
 
 
-def _normalise(trials: pd.DataFrame) -> pd.DataFrame:
+def normalise(trials: pd.DataFrame) -> pd.DataFrame:
     from pipeline.report.tables import normalise_trials
 
     return normalise_trials(trials)
@@ -350,7 +350,7 @@ GROUPS = {  # (K, T) -> per-group (cos, rel_err): σ gets the wrong sign at K=1
 }
 
 
-def _groups_json(k: int, t: int) -> str:
+def groups_json(k: int, t: int) -> str:
     g = GROUPS[(k, t)]
     return json.dumps(
         {n: {"cos": c, "rel_err": e, "sign_agree": None if c is None else float(c > 0)}
@@ -374,7 +374,7 @@ def seeded_tables(
         for est, k, t, img in specs:
             name = f"pnp_blur-deq-s{seed}" if est == "deq" else f"pnp_blur-rjfb-K{k}-T{t}-s{seed}"
             at_depth = img - (0.3 if t == 0 and est == "rjfb" else 0.0)
-            row = _row(
+            row = trial_row(
                 "pnp_blur",
                 est,
                 depth=k,
@@ -398,7 +398,7 @@ def seeded_tables(
                     1.0 if est == "deq" else min(c for c, _ in GROUPS[(k, t)].values() if c)
                 ),
                 grad_sign_agree_vs_deq=1.0 if est == "deq" else 0.9,
-                grad_groups_json="{}" if est == "deq" else _groups_json(k, t),
+                grad_groups_json="{}" if est == "deq" else groups_json(k, t),
                 gamma_hat=0.9,
                 gamma_hat_k=0.9**k,
                 backward_unconverged_frac=frac[seed] if est == "deq" else math.nan,

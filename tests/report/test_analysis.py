@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from builders import CFG, _section, _table_cells, family_tables
+from builders import CFG, family_tables, md_section, table_cells
 
 from pipeline.report import write_report
 
 
 def test_gamma_above_one_is_not_reported_as_expected(family_report):
     _, metrics, md = family_report
-    summary = _section(md, "Summary")
+    summary = md_section(md, "Summary")
     m = metrics["priors"]["pnp_deblur"]
     assert m["contractive"] is False and m["n_gamma_hat_above_1"] == 4
     assert m["rjfb_k5_t5_within_tolerance"] is True  # -0.085 dB: inside 0.1 dB, by chance
@@ -23,14 +23,14 @@ def test_gamma_above_one_is_not_reported_as_expected(family_report):
     assert "γ̂ > 1 in 4 of 4 trials (γ̂ 1.100–1.280, largest in pnp_deblur-rjfb-K1-T0-s0)" in line
     assert "**not expected**" in line
     assert "measured anyway: rJFB K5 T5: equivalent, ΔPSNR -0.085 dB" in line
-    cells = _table_cells(md, "pnp_deblur-rjfb-K5-T5-s0")
+    cells = table_cells(md, "pnp_deblur-rjfb-K5-T5-s0")
     assert "**1.190**" in cells
-    assert "0.950" in _table_cells(md, "pnp-rjfb-K5-T5-s0")  # not bold
+    assert "0.950" in table_cells(md, "pnp-rjfb-K5-T5-s0")  # not bold
 
 
 def test_deq_convergence_per_prior(family_report):
     _, metrics, md = family_report
-    summary = _section(md, "Summary")
+    summary = md_section(md, "Summary")
     per = metrics["priors"]
     assert [per[p]["deq_converged"] for p in ("l1", "pnp", "drunet_fb")] == [True] * 3
     assert "DEQ converged for prior(s) l1, pnp, drunet_fb" in summary
@@ -42,7 +42,7 @@ def test_deq_convergence_per_prior(family_report):
     assert "relative residuals up to 3.2e-03 ≥ tol 0.0001 (stopped by max_iter 300)" in line
     assert "γ̂ = 1.210 > 1" in line
     assert metrics["deq_not_converged_priors"] == ["pnp_deblur"]
-    results = _section(md, "Results per prior")
+    results = md_section(md, "Results per prior")
     assert "DEQ convergence (`pnp-deq-s0`): **converged**" in results
     assert "DEQ convergence (`pnp_deblur-deq-s0`): **did not converge**" in results
 
@@ -53,7 +53,7 @@ def test_deq_convergence_judges_the_implicit_backward_solve(family_report, tmp_p
     assert pnp["deq_train_backward_residual"] == pytest.approx(2e-5)
     assert pnp["deq_epochs_backward_above_tol"] == 0
     assert "implicit backward solves at ≤ 2.0e-05 < backward_tol 0.0001" in pnp["deq_convergence"]
-    summary = _section(md, "Summary")
+    summary = md_section(md, "Summary")
     assert "every implicit backward solve below sweep.deq.backward_tol" in summary
 
     # drunet_fb's forward and test solves converge, its backward solve stops at max_iter
@@ -74,7 +74,7 @@ def test_deq_convergence_judges_the_implicit_backward_solve(family_report, tmp_p
     assert set(m["deq_not_converged_priors"]) == {"pnp_deblur", "drunet_fb"}
     line = next(
         ln
-        for ln in _section((tmp_path / "bad" / "ablation.md").read_text(), "Summary").splitlines()
+        for ln in md_section((tmp_path / "bad" / "ablation.md").read_text(), "Summary").splitlines()
         if "DEQ did not converge** for prior drunet_fb" in ln
     )
     assert "backward_tol 0.0001" in line
@@ -84,5 +84,5 @@ def test_deq_convergence_judges_the_implicit_backward_solve(family_report, tmp_p
     m = write_report(old, history.drop(columns=["train_backward_residual"]), tmp_path / "old", CFG)
     assert m["priors"]["drunet_fb"]["deq_converged"] is True
     assert m["priors"]["drunet_fb"]["deq_train_backward_residual"] is None
-    summary = _section((tmp_path / "old" / "ablation.md").read_text(), "Summary")
+    summary = md_section((tmp_path / "old" / "ablation.md").read_text(), "Summary")
     assert "(no implicit backward residual recorded)" in summary

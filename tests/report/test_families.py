@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from builders import CFG, FAMILY_PRIORS, FROZEN, TRAINED, _family_study, _section, family_tables
+from builders import CFG, FAMILY_PRIORS, FROZEN, TRAINED, family_study, family_tables, md_section
 
 from pipeline.report import write_report
 
@@ -10,7 +10,7 @@ from pipeline.report import write_report
 def test_prior_family_tells_frozen_pnp_from_a_trained_denoiser():
     from pipeline.report import prior_family
 
-    study = _family_study()
+    study = family_study()
     fams = {p: prior_family(study.priors[p]) for p in FAMILY_PRIORS}
     assert [fams[p].key for p in FAMILY_PRIORS] == [
         "wavelet",
@@ -28,10 +28,10 @@ def test_prior_family_tells_frozen_pnp_from_a_trained_denoiser():
 
 def test_report_labels_each_family(family_report):
     _, metrics, md = family_report
-    summary = _section(md, "Summary")
+    summary = md_section(md, "Summary")
     assert f"*{FROZEN}*: pnp, pnp_deblur" in summary
     assert f"*{TRAINED}*: drunet_fb" in summary
-    results = _section(md, "Results per prior")
+    results = md_section(md, "Results per prior")
     assert f"### Prior `pnp` — {FROZEN}" in results
     assert f"### Prior `drunet_fb` — {TRAINED}" in results
     # wavelet first, then frozen PnP, then the trained denoiser
@@ -45,7 +45,7 @@ def test_report_labels_each_family(family_report):
 def test_families_come_from_the_priors_config_when_the_table_lacks_them(tmp_path):
     trials, history = family_tables()
     old = trials.drop(columns=["prior_family", "prior_label"])
-    metrics = write_report(old, history, tmp_path, CFG, priors=_family_study().priors)
+    metrics = write_report(old, history, tmp_path, CFG, priors=family_study().priors)
     assert metrics["priors"]["pnp"]["family_label"] == FROZEN
     assert metrics["priors"]["drunet_fb"]["family"] == "pnp_trained"
     bare = write_report(old, history, tmp_path / "bare", CFG)  # only prior_type: "PnP"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from builders import SEEDS, _normalise, seeded_tables
+from builders import SEEDS, normalise, seeded_tables
 
 
 def test_group_errors_feed_the_per_group_plot(seeded_report):
     from pipeline.report.plots import group_errors
 
     trials, _ = seeded_tables()
-    err = group_errors(_normalise(trials))
+    err = group_errors(normalise(trials))
     # τ's zero relative error has no place on a log scale; DEQ has no groups
     assert set(err["group"]) == {"lambda", "sigma"}
     assert len(err) == 2 * 3 * len(SEEDS)

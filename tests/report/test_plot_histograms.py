@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from builders import N_IMAGES, PNG_MAGIC, SEEDS, _normalise, family_tables, seeded_tables
+from builders import N_IMAGES, PNG_MAGIC, SEEDS, family_tables, normalise, seeded_tables
 
 
 def test_histograms_show_one_layer_no_restart_restart_and_deq(tables, family_report):
     from pipeline.report.plots import histogram_groups
 
     trials, _ = tables
-    t = _normalise(trials)
+    t = normalise(trials)
     # the wavelet grid has K1, K5, K10 x T0, T5: the paper's K=1/T=0, K=5/T=0, K=5/T=5 are used
     labels = [g[0] for g in histogram_groups(t[t["prior"] == "l1"])]
     assert labels == [
@@ -18,7 +18,7 @@ def test_histograms_show_one_layer_no_restart_restart_and_deq(tables, family_rep
         "restart (K=5, T=5)",
         "DEQ",
     ]
-    fam = _normalise(family_tables()[0])
+    fam = normalise(family_tables()[0])
     for prior in ("pnp", "drunet_fb"):
         groups = histogram_groups(fam[fam["prior"] == prior])
         assert [g[0] for g in groups][:3] == labels[:3]
@@ -31,7 +31,7 @@ def test_histograms_show_one_model_at_several_depths(seeded_report):
     from pipeline.report.plots import depth_data, depth_model
 
     out, _, _, _ = seeded_report
-    t = _normalise(seeded_tables()[0])
+    t = normalise(seeded_tables()[0])
     g = depth_model(t)
     assert set(g["name"]) == {f"pnp_blur-rjfb-K5-T5-s{s}" for s in SEEDS}
     data = depth_data(g)

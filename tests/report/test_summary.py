@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from builders import CFG, N_IMAGES, _config, _configs, _section, _table_cells, seeded_tables
+from builders import CFG, N_IMAGES, config_row, md_section, read_configs, seeded_tables, table_cells
 
 from pipeline.report import write_report
 from pipeline.study.config import ReportConfig
@@ -16,16 +16,16 @@ def test_summary_states_verdicts_with_intervals(report):
 
     out, metrics = report
     md = (out / "ablation.md").read_text()
-    summary = _section(md, "Summary")
-    c = _configs(out)
+    summary = md_section(md, "Summary")
+    c = read_configs(out)
     header = [c.strip() for c in md.split("| trial |", 1)[1].splitlines()[0].strip("|").split("|")]
     col = ["trial", *header].index("ΔPSNR eq. (dB)")
 
     # the trials table keeps each trial's own difference
-    assert _table_cells(md, "l1-rjfb-K5-T5-s0")[col] == "-0.040"
+    assert table_cells(md, "l1-rjfb-K5-T5-s0")[col] == "-0.040"
     # l1: the deep rJFB configurations are equivalent (intervals inside ±0.1 dB)
     for label in ("rJFB K5 T5", "rJFB K10 T5"):
-        r = _config(c, "l1", label)
+        r = config_row(c, "l1", label)
         assert r["verdict"] == "equivalent"
         assert -0.1 <= r["delta_psnr_ci_low"] <= r["delta_psnr_mean"] <= r["delta_psnr_ci_high"]
         assert r["delta_psnr_ci_high"] <= 0.1
@@ -36,7 +36,7 @@ def test_summary_states_verdicts_with_intervals(report):
     assert metrics["priors"]["l1"]["rjfb_k5_t5_within_tolerance"] is True
 
     # pnp: K10-T5 is 0.2 dB below DEQ, its interval excludes the tolerance: worse
-    r = _config(c, "pnp", "rJFB K10 T5")
+    r = config_row(c, "pnp", "rJFB K10 T5")
     assert r["verdict"] == "worse" and r["delta_psnr_ci_high"] < -0.1
     assert "**Expectation not met** for prior pnp" in summary
     assert describe(r) in summary and "rJFB K10 T5: worse, ΔPSNR -0.2" in summary
@@ -48,7 +48,9 @@ def test_summary_states_verdicts_with_intervals(report):
     line = next(ln for ln in summary.splitlines() if "truncated networks" in ln)
     assert "(3 worse, 1 inconclusive of 4 configuration(s))" in line
     assert "rJFB K10 T0: inconclusive, ΔPSNR —, 0 seeds" in line
-    assert "1 of 1 trials did not finish (1 diverged)" in _config(c, "pnp", "rJFB K10 T0")["note"]
+    assert (
+        "1 of 1 trials did not finish (1 diverged)" in config_row(c, "pnp", "rJFB K10 T0")["note"]
+    )
 
     # time to quality: the fastest configuration's mean over seeds (one seed: no interval)
     best = metrics["priors"]["l1"]["best_rjfb_time_to_quality_ratio"]
@@ -63,7 +65,7 @@ def test_summary_states_verdicts_with_intervals(report):
 def test_three_seeds_worse_equivalent_and_inconclusive(seeded_report):
     _, metrics, md, c = seeded_report
     worse, equal, noisy = (
-        _config(c, "pnp_blur", lab) for lab in ("rJFB K1 T0", "rJFB K5 T5", "rJFB K5 T0")
+        config_row(c, "pnp_blur", lab) for lab in ("rJFB K1 T0", "rJFB K5 T5", "rJFB K5 T0")
     )
     assert (worse["verdict"], equal["verdict"], noisy["verdict"]) == (
         "worse",
@@ -84,7 +86,7 @@ def test_three_seeds_worse_equivalent_and_inconclusive(seeded_report):
     # at depth: per image as well, (T+1)K PSNRs 0.3 dB lower at T=0
     assert worse["n_pairs_at_depth"] == 3 * N_IMAGES and worse["verdict_at_depth"] == "worse"
     assert equal["verdict_at_depth"] == "equivalent"
-    assert _config(c, "pnp_blur", "DEQ")["verdict"] == "reference"
+    assert config_row(c, "pnp_blur", "DEQ")["verdict"] == "reference"
     m = metrics["priors"]["pnp_blur"]
     assert m["rjfb_k1_t0_verdict"] == "worse"
     assert m["rjfb_k5_t5_verdict"] == "equivalent" and m["n_seeds"] == 3
@@ -95,11 +97,11 @@ def test_three_seeds_worse_equivalent_and_inconclusive(seeded_report):
         "small difference": 0,
         "inconclusive": 1,
     }
-    summary = _section(md, "Summary")
+    summary = md_section(md, "Summary")
     assert "rJFB K5 T5: equivalent, ΔPSNR +0.000 dB [+0.000, +0.000], 3 seeds" in summary
     line = next(ln for ln in summary.splitlines() if "truncated networks" in ln)
     assert "rJFB K5 T0: inconclusive, ΔPSNR " in line and "3 seeds" in line
-    head = _section(md, "Verdicts against DEQ")
+    head = md_section(md, "Verdicts against DEQ")
     assert re.search(
         r"\| rJFB K1 T0 \| \*\*worse\*\* -0\.\d{3} \[-0\.\d{3}, -0\.\d{3}\] \(3\) \|", head
     )
@@ -107,7 +109,7 @@ def test_three_seeds_worse_equivalent_and_inconclusive(seeded_report):
 
 def test_time_to_quality_over_seeds_has_an_interval(seeded_report):
     _, metrics, md, c = seeded_report
-    r = _config(c, "pnp_blur", "rJFB K5 T5")
+    r = config_row(c, "pnp_blur", "rJFB K5 T5")
     assert r["n_seeds_time_to_quality"] == 3
     assert r["time_to_quality_ratio_mean"] == pytest.approx(0.5)
     assert (
@@ -115,7 +117,7 @@ def test_time_to_quality_over_seeds_has_an_interval(seeded_report):
     )
     m = metrics["priors"]["pnp_blur"]
     assert m["best_rjfb_time_to_quality_config"] == "rJFB K5 T5"
-    assert "faster than DEQ: the whole interval is below 1" in _section(md, "Summary")
+    assert "faster than DEQ: the whole interval is below 1" in md_section(md, "Summary")
 
 
 def test_a_reliable_deq_baseline_is_said_to_be(seeded_report):
@@ -123,9 +125,9 @@ def test_a_reliable_deq_baseline_is_said_to_be(seeded_report):
     m = metrics["priors"]["pnp_blur"]
     assert m["deq_reliable"] is True and m["deq_backward_unconverged_frac_max"] == 0.05
     assert c["deq_reliable"].all()
-    assert "DEQ baseline reliable for prior(s) pnp_blur" in _section(md, "Summary")
+    assert "DEQ baseline reliable for prior(s) pnp_blur" in md_section(md, "Summary")
     assert metrics["deq_unreliable_priors"] == []
-    assert "†" not in _section(md, "Verdicts against DEQ").split("\n\n", 2)[-1]
+    assert "†" not in md_section(md, "Verdicts against DEQ").split("\n\n", 2)[-1]
 
 
 @pytest.mark.parametrize("why", ["backward_unconverged_frac", "probe_ref_backward_residual"])
@@ -137,12 +139,12 @@ def test_an_unreliable_deq_baseline_is_flagged_in_every_verdict(tmp_path, why):
     metrics = write_report(*tables, tmp_path, CFG)
     m = metrics["priors"]["pnp_blur"]
     assert m["deq_reliable"] is False and metrics["deq_unreliable_priors"] == ["pnp_blur"]
-    c = _configs(tmp_path)
+    c = read_configs(tmp_path)
     assert not c["deq_reliable"].any()
     compared = c[c["verdict"] != "reference"]
     assert compared["note"].str.contains("against an unreliable DEQ baseline").all()
     md = (tmp_path / "ablation.md").read_text()
-    summary = _section(md, "Summary")
+    summary = md_section(md, "Summary")
     line = next(ln for ln in summary.splitlines() if "**DEQ baseline unreliable**" in ln)
     if why == "backward_unconverged_frac":
         assert m["deq_unreliable_seeds"] == ["1"]
@@ -152,9 +154,9 @@ def test_an_unreliable_deq_baseline_is_flagged_in_every_verdict(tmp_path, why):
         assert m["deq_unreliable_seeds"] == ["0", "1", "2"]
         assert "backward solve at 3.0e-03 > backward_tol 0.0001" in line
     assert "equivalent, ΔPSNR +0.000 dB [+0.000, +0.000], 3 seeds (against an unreliable" in summary
-    head = _section(md, "Verdicts against DEQ")
+    head = md_section(md, "Verdicts against DEQ")
     assert "**worse** †" in head and "equivalent †" in head
-    assert "DEQ baseline **unreliable**" in _section(md, "Results per prior")
+    assert "DEQ baseline **unreliable**" in md_section(md, "Results per prior")
     # the threshold is the params' key: at 0.5, 40% is fine
     if why == "backward_unconverged_frac":
         lax = write_report(*tables, tmp_path / "lax", ReportConfig(deq_unreliable_frac=0.5))

@@ -5,25 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from builders import DIVERGED, FAILED, _by_name, _row
+from builders import DIVERGED, FAILED, trial_by_name, trial_row
 
 from pipeline.report import COMPARE_COLUMNS, compare_to_deq, time_to_quality
 
 
 def test_compare_to_deq_exact_values(tables):
     trials, _ = tables
-    r = _by_name(trials, "l1-rjfb-K5-T5-s0")
+    r = trial_by_name(trials, "l1-rjfb-K5-T5-s0")
     assert r["delta_psnr_vs_deq"] == pytest.approx(27.46 - 27.50, abs=1e-12)
     assert r["delta_psnr_at_depth_vs_deq"] == pytest.approx(27.44 - 27.50, abs=1e-12)
     assert r["time_ratio_vs_deq"] == pytest.approx((15 + 0.8 * 5 * 6) / 120.0, abs=1e-12)
     assert r["mem_ratio_vs_deq"] == pytest.approx((80 + 12 * 5) / 300.0, abs=1e-12)
-    r = _by_name(trials, "pnp-rjfb-K10-T5-s0")
+    r = trial_by_name(trials, "pnp-rjfb-K10-T5-s0")
     assert r["delta_psnr_vs_deq"] == pytest.approx(28.70 - 28.90, abs=1e-12)
     assert r["time_ratio_vs_deq"] == pytest.approx(5 * (15 + 0.8 * 10 * 6) / 600.0, abs=1e-12)
-    deq = _by_name(trials, "l1-deq-s0")
+    deq = trial_by_name(trials, "l1-deq-s0")
     assert deq[list(COMPARE_COLUMNS)].tolist() == [0.0, 0.0, 1.0, 1.0]
     for name in (DIVERGED, FAILED):
-        assert _by_name(trials, name)[list(COMPARE_COLUMNS)].isna().all()
+        assert trial_by_name(trials, name)[list(COMPARE_COLUMNS)].isna().all()
 
 
 def test_compare_to_deq_is_idempotent_and_keeps_the_table(tables):
@@ -40,26 +40,26 @@ def test_compare_to_deq_needs_a_finished_y_start_deq_of_the_same_seed(tables):
     trials, _ = tables
     t = trials.copy()
     t.loc[t["name"] == "l1-deq-s0", "status"] = "failed"
-    other_seed = _by_name(trials, "pnp-rjfb-K5-T5-s0").copy()
+    other_seed = trial_by_name(trials, "pnp-rjfb-K5-T5-s0").copy()
     other_seed["seed"], other_seed["name"] = 1, "pnp-rjfb-K5-T5-s1"
-    warm_deq = _by_name(trials, "pnp-deq-s0").copy()
+    warm_deq = trial_by_name(trials, "pnp-deq-s0").copy()
     warm_deq["start"], warm_deq["name"], warm_deq["test_psnr"] = "warm", "pnp-deq-warm-s0", 99.0
     t = pd.concat([t, other_seed.to_frame().T, warm_deq.to_frame().T], ignore_index=True)
     out = compare_to_deq(t)
     assert out.loc[out["prior"] == "l1", "delta_psnr_vs_deq"].isna().all()
-    assert np.isnan(_by_name(out, "pnp-rjfb-K5-T5-s1")["delta_psnr_vs_deq"])
-    assert _by_name(out, "pnp-rjfb-K5-T5-s0")["delta_psnr_vs_deq"] == pytest.approx(-0.05)
+    assert np.isnan(trial_by_name(out, "pnp-rjfb-K5-T5-s1")["delta_psnr_vs_deq"])
+    assert trial_by_name(out, "pnp-rjfb-K5-T5-s0")["delta_psnr_vs_deq"] == pytest.approx(-0.05)
 
 
 def test_time_to_quality_on_a_hand_made_history():
     trials = pd.DataFrame(
         [
-            _row("l1", "deq", trial_id="d", name="deq", final_val_psnr=28.0),
-            _row("l1", "rjfb", trial_id="a", name="a", depth=5, restarts=5),
-            _row("l1", "rjfb", trial_id="b", name="b", depth=1, restarts=0),
-            _row("l1", "rjfb", trial_id="c", name="c", depth=5, restarts=0),
-            _row("l1", "rjfb", trial_id="e", name="e", seed=1),  # no DEQ for seed 1
-            _row("l1", "rjfb", trial_id="f", name="f", depth=1, restarts=5),
+            trial_row("l1", "deq", trial_id="d", name="deq", final_val_psnr=28.0),
+            trial_row("l1", "rjfb", trial_id="a", name="a", depth=5, restarts=5),
+            trial_row("l1", "rjfb", trial_id="b", name="b", depth=1, restarts=0),
+            trial_row("l1", "rjfb", trial_id="c", name="c", depth=5, restarts=0),
+            trial_row("l1", "rjfb", trial_id="e", name="e", seed=1),  # no DEQ for seed 1
+            trial_row("l1", "rjfb", trial_id="f", name="f", depth=1, restarts=5),
         ]
     )
     curves = {

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from builders import CFG, _assert_pngs, _section
+from builders import CFG, assert_pngs, md_section
 
 from pipeline.report import write_report
 
@@ -71,13 +71,13 @@ def test_edge_cases_still_write_a_complete_report(tables, tmp_path, case):
     assert metrics["n_trials"] == len(trials)
     for name in trials["name"]:
         assert f"`{name}`" in md
-    _assert_pngs(tmp_path)
+    assert_pngs(tmp_path)
     if case == "no_deq_for_a_prior":
         assert "No finished DEQ baseline for prior(s) pnp" in md
         assert metrics["priors"]["pnp"]["deq_test_psnr"] is None
     if case == "all_failed":
         assert f"{len(trials)} of {len(trials)} trials did not finish" in md
-        assert _section(md, "Failed / diverged").count("killed") == len(trials)
+        assert md_section(md, "Failed / diverged").count("killed") == len(trials)
         # the DEQ baselines did not finish: the summary says so, with the reason
         assert (
             "**DEQ did not converge** for prior l1 (`l1-deq-s0`): the trial failed (killed)" in md
