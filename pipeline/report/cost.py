@@ -11,12 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pipeline.report.common import safe_name
+from pipeline.report.plotting import save_png
 from pipeline.study.phases import PHASES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 PHASE_PLOT = "cost_phases.png"
 PHASE_PLOT_TITLE = "Where the trials' wall time went, per prior × estimator"
@@ -52,14 +56,17 @@ def phase_table(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_phases(table: pd.DataFrame, path: Path) -> None:
+    save_png(phase_figure(table), path)
+
+
+def phase_figure(table: pd.DataFrame) -> Figure:
     """A stacked horizontal bar per prior × estimator of :func:`phase_table`: summed seconds of
     each phase."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(table), 2) + 1.9))
+    # no pyplot: nothing to close, and the report stage never opens a window
+    fig = Figure(figsize=(8, 0.45 * max(len(table), 2) + 1.9))
+    ax = fig.subplots()
     if table.empty:
         ax.text(0.5, 0.5, "no phase times in the trials table", ha="center", va="center")
         ax.set_axis_off()
@@ -80,8 +87,7 @@ def plot_phases(table: pd.DataFrame, path: Path) -> None:
         ax.set_xlim(0, float(table["total"].max()) * 1.25)
     ax.set_title(PHASE_PLOT_TITLE, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def cost_section(metrics: Mapping[str, Any]) -> list[str]:

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from pipeline.report.plotting import new_figure, placeholder, save_png
+from pipeline.report.plotting import new_figure, placeholder_figure, save_png
 from pipeline.report.tables import sort_configs
 from pipeline.study.estimators import estimator_color, estimator_label, estimators_by_order
 
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
 
 def plot_cost(t: pd.DataFrame, path: Path) -> None:
+    save_png(cost_figure(t), path)
+
+
+def cost_figure(t: pd.DataFrame) -> Figure:
+    """Two bar panels, one bar per trial in the tables' order (top-down): training wall time
+    and peak memory, each with its ratio to DEQ; unfinished trials hatched."""
     title = "Training cost per configuration"
     if not len(t):
-        placeholder(path, title, "no trials")
-        return
+        return placeholder_figure(title, "no trials")
     from matplotlib.patches import Patch
 
     s = sort_configs(t).iloc[::-1]  # barh draws bottom-up: keep the table's order top-down
@@ -66,4 +75,4 @@ def plot_cost(t: pd.DataFrame, path: Path) -> None:
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="not finished"))
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
     fig.suptitle(title, fontsize=13)
-    save_png(fig, path)
+    return fig

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,11 +23,14 @@ from pipeline.report.plotting import (
     grid_shape,
     hide_unused,
     new_figure,
-    placeholder,
+    placeholder_figure,
     plot_name,
     save_png,
 )
 from pipeline.report.tables import deq_arms, rjfb_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 
 def rjfb_series_label(r: Any) -> str:
@@ -60,10 +63,9 @@ def finish_depth_plot(
     colors: dict[str, Any],
     extra: list[tuple[Any, str]],
     title: str,
-    path: Path,
 ) -> None:
     """Legend on the right (the rJFB series, ``extra`` (handle, label) pairs, then JFB's star
-    when a JFB trial finished), the title, and save."""
+    when a JFB trial finished) and the title."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=colors[lab], marker="o", lw=2) for lab, _, _ in series]
@@ -76,15 +78,19 @@ def finish_depth_plot(
         labels.append("JFB")
     fig.legend(handles, labels, loc="outside right center", fontsize=9)
     fig.suptitle(title, fontsize=13)
-    save_png(fig, path)
 
 
 def plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
+    save_png(psnr_vs_depth_figure(t), path)
+
+
+def psnr_vs_depth_figure(t: pd.DataFrame) -> Figure:
+    """Per prior: test PSNR against K per rJFB series, at equilibrium (solid) and at depth
+    (dashed), with DEQ's (a horizontal line) and JFB's (a star)."""
     priors = prior_order(t)
     title = "Test PSNR at equilibrium vs truncation depth K"
     if not priors:
-        placeholder(path, title, "no trials")
-        return
+        return placeholder_figure(title, "no trials")
     from matplotlib.lines import Line2D
 
     nrows, ncols = grid_shape(len(priors))
@@ -136,10 +142,17 @@ def plot_psnr_vs_depth(t: pd.DataFrame, path: Path) -> None:
     ]
     if ((t["estimator"] == "deq") & t["finished"]).any():
         extra.append((Line2D([], [], color="black", lw=1.8), "DEQ (equilibrium)"))
-    finish_depth_plot(fig, t, series, colors, extra, title, path)
+    finish_depth_plot(fig, t, series, colors, extra, title)
+    return fig
 
 
 def plot_grad_error(t: pd.DataFrame, path: Path) -> None:
+    save_png(grad_error_figure(t), path)
+
+
+def grad_error_figure(t: pd.DataFrame) -> Figure:
+    """Per prior: the median relative gradient error to DEQ against K per rJFB series (log
+    scale), JFB's star, and a slope reference ∝ γ̂^K."""
     title = "Gradient error vs DEQ (relative, at the final θ) against depth K"
     rj_all = rjfb_rows(t)
     rj_all = rj_all[
@@ -147,8 +160,7 @@ def plot_grad_error(t: pd.DataFrame, path: Path) -> None:
     ]
     priors = prior_order(t)
     if rj_all.empty:
-        placeholder(path, title, "no finished rJFB trial has a gradient error vs DEQ")
-        return
+        return placeholder_figure(title, "no finished rJFB trial has a gradient error vs DEQ")
     from matplotlib.lines import Line2D
 
     series, colors = rjfb_series(rj_all)
@@ -196,7 +208,8 @@ def plot_grad_error(t: pd.DataFrame, path: Path) -> None:
     extra: list[tuple[Any, str]] = []
     if ref_labels:
         extra.append((Line2D([], [], color="0.25", ls="-.", lw=1.3), "∝ γ^K (slope reference, ×2)"))
-    finish_depth_plot(fig, t, series, colors, extra, title, path)
+    finish_depth_plot(fig, t, series, colors, extra, title)
+    return fig
 
 
 def group_errors(rj: pd.DataFrame) -> pd.DataFrame:
@@ -218,6 +231,10 @@ _T_STYLES = ["-", "--", ":", "-."]
 
 
 def plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
+    save_png(grad_groups_figure(t), path)
+
+
+def grad_groups_figure(t: pd.DataFrame) -> Figure:
     """Per prior: every parameter group's relative gradient error to DEQ against K (median over
     seeds, one line style per T), with the slope reference γ̂^K (γ̂: the prior's measured
     one-step contraction)."""
@@ -226,12 +243,10 @@ def plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
     rj = rj[(rj["start"] == "y") & rj["restart_tol"].isna()]
     err = group_errors(rj)
     if err.empty:
-        placeholder(
-            path,
+        return placeholder_figure(
             title,
             "no finished rJFB trial records per-group gradient errors (grad_groups_json)",
         )
-        return
     from matplotlib.lines import Line2D
 
     priors = [p for p in prior_order(t) if p in set(err["prior"])]
@@ -277,4 +292,4 @@ def plot_grad_groups(t: pd.DataFrame, path: Path) -> None:
         labels.append("γ̂^K")
     fig.legend(handles, labels, loc="outside right center", fontsize=8.5)
     fig.suptitle(title, fontsize=13)
-    save_png(fig, path)
+    return fig

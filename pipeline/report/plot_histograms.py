@@ -4,7 +4,7 @@ beside one trained rJFB model at depths 1, K, (T+1)·K and at equilibrium."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,17 @@ from pipeline.report.common import (
     fmt_int,
 )
 from pipeline.report.families import prior_order
-from pipeline.report.plotting import empty_axis, new_figure, placeholder, plot_name, save_png
+from pipeline.report.plotting import (
+    empty_axis,
+    new_figure,
+    placeholder_figure,
+    plot_name,
+    save_png,
+)
 from pipeline.report.tables import deq_arms, rjfb_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 
 def _as_floats(v: Any) -> np.ndarray:
@@ -136,13 +145,16 @@ def _hist_panel(ax: Any, data: list[tuple[str, Any, str, np.ndarray]], title: st
 
 
 def plot_histograms(t: pd.DataFrame, path: Path) -> None:
+    save_png(histograms_figure(t), path)
+
+
+def histograms_figure(t: pd.DataFrame) -> Figure:
     """Per prior, two panels: the estimators (one layer, no restart, restart, DEQ) at
     equilibrium, and one trained rJFB model after 1, K, (T+1)·K steps and at equilibrium."""
     title = "Per-image test PSNR: estimators at equilibrium, and one trained rJFB model at depths"
     priors = prior_order(t)
     if not priors:
-        placeholder(path, title, "no trials")
-        return
+        return placeholder_figure(title, "no trials")
     fig, axes = new_figure(len(priors), 2, 6.0, 4.0)
     for row, prior in zip(axes, priors, strict=True):
         p = t[t["prior"] == prior]
@@ -167,4 +179,4 @@ def plot_histograms(t: pd.DataFrame, path: Path) -> None:
         else:
             empty_axis(row[1], plot_name(t, prior), "no per-image PSNRs at several depths")
     fig.suptitle(title + " (dashed: means)", fontsize=13)
-    save_png(fig, path)
+    return fig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,11 +21,14 @@ from pipeline.report.plotting import (
     line_style,
     new_figure,
     palette,
-    placeholder,
+    placeholder_figure,
     plot_name,
     save_png,
 )
 from pipeline.report.tables import sort_configs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 _SEED_STYLES = ["-", "--", ":", "-."]
 
@@ -57,17 +60,21 @@ def theta_trajectory(r: Any, g: pd.DataFrame, col: str) -> tuple[np.ndarray, np.
 
 
 def plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) -> None:
+    save_png(theta_figure(t, h, keys), path)
+
+
+def theta_figure(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series) -> Figure:
+    """One panel per (prior, θ entry that some trial of the prior moves): each trial's value
+    over epochs, from its initial value (``h`` and ``keys``: :func:`tables.history_for`)."""
     title = "Learned hyperparameters θ along training (from the initial θ at epoch 0)"
     theta_cols = [c for c in h.columns if str(c).startswith("theta.")]
     if h.empty or not theta_cols:
-        placeholder(path, title, "no training history with θ columns")
-        return
+        return placeholder_figure(title, "no training history with θ columns")
     by_key = {k: g for k, g in h.groupby("_key", sort=False)}
     tk = t.assign(hkey=keys.to_numpy())
     tk = sort_configs(tk[tk["hkey"].isin(by_key)])
     if tk.empty:
-        placeholder(path, title, "no history row matches a trial")
-        return
+        return placeholder_figure(title, "no history row matches a trial")
     colors = palette(t)
     panels: list[tuple[str, str]] = []
     for prior in [p for p in prior_order(t) if p in set(tk["prior"])]:
@@ -79,8 +86,7 @@ def plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) ->
             if hp[c].notna().any() and np.nanmax(hp[c]) > np.nanmin(hp[c])
         ]
     if not panels:
-        placeholder(path, title, "the θ columns of the history are empty")
-        return
+        return placeholder_figure(title, "the θ columns of the history are empty")
     nrows, ncols = grid_shape(len(panels), 4)
     fig, axes = new_figure(nrows, ncols, 3.9, 3.0)
     used = set()
@@ -115,7 +121,7 @@ def plot_theta(t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, path: Path) ->
     extra = [(Line2D([], [], color="0.3", ls=style_of[s], lw=1.6), f"seed {s}") for s in seeds]
     legend_right(fig, colors, used, extra)
     fig.suptitle(title, fontsize=13)
-    save_png(fig, path)
+    return fig
 
 
 def plot_val_curves(
@@ -126,18 +132,25 @@ def plot_val_curves(
     path: Path,
     margin: float,
 ) -> None:
+    save_png(val_curves_figure(t, h, keys, ttq, margin), path)
+
+
+def val_curves_figure(
+    t: pd.DataFrame, h: pd.DataFrame, keys: pd.Series, ttq: pd.DataFrame, margin: float
+) -> Figure:
+    """Per prior: each trial's validation PSNR against elapsed training time, DEQ's final
+    value less ``margin`` (dashed) and where each trial reaches it (circles; ``ttq``:
+    :func:`tables.time_to_quality`)."""
     title = "Validation PSNR vs training wall time"
     if h.empty or not h["val_psnr"].notna().any():
-        placeholder(path, title, "no training history")
-        return
+        return placeholder_figure(title, "no training history")
     by_key = {k: g for k, g in h.groupby("_key", sort=False)}
     tk = t.assign(hkey=keys.to_numpy(), ttq_s=ttq["time_to_quality_s"].to_numpy())
     tk = tk.assign(ttq_target=ttq["quality_target_val_psnr"].to_numpy())
     tk = sort_configs(tk[tk["hkey"].isin(by_key)])
     priors = [p for p in prior_order(t) if p in set(tk["prior"])]
     if not priors:
-        placeholder(path, title, "no history row matches a trial")
-        return
+        return placeholder_figure(title, "no history row matches a trial")
     from matplotlib.lines import Line2D
 
     colors = palette(t)
@@ -180,4 +193,4 @@ def plot_val_curves(
         extra.append((Line2D([], [], color="0.3", ls=":", lw=1.6), "(dotted: not finished)"))
     legend_right(fig, colors, used, extra)
     fig.suptitle(title, fontsize=13)
-    save_png(fig, path)
+    return fig

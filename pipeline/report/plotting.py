@@ -6,13 +6,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pipeline.report.families import family_of
 from pipeline.report.tables import sort_configs
 from pipeline.study.estimators import estimator_color
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 DPI = 110
 
@@ -64,13 +67,18 @@ def save_png(fig: Any, path: Path) -> None:
     fig.savefig(path, dpi=DPI)
 
 
-def placeholder(path: Path, title: str, message: str) -> None:
+def placeholder_figure(title: str, message: str) -> Figure:
+    """A figure that says why a plot has nothing to draw."""
     fig, axes = new_figure(1, 1, 6.4, 3.2)
     ax = axes[0, 0]
     ax.set_axis_off()
     ax.set_title(title, fontsize=13)
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, wrap=True)
-    save_png(fig, path)
+    return fig
+
+
+def placeholder(path: Path, title: str, message: str) -> None:
+    save_png(placeholder_figure(title, message), path)
 
 
 def empty_axis(ax: Any, title: str, message: str) -> None:
