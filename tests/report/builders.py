@@ -1,5 +1,5 @@
 """Builders shared by the report tests: synthetic trials and history tables (one seed; the
-PnP families; three seeds), and readers of the written report."""
+PnP families; three seeds), and readers of the written report and of its figures."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,6 @@ from pipeline.report import PLOT_FILES, compare_to_deq
 from pipeline.study.config import ReportConfig
 
 CFG = ReportConfig()
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # (prior, K, T) -> (test PSNR at equilibrium, at depth)
@@ -232,11 +232,16 @@ def config_row(c: pd.DataFrame, prior: str, label: str) -> pd.Series:
     return rows.iloc[0]
 
 
-def assert_pngs(out: Path) -> None:
+def assert_plot_files(out: Path) -> None:
+    """``out/plots`` holds every plot the report declares, each a readable image (what each
+    figure draws is checked in test_plots and the test_plot_* modules)."""
+    from PIL import Image
+
+    assert sorted(p.name for p in (out / "plots").iterdir()) == sorted(PLOT_FILES)
     for fname in PLOT_FILES:
-        data = (out / "plots" / fname).read_bytes()
-        assert data[:8] == PNG_MAGIC, fname
-        assert len(data) > 5000, fname
+        with Image.open(out / "plots" / fname) as image:
+            assert image.format == "PNG", fname
+            image.verify()
 
 
 FAMILY_PRIORS = {
@@ -415,3 +420,33 @@ def seeded_tables(
                      "elapsed_seconds": secs, "val_psnr": val}
                 )  # fmt: skip
     return pd.DataFrame(rows), pd.DataFrame(hist)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def visible_axes(fig: Any) -> list[Any]:
+    """The panels a figure shows (a grid's unused cells are hidden)."""
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def line_data(ax: Any) -> list[tuple[list[float], list[float]]]:
+    """Each line an axes draws, as (x, y) lists of floats, in drawing order."""
+    return [
+        ([float(v) for v in ln.get_xdata()], [float(v) for v in ln.get_ydata()])
+        for ln in ax.get_lines()
+    ]
+
+
+def step_counts(patch: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The bin edges and counts of a step histogram (``ax.hist(histtype="step")``), read from
+    its outline: (e0, 0), (e0, c0), (e1, c0), (e1, c1), …, (en, c_{n-1}), (en, 0)."""
+    xy = np.asarray(patch.get_xy())
+    n = (len(xy) - 2) // 2
+    return xy[0 : 2 * n + 1 : 2, 0], xy[1 : 2 * n : 2, 1]
+
+
+def legend_texts(owner: Any) -> list[str]:
+    """The labels of a figure's (first) legend or an axes' legend."""
+    legend = owner.legends[0] if hasattr(owner, "legends") else owner.get_legend()
+    return [t.get_text() for t in legend.get_texts()]

@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 from builders import (
     CFG,
-    PNG_MAGIC,
-    assert_pngs,
+    assert_plot_files,
     config_row,
     md_section,
     read_configs,
@@ -42,7 +41,7 @@ def test_configs_parquet_has_one_row_per_prior_and_configuration(tables, report)
 
 
 def test_worst_parameter_group_per_configuration(seeded_report):
-    out, metrics, md, c = seeded_report
+    _, metrics, md, c = seeded_report
     worse = config_row(c, "pnp_blur", "rJFB K1 T0")
     # τ has no direction (DEQ's gradient is zero there): never the worst group
     assert (worse["worst_group"], worse["worst_group_cos"]) == ("sigma", pytest.approx(-0.35))
@@ -60,7 +59,6 @@ def test_worst_parameter_group_per_configuration(seeded_report):
     assert "worst gradient group against DEQ is sigma at rJFB K1 T0, mean cosine -0.350" in summary
     assert "smallest per-group gradient cosine -0.350 (sigma)" in summary
     assert "| rJFB K1 T0 | 3/3 |" in md and "sigma (-0.350, 1.60e+00)" in md
-    assert (out / "plots" / "grad_groups_vs_depth.png").read_bytes()[:8] == PNG_MAGIC
 
 
 OLD_COLUMNS = [
@@ -82,7 +80,7 @@ def test_a_table_without_the_new_columns_still_gets_a_report(tmp_path):
     trials, history = seeded_tables()
     old = trials.drop(columns=[c for c in OLD_COLUMNS if c in trials.columns])
     metrics = write_report(old, history, tmp_path, CFG)
-    assert_pngs(tmp_path)
+    assert_plot_files(tmp_path)
     c = read_configs(tmp_path)
     # one difference per seed: intervals over the 3 seeds, and the note says so
     worse = config_row(c, "pnp_blur", "rJFB K1 T0")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.report import write_report
-from pipeline.report.cost import PHASE_PLOT, phase_table
+from pipeline.report.cost import PHASE_PLOT, PHASE_PLOT_TITLE, phase_figure, phase_table
 from pipeline.study.config import ReportConfig
 from pipeline.study.phases import PHASES
 from pipeline.study.tables import TRIAL_COLUMNS
@@ -88,4 +88,28 @@ def test_the_report_shows_the_split_and_the_sweep_overhead(tmp_path: Path) -> No
     assert "| `a` | rjfb | 2 |" in md and "| 14% |" in md  # 3 s of 21 s
     assert "12.5 s from its start to the first training step" in md
     assert "3.2 s from the last trial's end" in md
-    assert (tmp_path / "plots" / PHASE_PLOT).read_bytes().startswith(b"\x89PNG")
+    assert f"(plots/{PHASE_PLOT})" in md and (tmp_path / "plots" / PHASE_PLOT).is_file()
+
+
+def test_the_phase_plot_stacks_each_phase_per_prior_and_estimator() -> None:
+    table = phase_table(trials())
+    (ax,) = phase_figure(table).axes
+    order = ["train", *[p for p in PHASES if p != "train"], "other"]
+    # one bar per prior × estimator for each phase, training first, stacked left to right
+    assert [c.get_label() for c in ax.containers] == order
+    left = [0.0] * len(table)
+    for bars, phase in zip(ax.containers, order, strict=True):
+        assert [b.get_width() for b in bars] == pytest.approx(list(table[phase]))
+        assert [b.get_x() for b in bars] == pytest.approx(left)
+        left = [x + b.get_width() for x, b in zip(left, bars, strict=True)]
+    assert left == pytest.approx(list(table["total"]))  # the phases and `other` make the total
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a · deq (1)", "a · rjfb (2)"]
+    assert [t.get_text() for t in ax.texts] == [" 60% training", " 14% training"]
+    assert ax.get_xlim() == pytest.approx((0.0, float(table["total"].max()) * 1.25))
+    assert ax.get_title() == PHASE_PLOT_TITLE
+
+
+def test_a_table_without_phase_times_gets_a_plot_that_says_so() -> None:
+    (ax,) = phase_figure(pd.DataFrame()).axes
+    assert [t.get_text() for t in ax.texts] == ["no phase times in the trials table"]
+    assert not ax.patches

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from builders import CFG, synthetic_history, synthetic_trials
 
-from pipeline.report import plot_depth, write_report
+from pipeline.report import write_report
+from pipeline.report.plot_depth import psnr_vs_depth_figure
 from pipeline.report.plot_histograms import histogram_groups
 from pipeline.report.tables import deq_arms, deq_rows, normalise_trials
 
@@ -46,12 +47,9 @@ def test_deq_arms_pick_the_plain_arm_of_each_seed() -> None:
     assert list(deq_rows(p)["name"]) == [plain]
 
 
-def test_the_depth_plot_draws_the_plain_deq_line(tmp_path, monkeypatch) -> None:
+def test_the_depth_plot_draws_the_plain_deq_line() -> None:
     t, _, plain, _ = _with_a_jac_reg_arm()
-    figures = []
-    monkeypatch.setattr(plot_depth, "save_png", lambda fig, path: figures.append(fig))
-    plot_depth.plot_psnr_vs_depth(normalise_trials(t), tmp_path / "psnr_vs_depth.png")
-    (fig,) = figures
+    fig = psnr_vs_depth_figure(normalise_trials(t))
     ax = next(a for a in fig.axes if a.get_title().startswith(f"prior {PRIOR}"))
     flat = [
         ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1 and ln.get_color() == "black"

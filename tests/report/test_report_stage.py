@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from builders import assert_pngs
+from builders import assert_plot_files
 
 PARAMS = """\
 priors:
@@ -42,7 +42,7 @@ def test_cli_writes_the_report_from_parquet(tables, tmp_path, capsys):
     # an absent denoiser metrics file says nothing (no pretrain stage ran)
     assert main([*argv, f"--denoiser-metrics={tmp_path / 'none.json'}"]) == 0
     assert str(out / "ablation.md") in capsys.readouterr().out
-    assert_pngs(out)
+    assert_plot_files(out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["priors"]["l1"]["rjfb_k5_t5_verdict"] == "equivalent"
     assert metrics["deq_unreliable_frac"] == 0.1

@@ -14,8 +14,9 @@ import pytest
 from pipeline.report import write_report
 from pipeline.report.comparisons import baseline_table, restart_gain_table
 from pipeline.report.configs import group_cos_min, undefined_groups, worst_group
+from pipeline.report.plot_training import theta_figure
 from pipeline.report.plots import theta_depth_figure, theta_depth_series
-from pipeline.report.tables import normalise_trials
+from pipeline.report.tables import history_for, normalise_history, normalise_trials
 from pipeline.report.theta import horizon, theta_distance, total_depth
 from pipeline.study.config import ReportConfig
 
@@ -380,7 +381,7 @@ def test_a_weak_denoiser_is_stated_first(tmp_path) -> None:
     assert "denoiser is weak" not in (tmp_path / "ok" / "ablation.md").read_text()
 
 
-def test_theta_trajectories_start_from_the_initial_theta(tmp_path) -> None:
+def test_theta_trajectories_start_from_the_initial_theta() -> None:
     from pipeline.report.plots import initial_value, theta_trajectory
 
     r = pd.Series(_row("wl", "rjfb", 1))
@@ -401,8 +402,18 @@ def test_theta_trajectories_start_from_the_initial_theta(tmp_path) -> None:
             for e in (1.0, 2.0)
         ]
     )  # fmt: skip
-    write_report(t, hist, tmp_path, CFG)
-    assert (tmp_path / "plots" / "theta_trajectories.png").stat().st_size > 0
+    nt = normalise_trials(t)
+    h, keys = history_for(nt, normalise_history(hist))
+    fig = theta_figure(nt, h, keys)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [
+        f"{p}: lambda" for p in ("wl", "wl_long", "wl_noise")
+    ]
+    lines = [ln for ax in panels for ln in ax.get_lines()]
+    assert len(lines) == len(t)  # one line per trial, each from its initial λ at epoch 0
+    for ln in lines:
+        assert list(ln.get_xdata()) == [0.0, 1.0, 2.0]
+        assert list(ln.get_ydata()) == pytest.approx([LAM0, 0.02, 0.04])
 
 
 def test_a_one_entry_worst_group_is_said_to_be_a_sign(tmp_path) -> None:

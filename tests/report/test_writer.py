@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from builders import CFG, assert_pngs, md_section
+from builders import CFG, assert_plot_files, md_section
 
 from pipeline.report import write_report
 
@@ -71,7 +71,7 @@ def test_edge_cases_still_write_a_complete_report(tables, tmp_path, case):
     assert metrics["n_trials"] == len(trials)
     for name in trials["name"]:
         assert f"`{name}`" in md
-    assert_pngs(tmp_path)
+    assert_plot_files(tmp_path)
     if case == "no_deq_for_a_prior":
         assert "No finished DEQ baseline for prior(s) pnp" in md
         assert metrics["priors"]["pnp"]["deq_test_psnr"] is None
