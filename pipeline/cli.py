@@ -1,7 +1,7 @@
 """The ``rjfb`` console script and the error handling shared by every stage CLI.
 
-User mistakes (:class:`~pipeline.errors.UserError`) print one line to stderr and exit 2 without a
-traceback; Ctrl-C exits 130.
+User mistakes (:class:`~pipeline.util.errors.UserError`) print one line to stderr and exit 2
+without a traceback; Ctrl-C exits 130.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ into them must not change: the same study must give the same bytes.
 
     grid = build_grid(cfg)
     grid.key, grid.name                 # '3f2a…', 'sweep-3f2a…'
-    grid.points[0]                      # GridPoint(spec=TrialSpec(...), name='l1-deq-s0', key='…')
+    grid.points[0]                      # GridPoint(spec=TrialSpec(…), name='l1-deq-s0', key='…')
     grid.points[0].to_tune()            # {'trial': {...}, 'name': 'l1-deq-s0', 'key': '…'}
 """
 

@@ -7,7 +7,7 @@
              and unrolling on the device against the same computation on the CPU, in float64
              (the arithmetic is the same, so they agree to rounding) and in float32 (TF32 off,
              then on); and bf16 restarts against float32 ones on the device.
-``bench``    ``rjfb bench --suite gpu`` (:mod:`pipeline.bench`), with its issue-4 targets: the
+``bench``    ``rjfb bench --suite gpu`` (:mod:`pipeline.tools.bench`), with its issue-4 targets: the
              rJFB step against the sum of its denoiser calls, its peak memory against K tracked
              steps, bf16 restarts against TF32 ones.
 ``compile``  ``train.compile`` on the paper's step (rJFB K = 10, T = 25, a full-size DRUNet

@@ -8,9 +8,9 @@ Everything happens in a fresh temporary folder (under /tmp, removed at the end u
 ``--trials`` trials alternating DEQ and rJFB K = 5, T = 5 over seeds 0, 1, …, each training
 ``--epochs`` epochs), the prepare stage runs once, then each part of ``--parts`` is measured:
 
-``sequential``  ``pipeline.train.run_trial`` for every trial, one after another, in this process,
-                with the thread count the sweep gives a trial (``ray.cpus_per_trial``, 1); no
-                Ray, no MLflow, no artifacts. Per trial: wall seconds and ``train_seconds``.
+``sequential``  ``pipeline.study.trial.run_trial`` for every trial, one after another, in this
+                process, with the thread count the sweep gives a trial (``ray.cpus_per_trial``,
+                1); no Ray, no MLflow, no artifacts. Per trial: wall seconds and ``train_seconds``.
 ``ray``         the real sweep stage (``python -m stages.sweep``) on a local Ray it starts itself
                 (``num_cpus: 1``, ``max_concurrent_trials: 1``: one trial at a time, like
                 ``sequential``), logging to a sqlite MLflow store in its own folder. Wall time

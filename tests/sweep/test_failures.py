@@ -1,6 +1,6 @@
 """Trials that go wrong, through a real (small, local) Ray sweep; services that are not there.
 
-One sweep of three trials, run in-process with ``pipeline.sweep.run_sweep`` on a local Ray
+One sweep of three trials, run in-process with ``pipeline.sweep.driver.run_sweep`` on a local Ray
 (2 CPUs, started once for the module) and an sqlite MLflow store:
 
 * ``l1-rjfb-K2-T0-s0`` — a contractive wavelet FB (τ = 0.3): finishes;
