@@ -240,3 +240,13 @@ def test_no_module_is_over_700_lines() -> None:
         if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert not long, long
+
+
+def test_test_modules_have_unique_names() -> None:
+    # the test folders are not packages: pytest imports each test module by its file name, so
+    # two modules of one name (tests/study/test_tables.py, tests/report/test_tables.py) stop
+    # the collection of the whole suite
+    names: dict[str, list[str]] = {}
+    for path in (REPO / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert {n: paths for n, paths in names.items() if len(paths) > 1} == {}
