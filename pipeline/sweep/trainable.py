@@ -352,6 +352,7 @@ def tune_trainable(
     bundle: PreparedBundle | None = None,
     weights: WeightsBundle | None = None,
 ) -> None:
+    """What Tune runs: :func:`train_trial`, its errors made shippable to the driver."""
     try:
         train_trial(config, context, bundle, weights)
     except Exception as err:
