@@ -67,13 +67,13 @@ class _OldImplicitBackward(torch.autograd.Function):
 
 def _old_deq_grads(est, scheme, physics, truth, y):  # type: ignore[no-untyped-def]
     """DEQ's gradient through the old node: the same forward solve, then the old Function."""
-    from pipeline.core.estimators import _ImplicitSolve, block
+    from pipeline.core import estimators
 
     params = {k: p for k, p in scheme.named_parameters() if p.requires_grad}
-    phi = block(scheme.bind(y, physics), est.depth)
+    phi = estimators.block(scheme.bind(y, physics), est.depth)
     x = est._forward(phi, y)
     z = x.detach().requires_grad_()
-    out = _OldImplicitBackward.apply(phi(z), z, _ImplicitSolve(est, est.last))
+    out = _OldImplicitBackward.apply(phi(z), z, estimators._ImplicitSolve(est, est.last))
     grads = torch.autograd.grad(((out - truth) ** 2).sum(), list(params.values()))
     return dict(zip(params, grads, strict=True))
 
