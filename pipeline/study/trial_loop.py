@@ -338,7 +338,10 @@ class Trial:
             step, y = (self.train_step_fn if training else self.step_fn)(self.val, index)
             return probes.gradient(lambda x: ((x - clean) ** 2).mean(), est, step, y, params)
 
-        reference = build_estimator(self.study, self.spec.model_copy(update={"estimator": "deq"}))
+        # the baseline's DEQ: on sweep.deq.solver, whatever solver this trial's own DEQ uses
+        reference = build_estimator(
+            self.study, self.spec.model_copy(update={"estimator": "deq", "solver": None})
+        )
         g = grad_of(self.estimator, True)
         if self.is_own_reference(reference):
             # the same estimator on the same step and batch: the same gradient, computed once

@@ -37,18 +37,19 @@ def _study(raw: dict[str, Any], root: Path = Path("/nonexistent")) -> StudyConfi
 
 def test_keys_are_stable() -> None:
     # changed once more with the pretraining crops (data.pretrain_*), TrialSpec.jac_reg and
-    # train.probe_every
+    # train.probe_every; and with the zoo's TrialSpec fields (steps, damping, refine, solver)
+    # and sweep.deq.broyden_memory (issue 24)
     grid = build_grid(_study(STUDY))
     assert {p["name"]: p["key"] for p in grid.points} == {
-        "l1-deq-s0": "15405d7ee88742b3",
-        "l1-rjfb-K2-T0-s0": "a50d4d0f2809c9e8",
-        "l1-rjfb-K2-T1-s0": "e32daa47529bb904",
-        "pnp-deq-s0": "6ee6a3da5e0e7dc9",
-        "pnp-rjfb-K2-T0-s0": "869e04f571d8fe8e",
-        "pnp-rjfb-K2-T1-s0": "5a14b571a30bd54d",
+        "l1-deq-s0": "44d7597e64e06689",
+        "l1-rjfb-K2-T0-s0": "37b690a808edb510",
+        "l1-rjfb-K2-T1-s0": "6d43eb03b84f0f9d",
+        "pnp-deq-s0": "9d0ee70dd110af00",
+        "pnp-rjfb-K2-T0-s0": "638eae6fa9409697",
+        "pnp-rjfb-K2-T1-s0": "9e99c09b099d3a07",
     }
-    assert grid.key == "11ae57a73fc0"
-    assert grid.name == "sweep-11ae57a73fc0"
+    assert grid.key == "ee090a3282c6"
+    assert grid.name == "sweep-ee090a3282c6"
 
 
 def test_grid_points_follow_the_trials_in_order() -> None:
