@@ -21,7 +21,8 @@ estimator's gradient for every parameter ``step`` depends on:
               v = J_xᵀ v + g solved by fixed-point iteration or Anderson, J_θᵀ v returned.
 
 ``jfb`` and ``deq`` solve with a solver of ``pipeline.core.solvers`` named by ``solver``
-(``"fixed_point"`` or ``"anderson"``; ``anderson_memory`` / ``anderson_damping`` apply to Anderson).
+(``"fixed_point"``, ``"anderson"`` or ``"broyden"``; ``anderson_memory`` / ``anderson_damping``
+apply to Anderson, ``broyden_memory`` to Broyden).
 
 All of them treat the start x0 as a constant except ``unrolled`` (plain autograd).
 """
@@ -38,7 +39,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-from pipeline.core.solvers import SolverInfo, get_solver, relative_residual
+from pipeline.core.implicit import attach_backward
+from pipeline.core.solvers import BROYDEN_MEMORY, SolverInfo, get_solver, relative_residual
 from pipeline.util.errors import did_you_mean
 
 Step = Callable[..., Tensor]
@@ -265,6 +267,7 @@ class _ForwardSolve(Estimator):
     anderson_memory: int = 5
     anderson_damping: float = 1.0
     depth: int = 1
+    broyden_memory: int = BROYDEN_MEMORY
 
     def _validate(self) -> None:
         _require(self.tol > 0, f"{self.name}: tol must be > 0, got {self.tol}")
@@ -279,13 +282,20 @@ class _ForwardSolve(Estimator):
             0 < self.anderson_damping <= 1,
             f"{self.name}: anderson_damping must be in (0, 1], got {self.anderson_damping}",
         )
+        _require(
+            self.broyden_memory >= 1,
+            f"{self.name}: broyden_memory must be >= 1, got {self.broyden_memory}",
+        )
 
     def _solve(
         self, f: Callable[[Tensor], Tensor], x0: Tensor, tol: float, max_iter: int, solver: str
     ) -> tuple[Tensor, SolverInfo]:
+        # each solver gets its own options (the forward and the backward solver may differ)
         options: dict[str, Any] = {}
         if solver == "anderson":
             options = {"memory": self.anderson_memory, "damping": self.anderson_damping}
+        elif solver == "broyden":
+            options = {"memory": self.broyden_memory}
         return get_solver(solver)(f, x0, max_iter=max_iter, tol=tol, **options)
 
     def _forward(self, phi: Callable[[Tensor], Tensor], x0: Tensor) -> Tensor:
@@ -319,27 +329,11 @@ class JFB(_ForwardSolve):
         return out
 
 
-def _depends_on_leaves_other_than(out: Tensor, z: Tensor) -> bool:
-    """Whether ``out``'s graph reaches a leaf requiring grad other than ``z``.
-
-    (``out.requires_grad`` alone cannot tell: ``out = Φ(z)`` always requires grad through z.)
-    """
-    stack, seen = [out.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        leaf = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
-        if leaf is not None and leaf is not z:
-            return True
-        stack.extend(fn for fn, _ in node.next_functions)
-    return False
-
-
 class _ImplicitSolve:
-    """The options and diagnostics of the implicit backward (no tensors: z*, Φ(z*) are saved
-    for backward on the autograd node, so autograd frees them unless ``retain_graph``)."""
+    """The options and diagnostics of the implicit backward: v = (I − J_xᵀ)⁻¹ g, the backward
+    vector :func:`pipeline.core.implicit.attach_backward` carries through Φ's graph (J_θᵀ v for
+    every parameter). No tensors: z*, Φ(z*) are saved for backward on the autograd node, so
+    autograd frees them unless ``retain_graph``."""
 
     def __init__(self, estimator: DEQ, diagnostics: Diagnostics) -> None:
         self.estimator = estimator
@@ -362,29 +356,6 @@ class _ImplicitSolve:
         d.backward_converged = info.converged
         d.backward_seconds = time.perf_counter() - start
         return v
-
-
-class _ImplicitBackward(torch.autograd.Function):
-    """Identity on the tracked ``fz = Φ(z*)``; its backward maps g to v = (I - J_xᵀ)⁻¹ g.
-
-    Autograd then carries v through Φ's graph, which yields J_θᵀ v for every parameter (and a
-    discarded gradient for the detached copy z* of the fixed point).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, fz: Tensor, z: Tensor, implicit: _ImplicitSolve) -> Tensor:
-        # Saved tensors follow autograd's rules: freed after a backward without retain_graph
-        # (a second backward then raises autograd's "backward through the graph a second time"),
-        # kept with retain_graph=True (gradcheck, Jacobians, several losses).
-        ctx.save_for_backward(fz, z)
-        ctx.implicit = implicit
-        return fz.clone()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        fz, z = ctx.saved_tensors
-        return ctx.implicit.solve(z, fz, grad), None, None
 
 
 @register_estimator
@@ -426,9 +397,10 @@ class DEQ(_ForwardSolve):
         fz = phi(z)
         self.last.forward_steps += self.depth
         self.last.seconds += time.perf_counter() - start
-        if not _depends_on_leaves_other_than(fz, z):  # nothing learnable inside step
-            return fz.detach()
-        return _ImplicitBackward.apply(fz, z, _ImplicitSolve(self, self.last))
+        implicit = _ImplicitSolve(self, self.last)
+        # the solve is looked up when the backward runs (a test spies on it); attach_backward
+        # returns fz detached when nothing learnable is inside step
+        return attach_backward(fz, z, lambda z, fz, g: implicit.solve(z, fz, g))
 
 
 def make_estimator(name: str, **options: Any) -> Estimator:

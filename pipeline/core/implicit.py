@@ -14,8 +14,8 @@ take vector–Jacobian products ``torch.autograd.grad(fz, z, v, retain_graph=Tru
 DEQ's w = (I − J_xᵀ)⁻¹ g; the Neumann phantom gradient's w = Σ_{k≤K} (J_xᵀ)^k g; SHINE's w = Hᵀg
 with Broyden's H ≈ (I − J_x)⁻¹.
 
-As in :mod:`pipeline.core.estimators` (DEQ), the backward lives in an ``autograd.Function`` rather
-than a tensor hook: z* and Φ(z*) are saved on the node and freed by a backward without
+DEQ (:mod:`pipeline.core.estimators`) attaches its implicit solve the same way. The backward
+lives in an ``autograd.Function`` rather than a tensor hook: z* and Φ(z*) are saved on the node and freed by a backward without
 ``retain_graph``; what ``backward_vector`` closes over (e.g. SHINE's inverse estimate) is freed
 with the node.
 """

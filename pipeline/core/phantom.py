@@ -52,7 +52,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from pipeline.core.estimators import JFB, Step, block
+from pipeline.core.estimators import JFB, Step, block, register_estimator
 from pipeline.core.implicit import attach_backward, vjp
 
 
@@ -63,6 +63,7 @@ def _check(name: str, steps: int, minimum: int, damping: float) -> None:
         raise ValueError(f"{name}: damping must be in (0, 1], got {damping}")
 
 
+@register_estimator
 @dataclass
 class DampedPhantom(JFB):
     """Unrolling-based phantom gradient: ``steps`` damped tracked steps from the solved z*."""
@@ -87,6 +88,7 @@ class DampedPhantom(JFB):
         return x
 
 
+@register_estimator
 @dataclass
 class NeumannPhantom(JFB):
     """Neumann-series phantom gradient: ``steps`` damped backward terms at the solved z*."""

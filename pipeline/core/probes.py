@@ -7,7 +7,8 @@
     db = psnr(x.clamp(0, 1), clean)                              # one value per image
 
 ``contraction(phi, x)`` estimates γ̂ = ‖J_Φ(x)‖₂, the spectral norm of the Jacobian of a map Φ
-(typically a K-block ``pipeline.core.estimators.block(step, K)``) at x, by power iteration on JᵀJ.
+(typically a K-block ``pipeline.core.estimators.block(step, K)``) at x, by Golub–Kahan–Lanczos
+bidiagonalisation of J (Jv and Jᵀu by forward- and reverse-mode AD).
 ``gradient(loss_fn, est, step, x0, params)`` returns one estimator's parameter gradient and
 ``compare(g, g_ref)`` its cosine and relative error to a reference (e.g. DEQ, or unrolled to
 convergence). None of them writes ``.grad`` of any parameter.
@@ -31,39 +32,83 @@ def contraction(
     seed: int = 0,
     tol: float = 0.0,
 ) -> float:
-    """γ̂ ≈ ‖J_Φ(x)‖₂ by power iteration on JᵀJ (``torch.func.jvp`` for Jv, one reusable
-    ``torch.func.vjp`` for Jᵀw), started from a standard normal vector drawn from a
-    ``torch.Generator`` seeded with ``seed``.
+    """γ̂ ≈ ‖J_Φ(x)‖₂ by Golub–Kahan–Lanczos bidiagonalisation of J (``torch.func.jvp`` for
+    Jv, one reusable ``torch.func.vjp`` for Jᵀu), started from a standard normal vector drawn
+    from a ``torch.Generator`` seeded with ``seed``.
 
-    Returns ‖J v_k‖ for the last unit iterate v_k, a lower bound that converges to ‖J‖ at rate
-    (σ₂/σ₁)^{2k}. For a batch, Φ acts on all samples at once, so the result is the largest of the
-    per-sample norms. ``tol`` > 0 stops early once the estimate changes by less than ``tol``
-    (relative). Runs under ``torch.no_grad()`` (function transforms still differentiate with
-    respect to x): no graph on the parameters and no ``.grad`` is written. Φ must support
-    forward-mode AD.
+    Each iteration costs one Jv and one Jᵀu, as a power iteration on JᵀJ, but the estimate is
+    the largest singular value of the k × k bidiagonal B_k = U_kᵀ J V_k: the best value the
+    Krylov space of JᵀJ holds, not the last power iterate's. Where the top singular values are
+    close (FB on a blur: σ₂/σ₁ ≈ 0.99) power iteration creeps: measured on the default study's
+    fixed points, 20 power steps gave 0.942 for PnP's ‖J_T‖ where both 200 power steps and 19 of
+    these give 0.992 (the horizon 1/(1 − γ̂): 17 against 127). The bases are kept orthogonal
+    in float64 (full reorthogonalisation: k vectors of x's size, a few MB at most).
+
+    Returns σ_max(B_k), a lower bound on ‖J‖ that grows with k. For a batch, Φ acts on all
+    samples at once, so the result is the largest of the per-sample norms. ``tol`` > 0 stops
+    once the Ritz pair's residual ‖JᵀJ v − σ² v‖ = σ β_k |p_k| is at most ``tol`` · σ², so
+    σ² is within a relative ``tol`` of an eigenvalue of JᵀJ; ``iters`` caps the iterations.
+    Runs under ``torch.no_grad()`` (function transforms still differentiate with respect to
+    x): no graph on the parameters and no ``.grad`` is written. Φ must support forward-mode AD.
     """
     if iters < 1:
         raise ValueError(f"contraction: iters must be >= 1, got {iters}")
     x = x.detach()
+    shape, f64 = x.shape, torch.float64
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    v = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    v = torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype).reshape(-1).to(f64)
     v = v / torch.linalg.vector_norm(v)
+    right: list[Tensor] = []  # V_k's columns (float64, flattened)
+    left: list[Tensor] = []  # U_k's columns
+    alphas: list[float] = []  # B_k's diagonal
+    betas: list[float] = []  # B_k's superdiagonal
     estimate = 0.0
     with torch.no_grad():
         _, vjp_fn = torch.func.vjp(phi, x)
-        for _ in range(iters):
-            _, jv = torch.func.jvp(phi, (x,), (v,))
-            previous, estimate = estimate, float(torch.linalg.vector_norm(jv))
-            if estimate == 0.0:
-                return 0.0
-            if tol > 0 and abs(estimate - previous) <= tol * estimate:
+        for k in range(iters):
+            right.append(v)
+            _, jv = torch.func.jvp(phi, (x,), (v.to(x.dtype).reshape(shape),))
+            jv = jv.reshape(-1).to(f64)
+            u = _orthogonalised(jv, left)
+            alpha = float(torch.linalg.vector_norm(u))
+            if alpha <= _INVARIANT * float(torch.linalg.vector_norm(jv)):
+                break  # J v_k in span(U) (or 0): the Krylov space is invariant, B_k is exact
+            u = u / alpha
+            left.append(u)
+            alphas.append(alpha)
+            (w,) = vjp_fn(u.to(x.dtype).reshape(shape))
+            w = w.reshape(-1).to(f64)
+            r = _orthogonalised(w, right)
+            beta = float(torch.linalg.vector_norm(r))
+            invariant = beta <= _INVARIANT * float(torch.linalg.vector_norm(w))
+            bidiagonal = torch.diag(torch.tensor(alphas, dtype=f64))
+            if betas:
+                bidiagonal += torch.diag(torch.tensor(betas, dtype=f64), 1)
+            p, s, _ = torch.linalg.svd(bidiagonal)
+            estimate = float(s[0])
+            converged = beta * abs(float(p[k, 0])) <= tol * estimate
+            if invariant or (tol > 0 and converged) or k == iters - 1:
                 break
-            (w,) = vjp_fn(jv)
-            norm = torch.linalg.vector_norm(w)
-            if float(norm) == 0.0:
-                break
-            v = w / norm
+            betas.append(beta)
+            v = r / beta
     return estimate
+
+
+# a new direction this small against the vector it came from is rounding, not Krylov space:
+# normalising it would give a vector the (twice-run) Gram-Schmidt cannot keep orthogonal, and
+# σ_max(B_k) could exceed ‖J‖ (seen on a diagonal map with three distinct entries: 0.915 > 0.9)
+_INVARIANT = 1e-10
+
+
+def _orthogonalised(w: Tensor, basis: list[Tensor]) -> Tensor:
+    """w minus its projection on the orthonormal ``basis``, twice (one Gram–Schmidt pass
+    loses orthogonality in float arithmetic once the Ritz value has converged)."""
+    if not basis:
+        return w
+    q = torch.stack(basis)
+    for _ in range(2):
+        w = w - q.T @ (q @ w)
+    return w
 
 
 def gradient(

@@ -37,7 +37,7 @@ from typing import ClassVar, Protocol
 import torch
 from torch import Tensor
 
-from pipeline.core.estimators import Diagnostics, Estimator, Step, block
+from pipeline.core.estimators import Diagnostics, Estimator, Step, block, register_estimator
 from pipeline.core.implicit import attach_backward, vjp
 from pipeline.core.solvers import BROYDEN_MEMORY, broyden_solve, relative_residual
 
@@ -73,6 +73,7 @@ def backward_with_inverse(
     return attach_backward(fz, z, backward_vector)
 
 
+@register_estimator
 @dataclass
 class Shine(Estimator):
     """Broyden forward to ``tol``; backward J_θᵀHᵀg with Broyden's inverse estimate H."""

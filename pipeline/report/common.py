@@ -33,6 +33,7 @@ PLOT_FILES = {
     "grad_error_vs_depth.png": "Gradient error vs DEQ against K",
     "cost.png": "Training wall time and peak memory",
     "cost_phases.png": "Where the trials' wall time went, per prior × estimator",
+    "pareto.png": "Equal compute: quality against cost, Pareto fronts per prior",
     "theta_trajectories.png": "Learned hyperparameters along training",
     "psnr_histograms.png": "Per-image test PSNR histograms",
     "val_psnr_curves.png": "Validation PSNR vs wall time",

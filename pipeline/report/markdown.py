@@ -25,6 +25,7 @@ from pipeline.report.confidence import VERDICT_RULES
 from pipeline.report.configs import REFERENCE, fmt_ci, fmt_ratio_ci, unreliable
 from pipeline.report.cost import cost_section
 from pipeline.report.families import prior_order
+from pipeline.report.pareto import zoo_section
 from pipeline.report.summary import summary_lines
 from pipeline.report.tables import deq_arms
 from pipeline.study.estimators import ESTIMATOR_KINDS, estimator_label
@@ -178,6 +179,7 @@ def render_markdown(
             t[t["prior"] == prior], c[c["prior"] == prior], prior, metrics["priors"][prior], cfg
         )
     md += _failures_section(t)
+    md += zoo_section(tables.get("pareto"), tables.get("fidelity"))
     md += cost_section(metrics)
     md += ["## Plots", ""]
     for fname, title in PLOT_FILES.items():

@@ -59,6 +59,7 @@ _NAME_COLUMNS = (
     "start",
     "prior_type",
     "prior_family",
+    "solver",
 )
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.=+:,-]")
 _TEXT_COLUMNS = ("status_reason", "prior_label")
@@ -111,6 +112,7 @@ def normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
     t.loc[t["start"] == "", "start"] = "y"
     t["status_reason"] = _str_col(t["status_reason"]) if "status_reason" in t.columns else ""
     t["prior_type"] = _str_col(t["prior_type"]) if "prior_type" in t.columns else ""
+    t["solver"] = _str_col(t["solver"]) if "solver" in t.columns else ""
     for c in ("prior_family", "prior_label"):
         t[c] = _str_col(t[c]) if c in t.columns else ""
     if "seed" not in t.columns:
@@ -132,6 +134,7 @@ def normalise_trials(trials: pd.DataFrame) -> pd.DataFrame:
         v = t[c] if c in t.columns else pd.Series(default, index=t.index)
         t[c] = pd.to_numeric(v, errors="coerce").astype(float)
     t["jac_reg"] = t["jac_reg"].fillna(0.0)
+    t["refine"] = t["refine"].fillna(0.0)  # tables from before SHINE: no refine steps
     t["label"] = [_config_label(r) for r in t.itertuples(index=False)]
     return t
 
@@ -193,6 +196,10 @@ def sort_configs(t: pd.DataFrame) -> pd.DataFrame:
             "iterations": t["iterations"].fillna(0),
             "restarts": t["restarts"].fillna(0),
             "tol": t["restart_tol"].fillna(-1.0),
+            "steps": t["steps"].fillna(0),
+            "damping": t["damping"].fillna(0),
+            "refine": t["refine"].fillna(0),
+            "solver": t["solver"],
             "start": t["start"].map(lambda s: "" if s == "y" else s),
             "seed": t["seed_key"],
             "name": t["name"],

@@ -20,6 +20,8 @@ from pipeline.report.configs import config_table, deq_reliability, with_depth_an
 from pipeline.report.cost import PHASE_PLOT, phase_table, plot_phases
 from pipeline.report.families import assign_families, prior_order
 from pipeline.report.markdown import render_markdown
+from pipeline.report.pareto import fidelity_table, front_labels, pareto_table
+from pipeline.report.plot_pareto import plot_pareto
 from pipeline.report.plots import write_plots
 from pipeline.report.tables import (
     compare_to_deq,
@@ -48,7 +50,8 @@ def write_report(
     sweep_timing: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``ablation.md``, ``metrics.json``, ``configs.parquet``, ``baselines.parquet``,
-    ``restart_gain.parquet``, ``start_gain.parquet`` and ``plots/*.png`` under ``out_dir``.
+    ``restart_gain.parquet``, ``start_gain.parquet``, ``pareto.parquet``, ``fidelity.parquet``
+    and ``plots/*.png`` under ``out_dir``.
 
     ``priors``: the study's prior configs (``StudyConfig.priors``), for the families of a trials
     table that does not name them (``prior_family`` / ``prior_label``, written by the sweep).
@@ -74,6 +77,9 @@ def write_report(
     metrics = _metrics(t, h, configs, cfg)
     metrics.update(_new_metrics(baselines, gains, configs, floor, denoiser))
     metrics["start_gain"] = _records(starts)
+    # the equal-compute comparison: one point per configuration, the Pareto fronts per prior
+    pareto = pareto_table(t)
+    metrics["pareto"] = front_labels(pareto)
     # where the trials' time went (pipeline.report.cost) and the sweep's own overhead
     metrics["train_fraction"] = (
         float(phases["train"].sum() / phases["total"].sum()) if len(phases) else None
@@ -87,6 +93,8 @@ def write_report(
         "baselines": baselines,
         "restart_gain": gains,
         "start_gain": starts,
+        "pareto": pareto,
+        "fidelity": fidelity_table(t),
     }
     _write_atomically(Path(out_dir), t, h, ttq.loc[t.index], tables, metrics, cfg)
     return metrics
@@ -257,6 +265,8 @@ def _write_atomically(
         )
         plot_phases(pd.DataFrame(metrics.get("phases") or []), tmp / "plots" / PHASE_PLOT)
         plot_files.append(PHASE_PLOT)
+        plot_pareto(tables["pareto"], tmp / "plots" / "pareto.png")
+        plot_files.append("pareto.png")
         for name, df in tables.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False)
         (tmp / "metrics.json").write_text(

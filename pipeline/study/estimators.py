@@ -52,10 +52,28 @@ from pipeline.util.errors import did_you_mean
 
 # The TrialSpec fields that only some estimators use, in the order their misuse is reported.
 # Every other field (prior, estimator, depth, start, seed) applies to all of them.
-OPTIONAL_FIELDS = ("iterations", "restart_tol", "restarts", "jac_reg")
+OPTIONAL_FIELDS = (
+    "iterations",
+    "restart_tol",
+    "restarts",
+    "jac_reg",
+    "steps",
+    "damping",
+    "refine",
+    "solver",
+)
 # Each optional field's "not set" value: a spec of an estimator that does not use the field
 # must leave it there.
-UNSET: dict[str, Any] = {"iterations": None, "restart_tol": None, "restarts": 0, "jac_reg": 0.0}
+UNSET: dict[str, Any] = {
+    "iterations": None,
+    "restart_tol": None,
+    "restarts": 0,
+    "jac_reg": 0.0,
+    "steps": None,
+    "damping": None,
+    "refine": 0,
+    "solver": None,
+}
 
 Spec = Any  # a TrialSpec, or a trials-table row with its fields (see the module docstring)
 
@@ -190,25 +208,46 @@ def iterations_at_depth(spec: Spec) -> int | float | None:
 # --------------------------------------------------------------------------- the built-in four
 
 
+def _solver(spec: Spec, deq: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's own solver (``solver:`` of a point) in place of ``sweep.deq.solver``; the
+    backward follows the forward (DEQ's ``backward_solver`` defaults to ``solver``)."""
+    own = getattr(spec, "solver", None)
+    return {} if own is None or _missing(own) or own == "" else {"solver": own}
+
+
 def _deq_options(spec: Spec, deq: Mapping[str, Any]) -> dict[str, Any]:
-    return {"depth": spec.depth, **deq}
+    return {"depth": spec.depth, **deq, **_solver(spec, deq)}
 
 
-_FORWARD_SOLVE = ("tol", "max_iter", "solver", "anderson_memory", "anderson_damping")
+_FORWARD_SOLVE = (
+    "tol",
+    "max_iter",
+    "solver",
+    "anderson_memory",
+    "anderson_damping",
+    "broyden_memory",
+)
 
 
 def _jfb_options(spec: Spec, deq: Mapping[str, Any]) -> dict[str, Any]:
-    return {"depth": spec.depth, **{k: deq[k] for k in _FORWARD_SOLVE}}
+    return {"depth": spec.depth, **{k: deq[k] for k in _FORWARD_SOLVE}, **_solver(spec, deq)}
+
+
+def _solver_part(spec: Spec) -> list[str]:
+    own = getattr(spec, "solver", None)
+    return [] if own is None or _missing(own) or own == "" else [str(own)]
 
 
 def _deq_name(spec: Spec) -> list[str]:
     # shortest exact form of the weight (repr): no two weights share a name
-    return _depth_part(spec) + ([f"jr{spec.jac_reg!r}"] if spec.jac_reg else [])
+    jac = [f"jr{spec.jac_reg!r}"] if spec.jac_reg else []
+    return _depth_part(spec) + jac + _solver_part(spec)
 
 
 def _deq_label(r: Spec) -> list[str]:
     jac = getattr(r, "jac_reg", 0.0)
-    return _depth_label(r) + ([f"jac_reg={jac:g}"] if not _missing(jac) and jac > 0 else [])
+    jac_part = [f"jac_reg={jac:g}"] if not _missing(jac) and jac > 0 else []
+    return _depth_label(r) + jac_part + _solver_part(r)
 
 
 def _rjfb_grid(sweep: Any) -> list[dict[str, Any]]:
@@ -246,7 +285,7 @@ register_kind(
         label="DEQ",
         order=0,
         color="black",
-        fields=frozenset({"jac_reg"}),
+        fields=frozenset({"jac_reg", "solver"}),
         options=_deq_options,
         name_parts=_deq_name,
         label_parts=_deq_label,
@@ -279,7 +318,10 @@ register_kind(
         label="JFB",
         order=2,
         color="0.45",
+        fields=frozenset({"solver"}),
         options=_jfb_options,
+        name_parts=lambda spec: _depth_part(spec) + _solver_part(spec),
+        label_parts=lambda r: _depth_label(r) + _solver_part(r),
         solves=lambda spec: True,
         description="forward solve, then depth tracked steps",
     )
@@ -298,5 +340,107 @@ register_kind(
         label_parts=lambda r: [f"N{_fmt_int(r.iterations)}"],
         iterations_at_depth=lambda spec: spec.iterations,
         description="autograd through N steps",
+    )
+)
+
+
+# --------------------------------------------------------------------------- the zoo (issue 24)
+# Phantom gradients (core.phantom) and SHINE (core.shine). Their forward solves to sweep.deq's
+# tolerance like JFB and DEQ; SHINE's forward is always Broyden (its backward reuses Broyden's
+# inverse estimate), with sweep.deq's tol, max_iter and broyden_memory.
+
+
+def _phantom_options(spec: Spec, deq: Mapping[str, Any]) -> dict[str, Any]:
+    out = {**_jfb_options(spec, deq), "steps": spec.steps}
+    if not _missing(spec.damping):  # unset: the core class's default (0.5 unrolled, 1 Neumann)
+        out["damping"] = spec.damping
+    return out
+
+
+def _phantom_name(spec: Spec) -> list[str]:
+    # S = the phantom's steps (Geng et al.'s K); K stays the block depth, as for every estimator
+    parts = [*_depth_part(spec), f"S{spec.steps}"]
+    if spec.damping is not None:
+        parts.append(f"d{spec.damping!r}")  # shortest exact form: no collisions
+    return parts
+
+
+def _phantom_label(r: Spec) -> list[str]:
+    parts = [*_depth_label(r), f"S{_fmt_int(r.steps)}"]
+    if not _missing(r.damping):
+        parts.append(f"λ{r.damping:g}")
+    return parts
+
+
+def _phantom_grid(sweep: Any) -> list[dict[str, Any]]:
+    return [{"steps": s} for s in sweep.phantom_steps]
+
+
+def _shine_options(spec: Spec, deq: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "depth": spec.depth,
+        "tol": deq["tol"],
+        "max_iter": deq["max_iter"],
+        "memory": deq["broyden_memory"],
+        "refine": spec.refine,
+    }
+
+
+def _shine_name(spec: Spec) -> list[str]:
+    return _depth_part(spec) + ([f"R{spec.refine}"] if spec.refine else [])
+
+
+def _shine_label(r: Spec) -> list[str]:
+    refine = getattr(r, "refine", 0)
+    return _depth_label(r) + ([f"R{_fmt_int(refine)}"] if not _missing(refine) and refine else [])
+
+
+register_kind(
+    EstimatorKind(
+        name="phantom_unrolled",
+        module="pipeline.core.phantom",
+        label="phantom-unrolled",
+        order=4,
+        color="tab:orange",
+        fields=frozenset({"steps", "damping", "solver"}),
+        required=frozenset({"steps"}),
+        options=_phantom_options,
+        grid=_phantom_grid,
+        name_parts=_phantom_name,
+        label_parts=_phantom_label,
+        solves=lambda spec: True,
+        description="forward solve, then S damped tracked steps x ← (1−λ)x + λΦ(x)",
+    )
+)
+register_kind(
+    EstimatorKind(
+        name="phantom_neumann",
+        module="pipeline.core.phantom",
+        label="phantom-Neumann",
+        order=5,
+        color="tab:green",
+        fields=frozenset({"steps", "damping", "solver"}),
+        required=frozenset({"steps"}),
+        options=_phantom_options,
+        grid=_phantom_grid,
+        name_parts=_phantom_name,
+        label_parts=_phantom_label,
+        solves=lambda spec: True,
+        description="forward solve, then a backward of S (damped) Neumann terms",
+    )
+)
+register_kind(
+    EstimatorKind(
+        name="shine",
+        module="pipeline.core.shine",
+        label="SHINE",
+        order=6,
+        color="tab:red",
+        fields=frozenset({"refine"}),
+        options=_shine_options,
+        name_parts=_shine_name,
+        label_parts=_shine_label,
+        solves=lambda spec: True,
+        description="Broyden forward; backward Hᵀg with Broyden's inverse (R refine steps)",
     )
 )

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.study.phases import PHASE_COLUMNS
+from pipeline.util.names import SOLVER_NAMES
 
 # The trials table's columns, in order, each with what it holds: "text", "json" (a JSON list or
 # object), "seed" or "number" (a float, NaN where a trial has none: the report reads these as
@@ -29,6 +30,13 @@ _TRIAL_SCHEMA: dict[str, str] = {
     "iterations": "number",
     # deq: the Jacobian penalty's weight (0: plain DEQ)
     "jac_reg": "number",
+    # the zoo's options (NaN / 0 / "" where the estimator has none): the phantoms' steps S and
+    # damping λ (NaN: the class default), SHINE's refine steps, a trial's own solver ("": the
+    # sweep's sweep.deq.solver)
+    "steps": "number",
+    "damping": "number",
+    "refine": "number",
+    "solver": "text",
     "seed": "seed",
     # sweep.search: tuned: the learning rate its configuration's search chose (else NaN)
     "tuned_lr": "number",
@@ -108,7 +116,19 @@ TRIAL_SCHEMA = _TRIAL_SCHEMA  # public: the trials table's contract (column -> k
 TRIAL_COLUMNS = list(_TRIAL_SCHEMA)
 # the columns that name a configuration (every seed of one arm together): the report's
 # configs table and the registry's choice of a prior's best group trials by these
-CONFIG_KEYS = ("estimator", "depth", "restarts", "restart_tol", "start", "iterations", "jac_reg")
+CONFIG_KEYS = (
+    "estimator",
+    "depth",
+    "restarts",
+    "restart_tol",
+    "start",
+    "iterations",
+    "jac_reg",
+    "steps",
+    "damping",
+    "refine",
+    "solver",
+)
 # JSON columns holding a list per trial (parsed from the trial's result)
 JSON_LIST_COLUMNS = (
     "test_psnr_per_image",
@@ -174,7 +194,9 @@ def _theta(key: str) -> bool:
 def deq_baseline(trials: Any, *, finished: bool = True, plain: bool = False) -> Any:
     """The DEQ baseline trials of a trials table (a DataFrame): DEQ started from y (the
     observation), only finished ones unless ``finished=False``; ``plain``: without Jacobian
-    regularisation (``jac_reg`` 0, missing, or absent from the table).
+    regularisation (``jac_reg`` 0, missing, or absent from the table). A DEQ with its own
+    ``solver`` (the zoo's DEQ-Broyden beside DEQ-Anderson) is a configuration compared with the
+    baseline, never the baseline: only DEQ on ``sweep.deq.solver`` (``solver`` "") is.
 
     The one definition of which trials DEQ comparisons start from: the report (its DEQ arms,
     lines and tables) and the sweep's model registry (``plain``) both select with it."""
@@ -184,6 +206,8 @@ def deq_baseline(trials: Any, *, finished: bool = True, plain: bool = False) -> 
             trials["finished"] if "finished" in trials.columns else trials["status"] == "finished"
         )
         keep &= done.astype(bool)
+    if "solver" in trials.columns:  # "", NaN or a placeholder ("-"): sweep.deq.solver
+        keep &= ~trials["solver"].map(lambda v: v in SOLVER_NAMES).astype(bool)
     if plain and "jac_reg" in trials.columns:
         keep &= trials["jac_reg"].map(_no_weight).astype(bool)
     return trials[keep]

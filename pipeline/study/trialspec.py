@@ -84,11 +84,17 @@ class DEQOptions(Strict):
     )
     solver: SolverName = Field(
         "anderson",
-        description="fixed-point solver of the forward and backward solves: fixed_point or anderson",
+        description="fixed-point solver of the forward and backward solves: fixed_point, "
+        "anderson or broyden (a trial's own solver: replaces it for that trial)",
     )
     anderson_memory: PositiveInt = Field(5, description="anderson only: past iterates mixed, >= 1")
     anderson_damping: float = Field(
         1.0, gt=0, le=1, description="anderson only: damping β in (0, 1] (1: undamped)"
+    )
+    broyden_memory: PositiveInt = Field(
+        30,
+        description="broyden (and SHINE's forward) only: rank-one pairs kept before the inverse "
+        "estimate restarts from I, >= 1",
     )
 
 
@@ -129,6 +135,28 @@ class TrialSpec(Strict):
         "point (torchdeq's jac_reg, one Hutchinson probe) added to the loss; 0: plain DEQ",
     )
 
+    steps: PositiveInt | None = Field(
+        None,
+        description="phantom_unrolled / phantom_neumann only (and required there): S, the "
+        "damped tracked steps or the Neumann terms of the phantom gradient, >= 1",
+    )
+    damping: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="phantom_unrolled / phantom_neumann only: λ in (0, 1] of the damped map "
+        "(1 − λ)x + λΦ(x) (unset: 0.5 unrolled, 1 Neumann)",
+    )
+    refine: int = Field(
+        0, ge=0, description="shine only: fixed-point iterations of the backward after Hᵀg, >= 0"
+    )
+    solver: SolverName | None = Field(
+        None,
+        description="deq / jfb / phantoms only: this trial's fixed-point solver in place of "
+        "sweep.deq.solver (a DEQ with its own solver is compared with, not used as, the DEQ "
+        "baseline)",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> TrialSpec:
         """The optional fields as the estimator's registration says: those it requires set,
@@ -137,12 +165,12 @@ class TrialSpec(Strict):
         for name in OPTIONAL_FIELDS:
             value = getattr(self, name)
             if name in kind.required and value == UNSET[name]:
-                raise Located((name,), f"an {self.estimator} trial needs {name} >= 1")
+                article = "an" if self.estimator[0] in "aeiou" else "a"
+                raise Located((name,), f"{article} {self.estimator} trial needs {name} >= 1")
             if name not in kind.fields and value != UNSET[name]:
                 users = [k.name for k in ESTIMATOR_KINDS.values() if name in k.fields]
-                raise Located(
-                    (name,), f"applies to {' and '.join(users)} trials only, not {self.estimator}"
-                )
+                who = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} and {users[-1]}"
+                raise Located((name,), f"applies to {who} trials only, not {self.estimator}")
         return self
 
     @property
@@ -176,15 +204,18 @@ class TrialPoint(TrialSpec):
 
 
 class SweepConfig(Strict):
-    """The grid. ``deq``/``jfb`` run once per prior and seed; ``rjfb`` over depths × restarts ×
-    starts × restart_tols; ``unrolled`` over ``unrolled_iterations``; ``points`` add explicit
+    """The grid. ``deq``/``jfb``/``shine`` run once per prior and seed; ``rjfb`` over depths ×
+    restarts × starts × restart_tols; ``unrolled`` over ``unrolled_iterations``; the phantoms
+    over ``phantom_steps``; ``points`` add explicit
     configurations that run with every seed; ``extra_trials`` add explicit trials (deduplicated)."""
 
     priors: list[str] = Field(
         min_length=1, description="priors of the priors section the grid runs, non-empty"
     )
     estimators: list[EstimatorName] = Field(
-        min_length=1, description="estimators the grid runs: deq, rjfb, jfb, unrolled"
+        min_length=1,
+        description="estimators the grid runs: deq, rjfb, jfb, unrolled, phantom_unrolled, "
+        "phantom_neumann, shine",
     )
     depths: list[PositiveInt] = Field(
         [1, 5, 10], min_length=1, description="rjfb: depths K, each >= 1"
@@ -201,6 +232,11 @@ class SweepConfig(Strict):
     seeds: list[Seed] = Field([0], min_length=1, description="seeds every grid point runs with")
     unrolled_iterations: list[PositiveInt] = Field(
         [20], min_length=1, description="unrolled: step counts N, each >= 1"
+    )
+    phantom_steps: list[PositiveInt] = Field(
+        [5],
+        min_length=1,
+        description="phantom_unrolled / phantom_neumann: steps S (Neumann terms), each >= 1",
     )
     points: list[TrialPoint] = Field(
         [],

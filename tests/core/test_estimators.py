@@ -487,9 +487,10 @@ def test_deq_releases_everything_after_backward():
 
     before = live_tensors()
     x = est(step, Y)
-    # What the implicit backward holds: Φ(z*) and z* (saved on the node), options, diagnostics.
+    # What the implicit backward holds: Φ(z*) and z* (saved on the node), and the backward
+    # vector (core.implicit.attach_backward), which closes over the options and diagnostics.
     fz_ref, z_ref = (weakref.ref(t) for t in x.grad_fn.saved_tensors)
-    implicit_ref = weakref.ref(x.grad_fn.implicit)
+    implicit_ref = weakref.ref(x.grad_fn.backward_vector)
     assert est.last.backward_iterations == 0
     loss = cf.loss(x, XBAR)
     g = [float(v) for v in torch.autograd.grad(loss, (log_lam, tau))]

@@ -54,6 +54,55 @@ def test_contraction_of_an_elementwise_nonlinear_map() -> None:
     assert got == pytest.approx(expected, rel=1e-12)
 
 
+def _matrix_with_singular_values(s: Tensor, seed: int) -> Tensor:
+    """A dense non-symmetric n × n float64 matrix U diag(s) Vᵀ with random orthogonal U, V."""
+    n = len(s)
+    g = _gen(seed)
+    u, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return u @ torch.diag(s) @ v.T
+
+
+def test_contraction_finds_close_top_singular_values_where_power_iteration_creeps() -> None:
+    # FB on a blur has σ₂/σ₁ ≈ 0.99 at its fixed point. Here σ = 1, 0.99, 0.98, ... down to
+    # 0.5 over 60 dimensions: a power iteration on JᵀJ gains a factor (0.99)² per step and is
+    # still ~1% low after 20 (measured 0.989); Lanczos holds the best vector of the whole Krylov
+    # space. Exact answer: 1.0 (float64 SVD of the same matrix agrees to 1e-15).
+    s = torch.cat([torch.linspace(1.0, 0.9, 11), torch.linspace(0.89, 0.5, 49)]).double()
+    a = _matrix_with_singular_values(s, 5)
+    assert float(torch.linalg.svdvals(a)[0]) == pytest.approx(1.0, abs=1e-14)
+    x = torch.zeros(1, 1, 6, 10, dtype=torch.float64)
+
+    def phi(z: Tensor) -> Tensor:
+        return (a @ z.reshape(-1)).reshape(z.shape)
+
+    # tol 1e-8: σ² within 1e-8 of an eigenvalue of JᵀJ, so σ within ~5e-9 of a singular value
+    assert contraction(phi, x, iters=60, tol=1e-8) == pytest.approx(1.0, abs=1e-8)
+    # a full-dimension Krylov space is the whole space: exact to float64 roundoff
+    assert contraction(phi, x, iters=60) == pytest.approx(1.0, abs=1e-12)
+    # every estimate is a lower bound that grows with the iterations (Ritz interlacing)
+    estimates = [contraction(phi, x, iters=k) for k in (1, 2, 5, 10, 20, 40)]
+    assert all(e <= 1.0 + 1e-12 for e in estimates)
+    assert estimates == sorted(estimates)
+
+
+def test_contraction_of_a_batch_is_the_largest_per_sample_norm() -> None:
+    # Φ acts on each sample with its own matrix (norms 0.7 and 0.95): J is block-diagonal and
+    # ‖J‖ is the larger block's norm. 24 iterations span both 12-dimensional blocks: exact.
+    mats = [
+        _matrix_with_singular_values(torch.linspace(0.7, 0.1, 12, dtype=torch.float64), 6),
+        _matrix_with_singular_values(torch.linspace(0.95, 0.2, 12, dtype=torch.float64), 7),
+    ]
+    x = torch.zeros(2, 1, 3, 4, dtype=torch.float64)
+
+    def phi(z: Tensor) -> Tensor:
+        return torch.stack([m @ zi.reshape(-1) for m, zi in zip(mats, z, strict=True)]).reshape(
+            z.shape
+        )
+
+    assert contraction(phi, x, iters=24) == pytest.approx(0.95, abs=1e-12)
+
+
 def test_contraction_is_seeded_and_leaves_no_grad() -> None:
     scheme = WaveletFB("haar", 2, prior="l12", reg_init=0.2, step_size=0.4, learn_step_size=True)
     physics = build_physics(

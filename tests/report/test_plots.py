@@ -14,6 +14,7 @@ from pipeline.report import (
     plot_cost,
     plot_depth,
     plot_histograms,
+    plot_pareto,
     plot_theta_depth,
     plot_training,
     plotting,
@@ -21,7 +22,16 @@ from pipeline.report import (
 )
 
 # every module that saves a figure, each through its own name for plotting.save_png
-SAVING = (cost, plot_cost, plot_depth, plot_histograms, plot_theta_depth, plot_training, plotting)
+SAVING = (
+    cost,
+    plot_cost,
+    plot_depth,
+    plot_histograms,
+    plot_pareto,
+    plot_theta_depth,
+    plot_training,
+    plotting,
+)
 TITLES = {
     "theta_distance_vs_depth.png": "Learned θ against DEQ's vs total depth / contraction horizon",
     "psnr_vs_depth.png": "Test PSNR at equilibrium vs truncation depth K",
@@ -37,6 +47,7 @@ TITLES = {
     ),
     "val_psnr_curves.png": "Validation PSNR vs training wall time",
     "grad_groups_vs_depth.png": "Gradient error per parameter group vs DEQ against depth K",
+    "pareto.png": plot_pareto.TITLE,
 }
 
 

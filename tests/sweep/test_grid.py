@@ -38,18 +38,19 @@ def _study(raw: dict[str, Any], root: Path = Path("/nonexistent")) -> StudyConfi
 
 def test_keys_are_stable() -> None:
     # changed once more with the pretraining crops (data.pretrain_*), TrialSpec.jac_reg and
-    # train.probe_every
+    # train.probe_every; and with the zoo's TrialSpec fields (steps, damping, refine, solver)
+    # and sweep.deq.broyden_memory (issue 24)
     grid = build_grid(_study(STUDY))
     assert {p.name: p.key for p in grid.points} == {
-        "l1-deq-s0": "15405d7ee88742b3",
-        "l1-rjfb-K2-T0-s0": "a50d4d0f2809c9e8",
-        "l1-rjfb-K2-T1-s0": "e32daa47529bb904",
-        "pnp-deq-s0": "6ee6a3da5e0e7dc9",
-        "pnp-rjfb-K2-T0-s0": "869e04f571d8fe8e",
-        "pnp-rjfb-K2-T1-s0": "5a14b571a30bd54d",
+        "l1-deq-s0": "44d7597e64e06689",
+        "l1-rjfb-K2-T0-s0": "37b690a808edb510",
+        "l1-rjfb-K2-T1-s0": "6d43eb03b84f0f9d",
+        "pnp-deq-s0": "9d0ee70dd110af00",
+        "pnp-rjfb-K2-T0-s0": "638eae6fa9409697",
+        "pnp-rjfb-K2-T1-s0": "9e99c09b099d3a07",
     }
-    assert grid.key == "11ae57a73fc0"
-    assert grid.name == "sweep-11ae57a73fc0"
+    assert grid.key == "ee090a3282c6"
+    assert grid.name == "sweep-ee090a3282c6"
 
 
 def test_grid_points_follow_the_trials_in_order() -> None:
@@ -71,6 +72,10 @@ SPEC_JSON = {
     "iterations": None,
     "seed": 0,
     "jac_reg": 0.0,
+    "steps": None,
+    "damping": None,
+    "refine": 0,
+    "solver": None,
 }
 
 
@@ -83,20 +88,20 @@ def test_tune_configs_carry_points_as_plain_values_in_their_earlier_layout() -> 
     assert point.to_tune() == {
         "trial": SPEC_JSON,
         "name": "l1-rjfb-K2-T0-s0",
-        "key": "a50d4d0f2809c9e8",
+        "key": "37b690a808edb510",
     }
     search = point.with_lr(0.02, "search")
     tuned = point.with_lr(0.02, "tuned")
     assert search.to_tune() == {
         "trial": SPEC_JSON,
         "name": "l1-rjfb-K2-T0-s0-lr0.02",
-        "key": "3ea4e1a667034211",
+        "key": "8e9265fd8e423077",
         "lr": 0.02,
         "role": "search",
     }
     assert (tuned.name, tuned.key, tuned.lr, tuned.role) == (
         point.name,
-        "920567977915e811",
+        "b35538151fa02d5e",
         0.02,
         "tuned",
     )
@@ -105,7 +110,7 @@ def test_tune_configs_carry_points_as_plain_values_in_their_earlier_layout() -> 
     assert first == {
         "trial": SPEC_JSON,
         "name": "l1-rjfb-K2-T0-search",
-        "key": "a50d4d0f2809c9e8",
+        "key": "37b690a808edb510",
         "config": "l1-rjfb-K2-T0",
     }
     chained = GridPoint(point.spec, point.name, point.key, inits={"sigma_init": [0.1, 0.2]})
