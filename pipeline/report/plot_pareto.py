@@ -23,19 +23,41 @@ _AXIS = {
     "theta_dist_all": "θ distance to DEQ (DEQ movements)",
 }
 _FALLBACK = ["tab:blue", "tab:cyan", "navy", "tab:olive", "tab:pink", "tab:brown"]
+_MARKERS = ["o", "D", "s", "^", "v"]
 
 
-def _colors(p: pd.DataFrame) -> dict[str, Any]:
-    """One colour per configuration: its estimator's, else a cycle (rJFB's configurations)."""
-    out: dict[str, Any] = {}
+def _styles(p: pd.DataFrame) -> dict[str, tuple[Any, str]]:
+    """One (colour, marker) per configuration: its estimator's colour, else a cycle (rJFB's
+    configurations); within a prior, a configuration whose colour is taken already
+    (DEQ-Broyden beside DEQ) gets the next marker, so no two of a panel look alike."""
+    out: dict[str, tuple[Any, str]] = {}
     i = 0
-    for r in p.itertuples(index=False):
-        if r.label not in out:
+    for _, g in p.groupby("prior", sort=False):
+        used: dict[Any, int] = {}
+        for r in g.itertuples(index=False):
             c = estimator_color(r.estimator)
             if c is None:
                 c, i = _FALLBACK[i % len(_FALLBACK)], i + 1
-            out[r.label] = c
+            n = used.get(c, 0)
+            used[c] = n + 1
+            out.setdefault(r.label, (c, _MARKERS[n % len(_MARKERS)]))
     return out
+
+
+def _log_axis(ax: Any, values: np.ndarray) -> None:
+    """A log x axis labelled in plain numbers; within about a decade (where the default
+    labels every minor tick on top of each other, or none at all) also at 2 and 5 × 10^k
+    (within two decades)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    lo, hi = float(np.min(values)), float(np.max(values))
+    narrow = lo > 0 and hi / lo < 100
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(plain if narrow else NullFormatter())
+    ax.tick_params(axis="x", which="both", labelsize=7.5)
 
 
 def pareto_figure(p: pd.DataFrame) -> Any:
@@ -45,7 +67,7 @@ def pareto_figure(p: pd.DataFrame) -> Any:
     order, and ring markers on the front's points."""
     priors = list(dict.fromkeys(p["prior"]))
     fig, axes = new_figure(len(priors), len(FRONTS), 3.6, 3.0)
-    colors = _colors(p)
+    styles = _styles(p)
     for i, prior in enumerate(priors):
         g = p[p["prior"] == prior]
         for j, (name, cost, quality, _) in enumerate(FRONTS):
@@ -56,14 +78,15 @@ def pareto_figure(p: pd.DataFrame) -> Any:
                 empty_axis(ax, title, "no finished configuration\nwith this measure")
                 continue
             for _, r in g[ok].iterrows():
-                ax.scatter([r[cost]], [r[quality]], color=colors[r["label"]], s=36,
+                color, marker = styles[r["label"]]
+                ax.scatter([r[cost]], [r[quality]], color=color, marker=marker, s=36,
                            label=r["label"], zorder=3)  # fmt: skip
             front = g[g[f"front_{name}"]].sort_values(cost, kind="stable")
             ax.plot(front[cost], front[quality], color="0.3", lw=1.0, ls="--", label="front",
                     zorder=2)  # fmt: skip
             ax.scatter(front[cost], front[quality], s=130, facecolors="none", edgecolors="k",
                        linewidths=1.2, label="on the front", zorder=4)  # fmt: skip
-            ax.set_xscale("log")
+            _log_axis(ax, g[cost].to_numpy(float)[ok])
             ax.set_title(title, fontsize=9.5)
             ax.set_xlabel(_AXIS[cost], fontsize=8.5)
             ax.set_ylabel(_AXIS[quality], fontsize=8.5)
@@ -71,7 +94,7 @@ def pareto_figure(p: pd.DataFrame) -> Any:
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], color=c, marker="o", ls="", label=lab) for lab, c in colors.items()
+        Line2D([], [], color=c, marker=m, ls="", label=lab) for lab, (c, m) in styles.items()
     ] + [
         Line2D([], [], color="k", marker="o", mfc="none", ms=10, ls="", label="on the front"),
     ]

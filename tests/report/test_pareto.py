@@ -4,6 +4,7 @@ report's section and fidelity table."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -157,3 +158,36 @@ def test_fidelity_table_per_group_and_the_report_section() -> None:
     assert "- On the front of time per step vs test PSNR: DEQ, JFB, phantom-Neumann S5." in md
     assert "| w | phantom-Neumann S5 | 0.800 / 0.5 / 0.75 | undef. / 4 / — |" in md
     assert zoo_section(None, None) == []
+
+
+def test_configurations_of_one_estimator_get_distinct_markers() -> None:
+    # DEQ-Broyden shares DEQ's estimator colour: it must not look like DEQ (the zoo run's plot
+    # drew both as black dots); a log axis within a decade gets readable labels that do not
+    # overlap (matplotlib's default labelled every minor tick on top of each other)
+    p = pareto_table(_table())
+    deq = p[p["label"] == "DEQ"].assign(label="DEQ broyden", seconds_per_step=0.5)
+    fig = pareto_figure(pd.concat([p, deq], ignore_index=True))
+    ax = fig.axes[0]
+    shapes = {
+        c.get_label(): c.get_paths()[0].vertices.round(3).tobytes()
+        for c in ax.collections
+        if c.get_label() in ("DEQ", "DEQ broyden")
+    }
+    assert len(shapes) == 2 and shapes["DEQ"] != shapes["DEQ broyden"]
+    legend = {h.get_label(): h.get_marker() for h in fig.legends[0].legend_handles}
+    assert legend["DEQ"] == "o" and legend["DEQ broyden"] == "D"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # the report's figures have no canvas of their own
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    shown = [
+        t
+        for t in ax.xaxis.get_majorticklabels() + ax.xaxis.get_minorticklabels()
+        if t.get_visible()
+        and t.get_text()
+        and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]
+    ]
+    boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.x0)
+    assert len(boxes) >= 2  # a narrow log axis is labelled (here 0.05 to 0.5 s)
+    assert all(a.x1 <= b.x0 for a, b in itertools.pairwise(boxes))  # no two labels overlap
