@@ -1,6 +1,6 @@
 """Measurements on schemes: local contraction factor, gradient fidelity, PSNR.
 
-    gamma = contraction(block(step, 1), x_star, iters=20)       # γ̂ ≈ ‖J_T(x*)‖₂
+    gamma = contraction(block(step, 1), x_star, iters=60, tol=1e-4)  # γ̂ ≈ ‖J_T(x*)‖₂
     g = gradient(loss_fn, make_estimator("rjfb", depth=5), step, y, params)
     g_ref = gradient(loss_fn, make_estimator("deq"), step, y, params)
     cosine, rel_err = compare(g, g_ref)

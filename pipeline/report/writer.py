@@ -40,6 +40,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from pipeline.study.config import ReportConfig
 
 
+# the tables the report writes, each as ``<name>.parquet`` beside ablation.md and metrics.json
+# (dvc.yaml declares each; the security tests allow exactly these files in a report folder)
+REPORT_TABLES = ("configs", "baselines", "restart_gain", "start_gain", "pareto", "fidelity")
+
+
 def write_report(
     trials: pd.DataFrame,
     history: pd.DataFrame | None,
@@ -88,14 +93,13 @@ def write_report(
     if sweep_timing:
         metrics["sweep_timing"] = dict(sweep_timing)
     metrics = jsonio.strict(metrics)
-    tables = {
-        "configs": configs,
-        "baselines": baselines,
-        "restart_gain": gains,
-        "start_gain": starts,
-        "pareto": pareto,
-        "fidelity": fidelity_table(t),
-    }
+    tables = dict(
+        zip(
+            REPORT_TABLES,
+            (configs, baselines, gains, starts, pareto, fidelity_table(t)),
+            strict=True,
+        )
+    )
     _write_atomically(Path(out_dir), t, h, ttq.loc[t.index], tables, metrics, cfg)
     return metrics
 

@@ -514,6 +514,7 @@ def test_report_over_a_hostile_trials_table(tmp_path: Path) -> None:
     from helpers import tree
 
     from pipeline.report import write_report
+    from pipeline.report.writer import REPORT_TABLES
     from pipeline.study.config import ReportConfig
     from pipeline.study.tables import TRIAL_COLUMNS
 
@@ -560,9 +561,7 @@ def test_report_over_a_hostile_trials_table(tmp_path: Path) -> None:
         "reports",
         "reports/ablation.md",
         "reports/metrics.json",
-        "reports/configs.parquet",
-        "reports/baselines.parquet",
-        "reports/restart_gain.parquet",
-        "reports/start_gain.parquet",
         "reports/plots",
-    } | {f"reports/plots/{p.name}" for p in (out / "plots").iterdir()}
+    } | {f"reports/{name}.parquet" for name in REPORT_TABLES} | {
+        f"reports/plots/{p.name}" for p in (out / "plots").iterdir()
+    }
