@@ -26,6 +26,7 @@ from pipeline.report.common import (
 from pipeline.report.confidence import VERDICTS
 from pipeline.report.configs import REFERENCE
 from pipeline.report.tables import deep_rows, deq_candidates, deq_rows, rjfb_rows
+from pipeline.study.tables import CONFIG_KEYS
 
 
 def _contraction(p: pd.DataFrame) -> dict[str, Any]:
@@ -197,12 +198,7 @@ def overall_verdict(verdicts: list[str]) -> str | None:
 
 def _config_entry(r: pd.Series) -> dict[str, Any]:
     keep = [
-        "estimator",
-        "depth",
-        "restarts",
-        "restart_tol",
-        "start",
-        "iterations",
+        *CONFIG_KEYS,  # what names the configuration: the zoo's steps, damping, solver too
         "n_seeds",
         "n_pairs",
         "verdict",
