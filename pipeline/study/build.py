@@ -24,7 +24,7 @@ from pipeline.core.denoisers import build_denoiser
 from pipeline.core.estimators import Estimator, make_estimator
 from pipeline.core.schemes import PnPFB, Scheme, WaveletFB
 from pipeline.study.config import PnPPrior, PriorConfig, StudyConfig, TrialSpec, WaveletPrior
-from pipeline.study.estimators import get_kind
+from pipeline.study.estimators import DEQ, get_kind
 from pipeline.util.errors import ConfigError, UserError
 
 # (prior config, study, spec, channels, lipschitz=L or None) -> scheme
@@ -182,7 +182,7 @@ def check_denoisers(study: StudyConfig, channels: int, priors: list[str] | None 
         prior = study.priors[name]
         if not isinstance(prior, PnPPrior):
             continue
-        spec = TrialSpec(prior=name, estimator="deq")
+        spec = TrialSpec(prior=name, estimator=DEQ)
         try:
             build_scheme(study, name, spec, channels)
         except ValueError as err:

@@ -279,9 +279,12 @@ def _unrolled_name(spec: Spec) -> list[str]:
     return [f"N{spec.iterations}", *_depth_part(spec)]
 
 
+# the exact estimator every configuration is compared with
+DEQ = "deq"
+
 register_kind(
     EstimatorKind(
-        name="deq",
+        name=DEQ,
         label="DEQ",
         order=0,
         color="black",

@@ -20,7 +20,7 @@ import torch
 
 from pipeline.core.probes import psnr
 from pipeline.study.config import StudyConfig, TrialSpec
-from pipeline.study.estimators import iterations_at_depth
+from pipeline.study.estimators import DEQ, iterations_at_depth
 from pipeline.study.phases import PhaseTimer
 from pipeline.study.tables import check_trial_keys
 from pipeline.study.trial_loop import (
@@ -153,7 +153,7 @@ def run_trial(
     extra: dict[str, float] = {"initial_val_psnr": trial.initial_val_psnr}
     if trial.backward_steps:  # DEQ: steps whose implicit backward missed backward_tol
         extra["backward_unconverged_frac"] = trial.backward_unconverged / trial.backward_steps
-    undefined = undefined_epoch(trial.history) if spec.estimator == "deq" else math.nan
+    undefined = undefined_epoch(trial.history) if spec.estimator == DEQ else math.nan
     if math.isfinite(undefined):  # left out otherwise: the table's NaN (no NaN metric logged)
         extra["deq_undefined_epoch"] = undefined
     if status != "finished":

@@ -22,7 +22,7 @@ from pipeline.core.solvers import anderson
 from pipeline.study.build import build_estimator, build_scheme, resolve_device
 from pipeline.study.config import StudyConfig, TrialSpec
 from pipeline.study.data import observe
-from pipeline.study.estimators import get_kind
+from pipeline.study.estimators import DEQ, get_kind
 from pipeline.study.tables import fixed_point_free_groups
 
 # the Lanczos caps of the probes' contraction estimates: one step (γ̂) and the K-block (γ̂_K)
@@ -340,7 +340,7 @@ class Trial:
 
         # the baseline's DEQ: on sweep.deq.solver, whatever solver this trial's own DEQ uses
         reference = build_estimator(
-            self.study, self.spec.model_copy(update={"estimator": "deq", "solver": None})
+            self.study, self.spec.model_copy(update={"estimator": DEQ, "solver": None})
         )
         g = grad_of(self.estimator, True)
         if self.is_own_reference(reference):
@@ -372,11 +372,12 @@ class Trial:
         # the seeded random vector, so a probe's γ̂ does not depend on the previous one's
         gamma = probes.contraction(block(step, 1), x_star, iters=GAMMA_ITERS, seed=0, tol=1e-4)
         depth = self.spec.depth  # the K-block the estimator differentiates
-        gamma_k = (
-            gamma
-            if depth == 1
-            else probes.contraction(block(step, depth), x_star, iters=GAMMA_K_ITERS, tol=1e-4)
-        )
+        gamma_k: dict[str, float] = {}
+        if depth == 1:
+            gamma_k["gamma_hat_k"] = gamma
+        elif self.measures_gamma_k():
+            phi = block(step, depth)
+            gamma_k["gamma_hat_k"] = probes.contraction(phi, x_star, iters=GAMMA_K_ITERS, tol=1e-4)
         # per group: cos / sign_agree (null where undefined), rel_err, ‖g‖ and ‖g_DEQ‖ (their
         # ratio is what the report shows for an undefined group), and why it is undefined
         self.grad_groups = {
@@ -394,10 +395,18 @@ class Trial:
             "grad_cos_min_group_vs_deq": cos_min if math.isfinite(cos_min) else 1.0,
             "grad_sign_agree_vs_deq": _finite(probes.sign_agreement(g, g_ref), 1.0),
             "gamma_hat": gamma,
-            "gamma_hat_k": gamma_k,
+            **gamma_k,
             "probe_ref_residual": _finite(ref_diag.residual, 0.0),
             "probe_ref_backward_residual": _finite(ref_diag.backward_residual, 0.0),
         }
+
+    def measures_gamma_k(self) -> bool:
+        """Whether this epoch's probes estimate γ̂_K (the K-block's norm: K steps per Lanczos
+        iteration, 60% of a wl12 K10 trial's probe time): at the last epoch, whose value the
+        trials table reports, and at every probed epoch of a DEQ trial, whose history dates
+        the first epoch without a contracting block (``trial.undefined_epoch``). Nothing else
+        reads an earlier epoch's γ̂_K."""
+        return self.epoch >= self.cfg.epochs or self.spec.estimator == DEQ
 
     def is_own_reference(self, reference: Estimator) -> bool:
         """Whether the probes' DEQ reference computes what the trial's own estimator does on

@@ -21,14 +21,21 @@ _received: list[int] = []  # the signal that interrupted this process, once one 
 
 
 def terminate_as_interrupt() -> None:
-    """SIGTERM raises SIGINT in this process (main thread only; elsewhere nothing changes).
+    """SIGTERM raises SIGINT in this process (main thread only; elsewhere nothing changes), or
+    ``KeyboardInterrupt`` where SIGINT has no Python handler (ignored or C's default).
 
     Call it again after anything that installs its own SIGTERM handler: ``ray.init`` does (its
     handler exits without unwinding)."""
 
     def on_term(signum: int, frame: object) -> None:
         _received.append(signum)
-        signal.raise_signal(signal.SIGINT)
+        if callable(signal.getsignal(signal.SIGINT)):
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C's own path (Tune's graceful stop)
+        else:
+            # SIGINT ignored (a background job of a non-interactive shell, e.g. a script's
+            # `dvc repro &`) or C's default: raising it would be dropped, or kill without
+            # unwinding, so SIGTERM would not stop the stage cleanly
+            raise KeyboardInterrupt
 
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGTERM, on_term)

@@ -118,6 +118,37 @@ def test_contraction_is_seeded_and_leaves_no_grad() -> None:
     assert 0 < first <= 1 + 1e-6
 
 
+def test_contraction_of_a_wavelet_block_is_its_jacobian_norm() -> None:
+    # the products come from autograd's double backward (Jv as the gradient of w ↦ Jᵀw): on a
+    # 2-block of wavelet FB at an 8×8 point, 64 iterations span the whole space, so the result
+    # is ‖J‖₂ of the dense Jacobian (float64 SVD) to roundoff
+    scheme = WaveletFB("haar", 2, prior="l12", reg_init=0.05, step_size=0.8).double()
+    physics = build_physics(
+        "blur", (1, 8, 8), noise_sigma=0.0, blur_kernel=torch.ones(1, 1, 3, 3).double() / 9
+    )
+    y = physics(torch.rand(1, 1, 8, 8, generator=_gen(9), dtype=torch.float64))
+    phi = block(scheme.bind(y, physics), 2)
+    x = phi(phi(y)).detach()
+    dense = torch.autograd.functional.jacobian(lambda z: phi(z.reshape(x.shape)).reshape(-1), x)
+    exact = float(torch.linalg.svdvals(dense.reshape(64, 64))[0])
+    assert contraction(phi, x, iters=64) == pytest.approx(exact, abs=1e-10)
+    assert all(p.grad is None for p in scheme.parameters())
+
+
+def test_contraction_with_learned_parameters_writes_no_grad_and_zero_jacobian_is_zero() -> None:
+    lin = torch.nn.Linear(6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(
+            _matrix_with_singular_values(torch.linspace(0.8, 0.1, 6, dtype=torch.float64), 3)
+        )
+    x = torch.zeros(1, 6, dtype=torch.float64)
+    assert contraction(lin, x, iters=6) == pytest.approx(0.8, abs=1e-12)
+    assert lin.weight.grad is None and lin.bias.grad is None
+    # Φ constant in x (it depends on a parameter only), and Φ depending on nothing: ‖J‖ = 0
+    assert contraction(lambda z: lin.bias.expand_as(z), x, iters=3) == 0.0
+    assert contraction(lambda z: torch.ones_like(z), x, iters=3) == 0.0
+
+
 def _setup(dtype: torch.dtype = torch.float64):
     scheme = WaveletFB("haar", 2, prior="weighted_l1", reg_init=0.1, step_size=0.5).to(dtype)
     physics = build_physics("denoising", (1, 16, 16), noise_sigma=0.0)

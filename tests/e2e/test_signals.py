@@ -36,12 +36,27 @@ def _study(root: Path, **changes: dict) -> Path:
 
 
 def _interrupt(
-    args: list[str], cwd: Path, log: Path, ready: Callable[[], bool], sig: int, timeout_s: float
+    args: list[str],
+    cwd: Path,
+    log: Path,
+    ready: Callable[[], bool],
+    sig: int,
+    timeout_s: float,
+    sigint_ignored: bool = False,
 ) -> tuple[int, str]:
     """Run ``python -m *args`` in ``cwd``; once ``ready()``, send ``sig`` to its process (not its
-    group: only the stage is told); return its exit status and output."""
+    group: only the stage is told); return its exit status and output. ``sigint_ignored``:
+    started as a non-interactive shell starts a background job (``cmd &``), SIGINT ignored
+    (kept through ``exec``)."""
     env = base_env(PYTHONPATH=str(REPO), RAY_ADDRESS="")
-    proc = ProcessGroup([sys.executable, "-m", *args], env, log, cwd=cwd)
+    cmd = [sys.executable, "-m", *args]
+    if sigint_ignored:
+        exec_ignoring = (
+            "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "os.execv(sys.executable, sys.argv[1:])"
+        )
+        cmd = [sys.executable, "-c", exec_ignoring, *cmd]
+    proc = ProcessGroup(cmd, env, log, cwd=cwd)
     try:
         deadline = time.monotonic() + timeout_s
         while not ready():
@@ -60,8 +75,16 @@ def _last_line(output: str) -> str:
     return lines[-1] if lines else ""
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_prepare_interrupted_leaves_no_scratch(tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize(
+    ("sig", "sigint_ignored"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)],
+    ids=["sigterm", "sigint", "sigterm-as-background-job"],
+)
+def test_prepare_interrupted_leaves_no_scratch(
+    tmp_path: Path, sig: int, sigint_ignored: bool
+) -> None:
+    # sigterm-as-background-job: before, SIGTERM was turned into an ignored SIGINT and the
+    # stage ran on to its end (exit 0, outputs written)
     root = _study(tmp_path / "s", data={"patches_per_image": 400, "patch_size": 64})
     out = root / "data" / "prepared"
     out.parent.mkdir(parents=True)
@@ -76,6 +99,7 @@ def test_prepare_interrupted_leaves_no_scratch(tmp_path: Path, sig: int) -> None
         lambda: bool(scratch()),
         sig,
         120,
+        sigint_ignored=sigint_ignored,
     )
     assert code == EXIT[sig], output
     assert _last_line(output) == "interrupted", output

@@ -369,3 +369,20 @@ def test_probe_every_skips_middle_epochs_without_changing_any_result(root: Path)
     assert all("grad_cos_vs_deq" in row for row in a.history)
     for ra, rb in zip(a.history, b.history, strict=True):
         assert timeless({k: v for k, v in ra.items() if k in rb}) == timeless(rb)
+
+
+def test_gamma_k_is_measured_where_it_is_read(root: Path) -> None:
+    # γ̂_K (K steps per Lanczos iteration) at the last epoch, which the trials table reports,
+    # and at every probed epoch of DEQ, whose history dates an undefined equilibrium
+    every = {**PNP, "train": {**PNP["train"], "epochs": 3, "probe_every": 1}}
+    study = make_study(root, a=every)
+    rjfb = run_trial(study, TrialSpec(prior="a", estimator="rjfb", depth=2), root / "prepared")
+    deq = run_trial(study, TrialSpec(prior="a", estimator="deq", depth=2), root / "prepared")
+    assert ["gamma_hat_k" in row for row in rjfb.history] == [False, False, True]
+    assert all("gamma_hat_k" in row for row in deq.history)
+    for res in (rjfb, deq):
+        assert all("gamma_hat" in row for row in res.history)
+        assert 0 < res.metrics["gamma_hat_k"] == res.history[-1]["gamma_hat_k"]
+    # one step: γ̂_K is γ̂, free, at every probed epoch
+    one = run_trial(study, TrialSpec(prior="a", estimator="rjfb", depth=1), root / "prepared")
+    assert all(row["gamma_hat_k"] == row["gamma_hat"] for row in one.history)
