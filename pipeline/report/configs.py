@@ -100,6 +100,10 @@ CONFIG_COLUMNS = (
     "initial_val_psnr_mean",
     "val_psnr_gain_mean",
     "training_worsened",
+    # seeds whose test solve ended at or above train.eval_tol (no equilibrium reached within
+    # eval_max_iter: the "PSNR at equilibrium" is the last iterate), and the largest residual
+    "n_seeds_no_equilibrium",
+    "test_eq_residual_max",
     "note",
 )
 
@@ -411,6 +415,7 @@ def config_table(
         "n_pairs_at_depth",
         "n_seeds_time_to_quality",
         "n_seeds_theta",
+        "n_seeds_no_equilibrium",
     ):
         out[c] = out[c].astype("int64")
     for c in ("deq_reliable", "training_worsened"):
@@ -469,6 +474,7 @@ def _arm_and_training(
     else:
         deq_arm = "; ".join(f"{a} (seed {', '.join(s)})" for a, s in arms.items())
     und, ratio = undefined_groups(fin)
+    unreached, residual_max = no_equilibrium(fin)
     initial = fin["initial_val_psnr"].to_numpy(dtype=float)
     final = fin["final_val_psnr"].to_numpy(dtype=float)
     gain = final - initial
@@ -481,10 +487,27 @@ def _arm_and_training(
         "val_psnr_gain_mean": float(gain[ok].mean()) if ok.any() else math.nan,
         # "training made it worse": the mean over seeds ended below the initial θ
         "training_worsened": bool(gain[ok].mean() < 0) if ok.any() else None,
+        "n_seeds_no_equilibrium": unreached,
+        "test_eq_residual_max": residual_max,
         "grad_cos_min_group_mean": _mean(
             pd.Series([group_cos_min(r) for _, r in fin.iterrows()], dtype=float)
         ),
     }
+
+
+def no_equilibrium(fin: pd.DataFrame) -> tuple[int, float]:
+    """(seeds whose test solve ended at or above their ``eval_tol``, the largest test residual)
+    over the finished trials ``fin``: a solve that stops at ``eval_max_iter`` above the
+    tolerance found no fixed point (a scheme that does not contract on some test images), so
+    its PSNR is that of the last iterate. (0, NaN) when the table records no residuals."""
+    if "test_eq_residual" not in fin.columns or "eval_tol" not in fin.columns:
+        return 0, math.nan
+    res = fin["test_eq_residual"].to_numpy(dtype=float)
+    tol = fin["eval_tol"].to_numpy(dtype=float)
+    ok = np.isfinite(res) & np.isfinite(tol)
+    if not ok.any():
+        return 0, math.nan
+    return int((res[ok] >= tol[ok]).sum()), float(res[ok].max())
 
 
 def _config_row(

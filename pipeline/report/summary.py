@@ -52,6 +52,7 @@ def summary_lines(
         *_no_restart(cmp, per),
         *_restart_gain(metrics.get("restart_gain", [])),
         *_training_worse(cmp),
+        *_no_equilibrium(cmp),
         *_undefined_groups(cmp),
         *_time_to_quality(cmp, per, cfg.quality_margin_db, has_history),
         *_gradient_fidelity(rj),
@@ -396,6 +397,29 @@ def _first(s: pd.Series) -> float:
     v = s.to_numpy(dtype=float)
     v = v[np.isfinite(v)]
     return float(v[0]) if len(v) else math.nan
+
+
+def _no_equilibrium(cmp: pd.DataFrame) -> list[str]:
+    """Configurations with a seed whose test solve found no fixed point within
+    ``eval_max_iter`` (``n_seeds_no_equilibrium``): their PSNR at equilibrium, and its verdict,
+    are about the last iterate."""
+    col = "n_seeds_no_equilibrium"
+    if col not in cmp.columns:
+        return []
+    bad = cmp[cmp[col].fillna(0) > 0]
+    if bad.empty:
+        return []
+    parts = "; ".join(
+        f"{r['prior']} {r['label']} ({int(r[col])}/{int(r['n_seeds'])} seeds, residual up to "
+        f"{r['test_eq_residual_max']:.1e})"
+        for _, r in bad.iterrows()
+    )
+    return [
+        "- **No equilibrium reached** (a test solve ended at or above `train.eval_tol` after "
+        "`eval_max_iter` iterations: on some test images the trained scheme contracts too "
+        "slowly or not at all, and *PSNR eq.* is the last iterate, not a fixed point): "
+        f"{parts}."
+    ]
 
 
 def _training_worse(cmp: pd.DataFrame) -> list[str]:

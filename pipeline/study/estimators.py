@@ -398,13 +398,15 @@ def _shine_label(r: Spec) -> list[str]:
     return _depth_label(r) + ([f"R{_fmt_int(refine)}"] if not _missing(refine) and refine else [])
 
 
-register_kind(
-    EstimatorKind(
-        name="phantom_unrolled",
+def _phantom_kind(name: str, label: str, order: int, color: str, description: str) -> EstimatorKind:
+    """A phantom gradient (``core.phantom``): the forward solve, then S tracked steps or
+    Neumann terms (``steps``, ``damping``); the two kinds differ only in what they show."""
+    return EstimatorKind(
+        name=name,
         module="pipeline.core.phantom",
-        label="phantom-unrolled",
-        order=4,
-        color="tab:orange",
+        label=label,
+        order=order,
+        color=color,
         fields=frozenset({"steps", "damping", "solver"}),
         required=frozenset({"steps"}),
         options=_phantom_options,
@@ -412,24 +414,26 @@ register_kind(
         name_parts=_phantom_name,
         label_parts=_phantom_label,
         solves=lambda spec: True,
-        description="forward solve, then S damped tracked steps x ← (1−λ)x + λΦ(x)",
+        description=description,
+    )
+
+
+register_kind(
+    _phantom_kind(
+        "phantom_unrolled",
+        "phantom-unrolled",
+        4,
+        "tab:orange",
+        "forward solve, then S damped tracked steps x ← (1−λ)x + λΦ(x)",
     )
 )
 register_kind(
-    EstimatorKind(
-        name="phantom_neumann",
-        module="pipeline.core.phantom",
-        label="phantom-Neumann",
-        order=5,
-        color="tab:green",
-        fields=frozenset({"steps", "damping", "solver"}),
-        required=frozenset({"steps"}),
-        options=_phantom_options,
-        grid=_phantom_grid,
-        name_parts=_phantom_name,
-        label_parts=_phantom_label,
-        solves=lambda spec: True,
-        description="forward solve, then a backward of S (damped) Neumann terms",
+    _phantom_kind(
+        "phantom_neumann",
+        "phantom-Neumann",
+        5,
+        "tab:green",
+        "forward solve, then a backward of S (damped) Neumann terms",
     )
 )
 register_kind(

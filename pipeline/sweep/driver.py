@@ -38,7 +38,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -614,9 +614,24 @@ def _end_attempt(attempt: Attempt, err: BaseException) -> None:
     status = "KILLED" if interrupted else "FAILED"
     why = "interrupted" if interrupted else f"{type(err).__name__}: {err}"
     c, parent = attempt.client, attempt.parent_run_id
-    with contextlib.suppress(Exception):
-        tracking.close_children(c, attempt.experiment_id, parent, status, why)
-        tracking.finish(c, parent, "interrupted" if interrupted else "failed", why, status)
+    # each on its own: the trials' workers end their runs at the same moment, and a store
+    # error in closing the children (SQLite busy) must not leave the parent RUNNING
+    _retried(lambda: tracking.close_children(c, attempt.experiment_id, parent, status, why))
+    _retried(
+        lambda: tracking.finish(c, parent, "interrupted" if interrupted else "failed", why, status)
+    )
+
+
+def _retried(write: Callable[[], Any], tries: int = 3, wait_s: float = 0.5) -> None:
+    """``write()``, tried again after ``wait_s`` when the store raises; the last error is
+    dropped (the attempt is already ending on another error, which is the one to report)."""
+    for attempt in range(tries):
+        try:
+            write()
+            return
+        except Exception:  # any store error: try again, then give up quietly
+            if attempt + 1 < tries:
+                time.sleep(wait_s)
 
 
 # --------------------------------------------------------------------------- collect

@@ -161,3 +161,28 @@ def test_an_unreliable_deq_baseline_is_flagged_in_every_verdict(tmp_path, why):
     if why == "backward_unconverged_frac":
         lax = write_report(*tables, tmp_path / "lax", ReportConfig(deq_unreliable_frac=0.5))
         assert lax["priors"]["pnp_blur"]["deq_reliable"] is True
+
+
+def test_configurations_without_an_equilibrium_are_named(tmp_path, seeded_report):
+    # rJFB K1 T0's test solves stopped above eval_tol on seeds 0 and 2 (one exactly at it: a
+    # solve converges below its tolerance); every other solve converged
+    trials, history = seeded_tables()
+    trials["eval_tol"] = 1e-4
+    trials["test_eq_residual"] = 5e-5
+    k1 = trials["name"].str.contains("-K1-T0-")
+    trials.loc[k1 & (trials["seed"] == 0), "test_eq_residual"] = 3e-2
+    trials.loc[k1 & (trials["seed"] == 2), "test_eq_residual"] = 1e-4
+    write_report(trials, history, tmp_path, CFG)
+    c = read_configs(tmp_path)
+    r = config_row(c, "pnp_blur", "rJFB K1 T0")
+    assert r["n_seeds_no_equilibrium"] == 2 and r["test_eq_residual_max"] == pytest.approx(3e-2)
+    others = c[c["label"] != "rJFB K1 T0"]
+    assert (others["n_seeds_no_equilibrium"] == 0).all()
+    assert others["test_eq_residual_max"].tolist() == pytest.approx([5e-5] * len(others))
+    summary = md_section((tmp_path / "ablation.md").read_text(), "Summary")
+    line = next(ln for ln in summary.splitlines() if "**No equilibrium reached**" in ln)
+    assert line.endswith(": pnp_blur rJFB K1 T0 (2/3 seeds, residual up to 3.0e-02).")
+    # a table without the residuals (an older sweep) claims nothing
+    _, _, md, old = seeded_report
+    assert (old["n_seeds_no_equilibrium"] == 0).all()
+    assert "No equilibrium" not in md
