@@ -175,3 +175,39 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
         main(argv)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_measure_runs_every_case_each_repetition_in_a_seeded_shuffled_order() -> None:
+    # a rotating order put each case behind the same predecessor every time (a bias of up to
+    # 12% on a row that followed a large one); the order is now shuffled per repetition, and
+    # seeded, so two runs time the cases in the same orders
+    from pipeline.tools.bench_base import Case, Config
+    from pipeline.tools.bench_timing import measure
+
+    def run() -> list[list[int]]:
+        ran: list[int] = []
+        cases = []
+        for i in range(4):
+            p = torch.ones(1, requires_grad=True)
+            cases.append(
+                Case(
+                    "torch-floor",
+                    Config("unrolled", depth=1),
+                    [p],
+                    forward=lambda i=i, p=p: (ran.append(i), p.sum())[1],
+                    backward=lambda loss: loss.backward(),
+                    to_ref=lambda g: torch.cat(g).double(),
+                    counts=lambda: (1, 0),
+                )
+            )
+        measure(cases, torch.device("cpu"), repeats=6, warmup=1)
+        assert all(len(c.times) == 6 for c in cases)
+        # the diagnostic step runs each case once first, in list order; then 7 repetitions
+        assert ran[:4] == [0, 1, 2, 3]
+        return [ran[4 + 4 * r : 8 + 4 * r] for r in range(7)]
+
+    orders = run()
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders)
+    predecessors = {o[o.index(2) - 1] if o.index(2) else None for o in orders}
+    assert len(predecessors) > 1  # case 2 did not always follow the same case
+    assert run() == orders
