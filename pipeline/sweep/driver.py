@@ -625,12 +625,12 @@ def _end_attempt(attempt: Attempt, err: BaseException) -> None:
 def _retried(write: Callable[[], Any], tries: int = 3, wait_s: float = 0.5) -> None:
     """``write()``, tried again after ``wait_s`` when the store raises; the last error is
     dropped (the attempt is already ending on another error, which is the one to report)."""
-    for attempt in range(tries):
+    for i in range(tries):
         try:
             write()
             return
         except Exception:  # any store error: try again, then give up quietly
-            if attempt + 1 < tries:
+            if i + 1 < tries:
                 time.sleep(wait_s)
 
 
