@@ -145,7 +145,8 @@ def baseline_table(t: pd.DataFrame, tol: float) -> pd.DataFrame:
             d = _pair(psnr[p][str(seed)], obs)
             if d is not None:
                 obs_diffs[str(seed)] = d
-        row["observation_psnr_mean"] = float(np.nanmean(obs_means)) if obs_means else math.nan
+        seen = [m for m in obs_means if math.isfinite(m)]  # a table without the observation's
+        row["observation_psnr_mean"] = float(np.mean(seen)) if seen else math.nan
         ci = _interval(obs_diffs)
         row.update(
             delta_vs_observation_mean=ci.mean,

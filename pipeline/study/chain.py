@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pipeline.study.config import StudyConfig, TrialSpec
+from pipeline.study.estimators import DEQ
 
 FALLBACK = {"estimator": "rjfb", "depth": 10, "restarts": 25}
 
@@ -87,7 +88,7 @@ def source_row(
 
 def plain_deq(row: Mapping[str, Any]) -> bool:
     """A DEQ trial without Jacobian regularisation (older tables have no jac_reg column)."""
-    if row.get("estimator") != "deq":
+    if row.get("estimator") != DEQ:
         return False
     weight = _num(row.get("jac_reg"))
     return weight is None or not math.isfinite(weight) or weight == 0

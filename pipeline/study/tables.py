@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.study.estimators import DEQ
 from pipeline.study.phases import PHASE_COLUMNS
 from pipeline.util.names import SOLVER_NAMES
 
@@ -200,7 +201,7 @@ def deq_baseline(trials: Any, *, finished: bool = True, plain: bool = False) -> 
 
     The one definition of which trials DEQ comparisons start from: the report (its DEQ arms,
     lines and tables) and the sweep's model registry (``plain``) both select with it."""
-    keep = (trials["estimator"] == "deq") & (trials["start"] == "y")
+    keep = (trials["estimator"] == DEQ) & (trials["start"] == "y")
     if finished:
         done = (
             trials["finished"] if "finished" in trials.columns else trials["status"] == "finished"
