@@ -8,6 +8,7 @@ called inconclusive, and a verdict against an unreliable DEQ baseline says so.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -399,6 +400,18 @@ def _first(s: pd.Series) -> float:
     return float(v[0]) if len(v) else math.nan
 
 
+def _named(
+    cmp: pd.DataFrame, flagged: pd.Series, detail: Callable[[pd.Series], str], head: str
+) -> list[str]:
+    """One bullet ``- head: <prior> <label> (detail); ...`` naming the flagged configurations
+    (none when no configuration is)."""
+    bad = cmp[flagged]
+    if bad.empty:
+        return []
+    parts = "; ".join(f"{r['prior']} {r['label']} ({detail(r)})" for _, r in bad.iterrows())
+    return [f"- {head}: {parts}."]
+
+
 def _no_equilibrium(cmp: pd.DataFrame) -> list[str]:
     """Configurations with a seed whose test solve found no fixed point within
     ``eval_max_iter`` (``n_seeds_no_equilibrium``): their PSNR at equilibrium, and its verdict,
@@ -406,35 +419,31 @@ def _no_equilibrium(cmp: pd.DataFrame) -> list[str]:
     col = "n_seeds_no_equilibrium"
     if col not in cmp.columns:
         return []
-    bad = cmp[cmp[col].fillna(0) > 0]
-    if bad.empty:
-        return []
-    parts = "; ".join(
-        f"{r['prior']} {r['label']} ({int(r[col])}/{int(r['n_seeds'])} seeds, residual up to "
-        f"{r['test_eq_residual_max']:.1e})"
-        for _, r in bad.iterrows()
-    )
-    return [
-        "- **No equilibrium reached** (a test solve ended at or above `train.eval_tol` after "
+    return _named(
+        cmp,
+        cmp[col].fillna(0) > 0,
+        lambda r: (
+            f"{int(r[col])}/{int(r['n_seeds'])} seeds, residual up to "
+            f"{r['test_eq_residual_max']:.1e}"
+        ),
+        "**No equilibrium reached** (a test solve ended at or above `train.eval_tol` after "
         "`eval_max_iter` iterations: on some test images the trained scheme contracts too "
-        "slowly or not at all, and *PSNR eq.* is the last iterate, not a fixed point): "
-        f"{parts}."
-    ]
+        "slowly or not at all, and *PSNR eq.* is the last iterate, not a fixed point)",
+    )
 
 
 def _training_worse(cmp: pd.DataFrame) -> list[str]:
     """Configurations whose val PSNR ended below the initial θ's (mean over seeds)."""
     if "training_worsened" not in cmp.columns:
         return []
-    bad = cmp[cmp["training_worsened"].fillna(False).astype(bool)]
-    if bad.empty:
-        return []
-    parts = "; ".join(
-        f"{r['prior']} {r['label']} ({fmt_delta(r['val_psnr_gain_mean'])} dB from "
-        f"{r['initial_val_psnr_mean']:.2f} dB)"
-        for _, r in bad.iterrows()
+    return _named(
+        cmp,
+        cmp["training_worsened"].fillna(False).astype(bool),
+        lambda r: (
+            f"{fmt_delta(r['val_psnr_gain_mean'])} dB from {r['initial_val_psnr_mean']:.2f} dB"
+        ),
+        "**Training made it worse** (val PSNR below the initial θ's)",
     )
-    return [f"- **Training made it worse** (val PSNR below the initial θ's): {parts}."]
 
 
 def _undefined_groups(cmp: pd.DataFrame) -> list[str]:
