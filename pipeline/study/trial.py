@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from pipeline.core.probes import psnr
 from pipeline.study.config import StudyConfig, TrialSpec
@@ -234,12 +235,7 @@ def _checked(result: TrialResult) -> TrialResult:
 def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int) -> list[Path]:
     """A PNG grid (truth / observation / at equilibrium / at depth), θ as JSON and the trained
     scheme as state dicts (``model/``, :mod:`pipeline.study.export`)."""
-    import matplotlib
-
     from pipeline.study.export import export_model
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
     theta_path = out / "theta.json"
@@ -259,9 +255,22 @@ def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int)
         if x is None:
             x = trial.solve(trial.test, index, depth_iters)
         rows.append((f"at depth ({depth_iters} it.)", x))
-    fig, axes = plt.subplots(len(rows), n, figsize=(2.0 * n, 2.0 * len(rows)), squeeze=False)
+    grid = out / "reconstructions.png"
+    reconstruction_figure(rows, trial.test.clean[index], trial.spec.name).savefig(grid, dpi=110)
+    return [grid, theta_path, export_model(trial, out)]
+
+
+def reconstruction_figure(rows: list[tuple[str, Tensor]], clean: Tensor, title: str) -> Any:
+    """A matplotlib ``Figure``: one row per ``(label, batch)``, one column per image of
+    ``clean``; each image clamped to [0, 1] and titled with its PSNR against ``clean``, each
+    row's label on its first image. Built without pyplot (no global figure state)."""
+    from matplotlib.figure import Figure
+
+    n = clean.shape[0]
+    fig = Figure(figsize=(2.0 * n, 2.0 * len(rows)))
+    axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (label, batch) in enumerate(rows):
-        values = psnr(batch.clamp(0, 1), trial.test.clean[index])
+        values = psnr(batch.clamp(0, 1), clean)
         for c in range(n):
             img = batch[c].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
             ax = axes[r][c]
@@ -271,12 +280,9 @@ def write_artifacts(trial: Trial, theta: dict[str, Any], out: Path, images: int)
             ax.set_title(f"{values[c]:.2f} dB", fontsize=8)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
-    fig.suptitle(trial.spec.name, fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    grid = out / "reconstructions.png"
-    fig.savefig(grid, dpi=110)
-    plt.close(fig)
-    return [grid, theta_path, export_model(trial, out)]
+    return fig
 
 
 __all__ = [
@@ -290,6 +296,7 @@ __all__ = [
     "jitter_init",
     "physics_lipschitz",
     "probed",
+    "reconstruction_figure",
     "run_trial",
     "undefined_epoch",
     "write_artifacts",
