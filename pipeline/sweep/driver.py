@@ -266,7 +266,7 @@ def _run_trials(
         if cfg.sweep.search == "tuned":
             return collect(_run_tuned(cfg, grid, trainable, attempt), cfg)
         first, second = split_phases(cfg, grid)
-        results = _fit(cfg, first, grid.name, path, trainable, attempt.restoring)
+        results = _fit(_tuner(cfg, first, grid.name, path, trainable, attempt.restoring), path)
         if second:
             done, _ = collect(results, cfg)
             second = _chain(cfg, second, done)
@@ -274,7 +274,7 @@ def _run_trials(
             p2 = f"{cfg.storage_path.rstrip('/')}/{name}"
             # a new first phase (and parent run) starts the second one afresh as well
             restoring = attempt.restoring and _can_restore(cfg, p2)
-            results += _fit(cfg, second, name, p2, trainable, restoring)
+            results += _fit(_tuner(cfg, second, name, p2, trainable, restoring), p2)
         return collect(results, cfg)
     except BaseException as err:
         _end_attempt(attempt, err)
@@ -315,7 +315,7 @@ def _run_tuned(cfg: StudyConfig, grid: Grid, trainable: Any, attempt: Attempt) -
     name = f"{grid.name}-tuned-{sha256_hex(blob, 8)}"
     path = f"{cfg.storage_path.rstrip('/')}/{name}"
     restoring = attempt.restoring and _can_restore(cfg, path)
-    return _fit(cfg, points, name, path, trainable, restoring)
+    return _fit(_tuner(cfg, points, name, path, trainable, restoring), path)
 
 
 def search_tuner(
@@ -527,16 +527,10 @@ def _signed_fit(tuner: Any, path: str) -> Any:
         tunestate.sign_staged(path)
 
 
-def _fit(
-    cfg: StudyConfig,
-    points: list[GridPoint],
-    name: str,
-    path: str,
-    trainable: Any,
-    restoring: bool,
-) -> list[Any]:
-    """One Tune experiment's results; ``KeyboardInterrupt`` when some trial did not finish."""
-    results = list(_signed_fit(_tuner(cfg, points, name, path, trainable, restoring), path))
+def _fit(tuner: Any, path: str) -> list[Any]:
+    """The results of the Tune experiment ``tuner`` (:func:`_tuner`) at ``path``;
+    ``KeyboardInterrupt`` when some trial did not finish."""
+    results = list(_signed_fit(tuner, path))
     unfinished = [r for r in results if r.error is None and (r.metrics or {}).get("final") != 1]
     if unfinished:
         # Tune ends fit() quietly on Ctrl-C: the sweep is incomplete, not done.

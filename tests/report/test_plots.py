@@ -3,34 +3,27 @@ declares from the tables and saves each one under its name."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from builders import CFG
 from PIL import Image
 
-from pipeline.report import (
-    PLOT_FILES,
-    cost,
-    plot_cost,
-    plot_depth,
-    plot_histograms,
-    plot_pareto,
-    plot_theta_depth,
-    plot_training,
-    plotting,
-    write_report,
-)
+from pipeline.report import PLOT_FILES, plot_pareto, plotting, write_report
 
 # every module that saves a figure, each through its own name for plotting.save_png
-SAVING = (
-    cost,
-    plot_cost,
-    plot_depth,
-    plot_histograms,
-    plot_pareto,
-    plot_theta_depth,
-    plot_training,
-    plotting,
+SAVING = tuple(
+    importlib.import_module(f"pipeline.report.{name}")
+    for name in (
+        "cost",
+        "plot_cost",
+        "plot_depth",
+        "plot_histograms",
+        "plot_pareto",
+        "plot_theta_depth",
+        "plot_training",
+        "plotting",
+    )
 )
 TITLES = {
     "theta_distance_vs_depth.png": "Learned θ against DEQ's vs total depth / contraction horizon",
